@@ -1,0 +1,173 @@
+"""Portrait analysis, once per avatar: find the face, frame it, measure its 3D landmarks.
+
+The output frame is a square head-and-shoulders view of the photo resized to `size`
+(a photo that is already such a view is used whole). Landmarks come from mediapipe
+FaceMesh (478 points; its model ships inside the mediapipe wheel) and are returned in
+frame pixels; `frame_to_photo` is the paste-back transform into the original photo.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from engine.face.topology import NUM_LANDMARKS
+
+log = logging.getLogger("avatar")
+
+MIN_FACE_PX = 96  # below this the mouth is a handful of pixels: nothing convincing can be animated
+FRAME_FACE_RATIO = 2.8  # frame side / face width when the photo must be cropped
+FACE_CENTER_HEIGHT = 0.42  # where the face centre sits in a cropped frame (fraction of height)
+
+
+class PortraitError(ValueError):
+    """A photo that cannot become an avatar; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class Portrait:
+    photo: np.ndarray  # (H, W, 3) uint8 RGB, the photo as given
+    frame: np.ndarray  # (S, S, 3) uint8 RGB, the framed view that is animated
+    landmarks: np.ndarray  # (478, 3) float32 frame pixels: x right, y down, z toward the camera
+    frame_to_photo: np.ndarray  # (2, 3) affine taking frame pixels to photo pixels (paste-back)
+    face_box: tuple[int, int, int, int]  # x0, y0, x1, y1 of the face in the photo
+    source: str  # file name or "<array>", for messages
+    notes: tuple[str, ...] = ()  # things the user should know (several faces, ...)
+
+    @property
+    def size(self) -> int:
+        return self.frame.shape[0]
+
+    def paste_back(self, frame: np.ndarray, feather: int = 8) -> np.ndarray:
+        """Put a rendered (S, S, 3) frame back into the full photo, feathering the seam."""
+        h, w = self.photo.shape[:2]
+        flags = cv2.INTER_LINEAR
+        warped = cv2.warpAffine(frame, self.frame_to_photo, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE)
+        inner = np.zeros(frame.shape[:2], np.float32)
+        inner[feather:-feather, feather:-feather] = 1.0
+        inner = cv2.GaussianBlur(inner, (0, 0), feather / 2)
+        mask = cv2.warpAffine(inner, self.frame_to_photo, (w, h), flags=flags)[..., None]
+        return (warped * mask + self.photo * (1.0 - mask)).round().astype(np.uint8)
+
+
+def load_image(path: str | Path) -> np.ndarray:
+    """Read a photo as RGB uint8, with an error that says what to do."""
+    path = Path(path)
+    if not path.is_file():
+        raise PortraitError(f"portrait {path} does not exist; pass --portrait with a JPEG or PNG photo")
+    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None:
+        raise PortraitError(f"cannot read {path} as an image; use a JPEG or PNG photo")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+@contextlib.contextmanager
+def _quiet_stderr():
+    """Silence the process's stderr (fd 2) for a moment.
+
+    mediapipe's native code prints a harmless protobuf AttributeError on import and glog
+    lines on first use; users should see only our messages. Analysis runs once per avatar,
+    so briefly muting fd 2 costs nothing elsewhere.
+    """
+    os.environ.setdefault("GLOG_minloglevel", "2")
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+@cache
+def _face_mesh():
+    with _quiet_stderr():
+        import mediapipe as mp
+
+        return mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=4, refine_landmarks=True)
+
+
+def detect_landmarks(image: np.ndarray) -> list[np.ndarray]:
+    """All faces in an RGB image as (478, 3) arrays in image pixels, z toward the camera."""
+    h, w = image.shape[:2]
+    with _quiet_stderr():
+        result = _face_mesh().process(np.ascontiguousarray(image))
+    faces = []
+    for face in result.multi_face_landmarks or []:
+        pts = np.array([(p.x * w, p.y * h, -p.z * w) for p in face.landmark], np.float32)
+        if len(pts) == NUM_LANDMARKS:
+            faces.append(pts)
+    return faces
+
+
+def _framing(photo_shape: tuple[int, int], box: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(2, 3) affines photo->frame and frame->photo for the square head-and-shoulders view."""
+    h, w = photo_shape
+    x0, y0, x1, y1 = box
+    face_w = x1 - x0
+    already_framed = 0.85 < w / h < 1.18 and 0.22 < face_w / min(w, h) < 0.6
+    if already_framed:
+        side, left, top = float(min(w, h)), (w - min(w, h)) / 2, (h - min(w, h)) / 2
+    else:
+        side = min(FRAME_FACE_RATIO * face_w, w, h)
+        left = np.clip((x0 + x1) / 2 - side / 2, 0, w - side)
+        top = np.clip((y0 + y1) / 2 - FACE_CENTER_HEIGHT * side, 0, h - side)
+    s = size / side
+    to_frame = np.array([[s, 0, -left * s], [0, s, -top * s]], np.float64)
+    to_photo = np.array([[1 / s, 0, left], [0, 1 / s, top]], np.float64)
+    return to_frame, to_photo
+
+
+def analyze_portrait(photo: str | Path | np.ndarray, size: int = 512) -> Portrait:
+    """Detect the face in a photo (path or RGB array) and frame it as an avatar of `size` pixels."""
+    if size < 128 or size % 16:
+        raise PortraitError(f"--size {size} is not supported; use a multiple of 16 of at least 128 (e.g. 256 or 512)")
+    source = "<array>" if isinstance(photo, np.ndarray) else str(photo)
+    image = photo if isinstance(photo, np.ndarray) else load_image(photo)
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise PortraitError(f"portrait {source} must be an RGB uint8 image, got {image.dtype} {image.shape}")
+
+    faces = detect_landmarks(image)
+    if not faces:
+        raise PortraitError(
+            f"no face found in {source}; use a frontal photo with the face at least {MIN_FACE_PX} px tall"
+        )
+    boxes = [np.concatenate([f[:, :2].min(0), f[:, :2].max(0)]) for f in faces]
+    areas = [(b[2] - b[0]) * (b[3] - b[1]) for b in boxes]
+    pick = int(np.argmax(areas))
+    box = boxes[pick]
+    notes = []
+    if len(faces) > 1:
+        notes.append(f"found {len(faces)} faces in {source}; animating the largest "
+                     f"({box[2] - box[0]:.0f}x{box[3] - box[1]:.0f} px at x={box[0]:.0f}, y={box[1]:.0f})")
+        log.warning(notes[-1])
+    face_w, face_h = box[2] - box[0], box[3] - box[1]
+    if min(face_w, face_h) < MIN_FACE_PX:
+        raise PortraitError(
+            f"the face in {source} is only {face_w:.0f}x{face_h:.0f} px; use a photo where the face is at least "
+            f"{MIN_FACE_PX} px wide and tall (a closer or higher-resolution shot)"
+        )
+
+    to_frame, to_photo = _framing(image.shape[:2], box, size)
+    interp = cv2.INTER_AREA if to_frame[0, 0] < 1 else cv2.INTER_CUBIC
+    frame = cv2.warpAffine(image, to_frame, (size, size), flags=interp, borderMode=cv2.BORDER_REPLICATE)
+    landmarks = faces[pick].copy()
+    landmarks[:, :2] = landmarks[:, :2] @ to_frame[:, :2].T + to_frame[:, 2]
+    landmarks[:, 2] *= to_frame[0, 0]
+    return Portrait(
+        photo=image,
+        frame=frame,
+        landmarks=landmarks.astype(np.float32),
+        frame_to_photo=to_photo,
+        face_box=tuple(int(v) for v in box.round()),
+        source=source,
+        notes=tuple(notes),
+    )
