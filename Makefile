@@ -1,0 +1,29 @@
+# Set-up is idempotent: a stamp file remembers it, and it reruns when pyproject.toml changes.
+PY ?= python3
+APT_PKGS := espeak-ng festival festvox-kallpc16k flite
+STAMP := .setup-done
+
+.PHONY: setup demo test bench
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	@missing=""; for c in espeak-ng festival flite; do command -v $$c >/dev/null || missing=1; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing speech tools (Debian): $(APT_PKGS)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS) >/dev/null; \
+	fi
+	# torch first and pinned: this version is a CPU wheel on disk; anything else pulls GBs of CUDA wheels.
+	$(PY) -m pip install -q torch==2.13.0
+	# mediapipe 0.10.21 (the last wheel with FaceMesh) pins protobuf<5, which breaks onnx; its real needs are in pyproject.
+	$(PY) -m pip install -q --no-deps mediapipe==0.10.21
+	$(PY) -m pip install -q -e ".[test]"
+	@touch $@
+
+demo: setup
+	avatar render --out out/talk.mp4
+
+test: setup
+	$(PY) -m pytest
+
+bench: setup
+	$(PY) benchmarks/render_bench.py
