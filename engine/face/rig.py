@@ -98,7 +98,10 @@ class _Sculptor:
         gap = np.interp(self.u, self.lip_u, self.lip_gap, left=0.0, right=0.0)
         gap_mid = np.interp(self.mouth[0], self.lip_u, self.lip_gap)
         gap = np.where(np.abs(self.u - self.mouth[0]) < self.mouth_half, gap, gap_mid * self.jaw_reach)
-        return self.field(dv=-self.low * gap)
+        dv = -self.low * gap
+        up, lo = list(topo.INNER_LIP_UPPER), list(topo.INNER_LIP_LOWER)
+        dv[lo] = self.v[up] - self.v[lo]  # each lower inner-lip point meets its upper partner exactly
+        return self.field(dv=dv)
 
     def eyelid(self, s: str, upper_amount: float, lower_amount: float) -> np.ndarray:
         """Move the upper lid by `upper_amount` of the eye opening (down > 0) and the lower lid up."""
@@ -112,7 +115,8 @@ class _Sculptor:
         inside = _smooth(1 - np.maximum(span[0] - self.u, self.u - span[1]) / 0.05)
         above = _smooth(1 - (lid_at - self.v) / (0.6 * (lid_at - brow_v)))  # 1 at the lid, 0 near the brow
         below = _smooth(1 - (self.v - low_at) / 0.06)
-        w_up = np.where(self.v <= lid_at + 1e-4, above, 0.5) * inside
+        between = (self.v > lid_at + 1e-4) & (self.v < low_at - 1e-4)  # the eyeball (iris points)
+        w_up = np.where(self.v <= lid_at + 1e-4, above, np.where(between, 0.5, 0.0)) * inside
         w_low = np.where(self.v >= low_at - 1e-4, below, 0.0) * inside
         w_up[upper], w_low[upper] = inside[upper], 0.0
         w_low[lower], w_up[lower] = inside[lower], 0.0
