@@ -1,5 +1,6 @@
 # Set-up is idempotent: a stamp file remembers it, and it reruns when pyproject.toml changes.
 PY ?= python3
+export PIP_ROOT_USER_ACTION := ignore
 APT_PKGS := espeak-ng festival festvox-kallpc16k flite
 STAMP := .setup-done
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from engine.errors import UserError
 from engine.face.topology import NUM_LANDMARKS
 
 log = logging.getLogger("avatar")
@@ -27,7 +28,7 @@ FRAME_FACE_RATIO = 2.8  # frame side / face width when the photo must be cropped
 FACE_CENTER_HEIGHT = 0.42  # where the face centre sits in a cropped frame (fraction of height)
 
 
-class PortraitError(ValueError):
+class PortraitError(UserError):
     """A photo that cannot become an avatar; the message says why and what to do."""
 
 
