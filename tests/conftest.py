@@ -22,3 +22,27 @@ def rig(portrait):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def sample_clip(tmp_path):
+    """sample_clip(seconds, rate=16000, channels=1) -> path of a WAV cut from the bundled speech,
+    resampled and duplicated across channels, so tests can feed the pipeline odd formats."""
+    import wave
+
+    from engine import assets
+    from engine.audio.io import load_audio
+
+    def make(seconds: float, rate: int = 16000, channels: int = 1):
+        speech = load_audio(assets.SAMPLE_SPEECH)[: int(seconds * 16000)]
+        t = np.arange(int(len(speech) * rate / 16000)) * 16000 / rate
+        pcm = (np.interp(t, np.arange(len(speech)), speech) * 32767).astype(np.int16)
+        path = tmp_path / f"clip_{rate}_{channels}.wav"
+        with wave.open(str(path), "wb") as w:
+            w.setnchannels(channels)
+            w.setsampwidth(2)
+            w.setframerate(rate)
+            w.writeframes(np.repeat(pcm, channels).tobytes())
+        return path
+
+    return make

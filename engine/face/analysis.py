@@ -46,16 +46,32 @@ class Portrait:
     def size(self) -> int:
         return self.frame.shape[0]
 
-    def paste_back(self, frame: np.ndarray, feather: int = 8) -> np.ndarray:
-        """Put a rendered (S, S, 3) frame back into the full photo, feathering the seam."""
-        h, w = self.photo.shape[:2]
-        flags = cv2.INTER_LINEAR
-        warped = cv2.warpAffine(frame, self.frame_to_photo, (w, h), flags=flags, borderMode=cv2.BORDER_REPLICATE)
-        inner = np.zeros(frame.shape[:2], np.float32)
+    def paste_back(self, frame: np.ndarray) -> np.ndarray:
+        """Put one rendered (S, S, 3) frame back into the full photo (see PasteBack for many)."""
+        return PasteBack(self)(frame)
+
+
+class PasteBack:
+    """Pastes rendered frames back into a portrait's full photo, feathering the seam.
+
+    The warp and the feathered mask depend only on the portrait, so they are made once here
+    rather than per frame.
+    """
+
+    def __init__(self, portrait: Portrait, feather: int = 8):
+        self.photo = portrait.photo.astype(np.float32)
+        self.to_photo = portrait.frame_to_photo
+        self.shape = portrait.photo.shape[1::-1]  # (W, H) for cv2
+        inner = np.zeros(portrait.frame.shape[:2], np.float32)
         inner[feather:-feather, feather:-feather] = 1.0
         inner = cv2.GaussianBlur(inner, (0, 0), feather / 2)
-        mask = cv2.warpAffine(inner, self.frame_to_photo, (w, h), flags=flags)[..., None]
-        return (warped * mask + self.photo * (1.0 - mask)).round().astype(np.uint8)
+        self.mask = cv2.warpAffine(inner, self.to_photo, self.shape, flags=cv2.INTER_LINEAR)[..., None]
+        self.background = self.photo * (1.0 - self.mask)
+
+    def __call__(self, frame: np.ndarray) -> np.ndarray:
+        warped = cv2.warpAffine(frame, self.to_photo, self.shape, flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_REPLICATE)
+        return (warped * self.mask + self.background).round().astype(np.uint8)
 
 
 def load_image(path: str | Path) -> np.ndarray:
