@@ -1,0 +1,205 @@
+"""The renderer: (B, D) motion coefficients -> (B, 3, S, S) frames, as one small tensor program.
+
+Per frame, with every avatar-specific field precomputed as a buffer (engine.render.warp):
+  1. head flow H = head coeffs @ head basis and expression flow E = blendshapes @ expression
+     basis, both coarse (flow_size^2), each one matmul;
+  2. compose them as the rig poses points (expression first, then head): the pixel p shows
+     the rest image at q + E(q), q = p + H(p), so E is sampled at q (a 2-channel grid_sample);
+  3. where the expression flow jumps (parted lips, closing lids) it is stored at full
+     resolution in a box around them, composed the same way and pasted over the upsampled flow;
+  4. one 4-D grid_sample of the rest image, then, on a crop around the face, the mouth
+     interior where the lips part and the eyelids' repainted skin where a lid came down.
+No loops over pixels or triangles, no data-dependent control flow, static shapes: the module
+traces and exports as it is. Composing (rather than adding) the two flows keeps a parted lip
+where the head carried it: a summed flow would leave the jaw's edge at its rest position.
+The mouth ROI and the detail box cover the lips and lids for every blendshape at its extreme
+and head pose within HEAD_ENVELOPE of its range; beyond that the interior is clipped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from engine.motion import spec
+from engine.render.eyes import LASH_BAND, LID_BAND, LOWER_BAND, Eyelid, band_colour
+from engine.render.mouth import MouthInterior
+from engine.render.ops import paste
+from engine.render.warp import FlowRasterizer, fit_detail_residual, fit_flow_basis, rest_image
+
+MOUTH_MARGIN = 4  # px around the furthest the inner lips can reach
+EYE_MARGIN = 3  # px around the furthest the eyelids can reach
+HEAD_ENVELOPE = 0.35  # fraction of the head-pose range the mouth ROI and detail box allow for
+COARSE_FACTOR = 4  # frame size / default coarse flow size
+SKIN_LUMA = 0.6  # the palette's reference skin brightness
+
+
+class Renderer(nn.Module):
+    """Warp renderer for one avatar: `forward(coeffs (B, D) raw float32) -> (B, 3, S, S) in [0, 1]`.
+
+    rig: an engine.face.rig.Rig (or anything with its attributes). flow_size: resolution of
+    the coarse flow, a divisor of the frame size (default: a quarter of it; the lips and eyes
+    get full resolution anyway).
+    bounds: (D,) low and high of each coefficient; head: indices of the head-pose
+    coefficients. Both default to engine.motion.spec's.
+    """
+
+    def __init__(self, rig, flow_size: int | None = None, bounds: tuple[np.ndarray, np.ndarray] | None = None,
+                 head: Sequence[int] | None = None):
+        super().__init__()
+        size, dims = rig.image.shape[0], rig.basis.shape[0]
+        flow_size = size // COARSE_FACTOR if flow_size is None else flow_size
+        if rig.image.shape != (size, size, 3) or size % flow_size:
+            raise ValueError(f"the rig's image must be (S, S, 3) with S a multiple of flow_size={flow_size}, "
+                             f"got {rig.image.shape}; pick flow_size among the divisors of {size} (e.g. {size // 4})")
+        bounds = (spec.LOW, spec.HIGH) if bounds is None else bounds
+        if len(bounds[0]) != dims:
+            raise ValueError(f"the rig has {dims} coefficients but bounds give {len(bounds[0])}; "
+                             "pass bounds=(low, high) matching the rig's basis")
+        if head is None:
+            head = [spec.index(n) for n in spec.HEAD] if dims == spec.D else []
+        is_head = np.isin(np.arange(dims), head)
+        expr_idx, head_idx = np.flatnonzero(~is_head), np.flatnonzero(is_head)
+        self.size, self.flow_size, self.factor = size, flow_size, size // flow_size
+        self.register_buffer("expr_index", torch.as_tensor(expr_idx, dtype=torch.long))
+        self.register_buffer("head_index", torch.as_tensor(head_idx, dtype=torch.long))
+        image = rest_image(rig)
+        self.register_buffer("image", torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255)  # (1, 3, S, S)
+
+        coarse = FlowRasterizer(rig, flow_size)
+        for name, idx in (("expr_basis", expr_idx), ("head_basis", head_idx)):
+            basis = fit_flow_basis(coarse, bounds, idx).reshape(len(idx), flow_size, flow_size, 2)
+            self.register_buffer(name, _flat(basis.transpose(0, 3, 1, 2), len(idx)))  # (K, 2*h*w)
+        self.register_buffer("identity_coarse", _identity(flow_size))  # (1, h, w, 2)
+        self.register_buffer("identity", _identity(size))  # (1, S, S, 2)
+
+        # Detail box: around the lips and eyes, where the expression flow jumps, its
+        # full-resolution residual over the upsampled coarse field. It lives in a rest box
+        # (tapering to zero at the edges) and lands in a frame box (where the head may carry it).
+        lips = np.r_[rig.groups["inner_lip_upper"], rig.groups["inner_lip_lower"]]
+        eyes = np.concatenate([rig.groups[f"eye_{s}_{e}"] for s in ("left", "right") for e in ("upper", "lower")
+                               if f"eye_{s}_{e}" in rig.groups] or [lips])
+        reach = (lambda idx, envelope, margin, align=1:
+                 _reach_box(rig, idx, bounds, is_head, envelope, margin, align))
+        halo = 2 * self.factor  # room for the residual's taper
+        self.rest_box = _union(reach(lips, 0.0, MOUTH_MARGIN + halo), reach(eyes, 0.0, EYE_MARGIN + halo))
+        mouth_box = reach(lips, HEAD_ENVELOPE, MOUTH_MARGIN, self.factor)
+        self.frame_box = _union(mouth_box, reach(eyes, HEAD_ENVELOPE, EYE_MARGIN, self.factor))
+        coarse_expr = self.expr_basis.view(-1, 2, flow_size, flow_size).numpy()
+        residual = fit_detail_residual(rig, bounds, expr_idx, coarse_expr, self.rest_box)
+        self.register_buffer("detail_basis", _flat(residual, len(expr_idx)))  # (K, 2*h*w)
+        a, b, c, d = self.rest_box
+        # frame-normalized coordinates -> the rest box's own normalized coordinates (align_corners=False)
+        scale = np.array([size / (d - c), size / (b - a)])
+        shift = (size - 2 * np.array([c, a])) / np.array([d - c, b - a]) - 1
+        self.register_buffer("detail_map", torch.as_tensor(np.stack([scale, shift]), dtype=torch.float32))  # (2, 2)
+
+        self.mouth = MouthInterior(np.asarray(rig.points)[lips], np.asarray(rig.basis)[:, lips], mouth_box,
+                                   _light(rig, image))
+        self.eyelids = nn.ModuleList()
+        for s in ("left", "right"):
+            if f"eye_{s}_upper" not in rig.groups:
+                continue
+            upper, lower = rig.groups[f"eye_{s}_upper"], rig.groups[f"eye_{s}_lower"]
+            idx = np.r_[upper, lower]
+            pts, width = np.asarray(rig.points), float(rig.face_width)
+            self.eyelids.append(Eyelid(
+                pts[idx], np.asarray(rig.basis)[:, idx], is_head.astype(np.float32),
+                _clip_box(reach(idx, HEAD_ENVELOPE, EYE_MARGIN), self.frame_box),
+                band_colour(image, pts[upper], LID_BAND, width, above=True, percentile=85),
+                band_colour(image, pts[upper], LASH_BAND, width, above=True, percentile=10),
+                band_colour(image, pts[lower], LOWER_BAND, width, above=False), width))
+
+    def flow(self, coeffs: torch.Tensor) -> torch.Tensor:
+        """(B, 2, S, S) backward flow in normalized units: the pixel p shows the rest image at p + flow."""
+        batch, h = coeffs.shape[0], self.flow_size
+        expr, head = coeffs.index_select(1, self.expr_index), coeffs.index_select(1, self.head_index)
+        e = (expr @ self.expr_basis).view(batch, 2, h, h)
+        hd = (head @ self.head_basis).view(batch, 2, h, h)
+        q = self.identity_coarse + hd.permute(0, 2, 3, 1)
+        coarse = hd + F.grid_sample(e, q, mode="bilinear", padding_mode="border", align_corners=False)
+        flow = F.interpolate(coarse, scale_factor=self.factor, mode="bilinear", align_corners=False)
+
+        a, b, c, d = self.frame_box
+        ra, rb, rc, rd = self.rest_box
+        f = self.factor
+        field = (expr @ self.detail_basis).view(batch, 2, rb - ra, rd - rc)
+        hw = F.interpolate(hd[:, :, a // f:b // f, c // f:d // f], scale_factor=f, mode="bilinear", align_corners=False)
+        q = (self.identity[:, a:b, c:d] + hw.permute(0, 2, 3, 1)) * self.detail_map[0] + self.detail_map[1]
+        residual = F.grid_sample(field, q, mode="bilinear", padding_mode="zeros", align_corners=False)
+        flow = paste(flow, flow[:, :, a:b, c:d] + residual, a, c)
+        return flow
+
+    def warp(self, coeffs: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) the rest image warped to the pose, before the mouth interior."""
+        grid = self.identity + self.flow(coeffs).permute(0, 2, 3, 1)  # (B, S, S, 2) normalized x, y
+        image = self.image.expand(coeffs.shape[0], -1, -1, -1)
+        return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+    def forward(self, coeffs: torch.Tensor) -> torch.Tensor:
+        """(B, D) raw coefficients -> (B, 3, S, S) frames in [0, 1] (bilinear samples of the
+        image and palettes no brighter than white: no clamp needed)."""
+        frames = self.warp(coeffs)
+        a, b, c, d = self.frame_box  # the mouth and eyes are composited on this crop, pasted once
+        face = self.mouth(frames[:, :, a:b, c:d], coeffs, (a, c))
+        for eyelid in self.eyelids:
+            face = eyelid(face, coeffs, (a, c))
+        return paste(frames, face, a, c)
+
+
+def to_uint8(frames: torch.Tensor) -> np.ndarray:
+    """(B, 3, S, S) float frames in [0, 1] -> (B, S, S, 3) uint8 RGB numpy."""
+    return (frames.detach() * 255 + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _flat(x: np.ndarray, rows: int) -> torch.Tensor:
+    x = np.ascontiguousarray(x, np.float32)
+    return torch.from_numpy(x.reshape(rows, x.size // rows if rows else int(np.prod(x.shape[1:]))))
+
+
+def _identity(size: int) -> torch.Tensor:
+    """(1, size, size, 2) normalized x, y of pixel centres (align_corners=False)."""
+    c = (2 * torch.arange(size, dtype=torch.float32) + 1) / size - 1
+    return torch.stack(torch.meshgrid(c, c, indexing="xy"), -1)[None]
+
+
+def _union(p, q):
+    """Bounding box (y0, y1, x0, x1) of two boxes."""
+    return min(p[0], q[0]), max(p[1], q[1]), min(p[2], q[2]), max(p[3], q[3])
+
+
+def _clip_box(box, outer):
+    """`box` (y0, y1, x0, x1) clipped to `outer`."""
+    return max(box[0], outer[0]), min(box[1], outer[1]), max(box[2], outer[2]), min(box[3], outer[3])
+
+
+def _reach_box(rig, idx: np.ndarray, bounds, is_head: np.ndarray, envelope: float, margin: int,
+               align: int = 1) -> tuple[int, int, int, int]:
+    """y0, y1, x0, x1 covering points `idx` wherever the coefficients take them: every
+    blendshape pushing the same way at once, plus head pose within `envelope` of its range
+    (root sum of squares of the head coefficients' reach: any one, or several partway).
+    Edges snap outward to multiples of `align`."""
+    low, high = (np.asarray(b, np.float64)[:, None, None] for b in bounds)
+    basis = np.asarray(rig.basis, np.float64)[:, idx]  # (D, n, 2)
+    ends = np.stack([low * basis, high * basis])[:, ~is_head]  # displacement at either end of each blendshape
+    swing = envelope * np.sqrt(((np.maximum(-low, high) * basis)[is_head] ** 2).sum(0))
+    rest = np.asarray(rig.points, np.float64)[idx]
+    lo = ((rest + ends.min(0).sum(0) - swing).min(0) - margin) // align * align
+    hi = -((-(rest + ends.max(0).sum(0) + swing).max(0) - margin - 1) // align) * align
+    size = rig.image.shape[0]
+    lo, hi = np.clip(lo, 0, size).astype(int), np.clip(hi, 0, size).astype(int)
+    return int(lo[1]), int(hi[1]), int(lo[0]), int(hi[0])
+
+
+def _light(rig, image: np.ndarray) -> float:
+    """Brightness of the face's skin relative to the palette's reference, so teeth match the exposure."""
+    mask = np.zeros(image.shape[:2], np.uint8)
+    cv2.fillPoly(mask, [np.round(np.asarray(rig.points)[rig.groups["face_oval"]]).astype(np.int32)], 1)
+    luma = image.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32) / 255
+    skin = np.percentile(luma[mask > 0], 60) if mask.any() else SKIN_LUMA
+    return float(np.clip(skin / SKIN_LUMA, 0.6, 1.15))
