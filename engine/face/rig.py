@@ -94,11 +94,16 @@ class _Sculptor:
 
     # --- the blendshapes -----------------------------------------------------------------
     def closure(self) -> np.ndarray:
-        """Displacement that closes the photo's open lips (the rest pose)."""
-        gap = np.interp(self.u, self.lip_u, self.lip_gap, left=0.0, right=0.0)
-        gap_mid = np.interp(self.mouth[0], self.lip_u, self.lip_gap)
-        gap = np.where(np.abs(self.u - self.mouth[0]) < self.mouth_half, gap, gap_mid * self.jaw_reach)
-        dv = -self.low * gap
+        """Displacement that closes the photo's open lips (the rest pose).
+
+        At the lip line each point rises by the lip gap above it (zero at and beyond the
+        corners); deeper down the whole jaw rises by the gap at the mouth's centre. Blending
+        the two with depth keeps the field continuous, so the jaw line has no notch.
+        """
+        gap_lip = np.interp(self.u, self.lip_u, self.lip_gap, left=0.0, right=0.0)
+        gap_jaw = np.interp(self.mouth[0], self.lip_u, self.lip_gap) * self.jaw_reach
+        depth = _smooth(self.below / 0.06)
+        dv = -self.low * (gap_lip + (gap_jaw - gap_lip) * depth)
         up, lo = list(topo.INNER_LIP_UPPER), list(topo.INNER_LIP_LOWER)
         dv[lo] = self.v[up] - self.v[lo]  # each lower inner-lip point meets its upper partner exactly
         return self.field(dv=dv)
