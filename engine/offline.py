@@ -26,7 +26,7 @@ from engine.motion.baseline import BaselineDriver, BaselineOptions
 from engine.render.renderer import Renderer, to_uint8
 from engine.timebase import FPS, SAMPLE_RATE
 
-BATCH = 8  # frames per renderer call: amortizes per-call overhead, keeps memory small
+BATCH = 4  # frames per renderer call: measured fastest on 2 cores (benchmarks/render_bench.py)
 
 
 @dataclass(frozen=True)
