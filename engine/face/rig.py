@@ -151,17 +151,21 @@ class _Sculptor:
         if name == "mouthFunnel":
             open_ = 0.03 * self.centrality * (self.low * self.lip_lower_band - 0.8 * (1 - self.low) * self.lip_upper_band)
             return self.field(du=-0.3 * (self.u - m[0]) * mouth_region, dv=open_, dz=0.04 * mouth_region)
-        if name == "mouthPucker":
-            return self.field(du=-0.45 * (self.u - m[0]) * mouth_region, dz=0.06 * mouth_region)
+        if name == "mouthPucker":  # corners in, lips pushed out and thickened
+            thicken = 0.012 * (self.low * self.lip_lower_band - (1 - self.low) * self.lip_upper_band)
+            lips = self.near(m, (0.28, 0.12))
+            return self.field(du=-0.6 * (self.u - m[0]) * lips, dv=thicken, dz=0.06 * lips)
         if name in ("mouthLeft", "mouthRight"):
             return self.field(du=(0.06 if name == "mouthLeft" else -0.06) * self.near(m, (0.25, 0.14)))
-        if name.startswith(("mouthSmile", "mouthFrown", "mouthStretch", "mouthDimple")):
+        if name.startswith(("mouthSmile", "mouthFrown", "mouthStretch")):
             s = name[-1]
+            sign = 1 if s == "L" else -1  # the subject's left is the image's right
             w = self.near(c[s], 0.11)
-            sign = 1 if s == "L" else -1
             du, dv = {"mouthSmile": (0.045, -0.05), "mouthFrown": (0.01, 0.05), "mouthStretch": (0.05, 0.02)}[name[:-2]]
-            extra = self.near(c[s] + np.array([0.06 * sign, -0.12]), 0.09) * (-0.015 if name.startswith("mouthSmile") else 0)
-            return self.field(du=sign * du * w, dv=dv * w + extra)
+            out = self.field(du=sign * du * w, dv=dv * w)
+            if name.startswith("mouthSmile"):  # the cheek above the corner bunches up a little
+                out[:, 1] -= 0.015 * self.near(c[s] + np.array([0.06 * sign, -0.12]), 0.09)
+            return out
         if name == "mouthRollLower":
             return self.field(dv=-0.6 * np.maximum(self.below, 0) * self.lip_lower_band)
         if name == "mouthRollUpper":
@@ -233,19 +237,18 @@ class Rig:
         local[:, 2] = (lm[:, 2] - lm[:, 2].mean()) / self.face_width
         sculptor = _Sculptor(local)
 
-        # Rest pose: the photo's landmarks with the lips closed.
-        self.source_points3d = np.concatenate([lm, self._anchors(lm, size)])
-        rest = local + sculptor.closure()
-        self._shapes = np.stack([sculptor.blendshape(n) for n in spec.BLENDSHAPES])  # (K, 478, 3) local units
-        n_anchor = len(self.source_points3d) - topo.NUM_LANDMARKS
-        self.rest3d = np.concatenate([self._to_frame(rest), self.source_points3d[topo.NUM_LANDMARKS:]])
+        # Rest pose: the photo's landmarks with the lips closed; anchors stay where they are.
+        anchors, anchor_follow = self._anchors(lm, size)
+        self.source_points3d = np.concatenate([lm, anchors])
+        self.rest3d = np.concatenate([self._to_frame(local + sculptor.closure()), anchors])
         self.source_points = self.source_points3d[:, :2].astype(np.float32)
         self.points = self.rest3d[:, :2].astype(np.float32)
+        self._shapes = np.stack([sculptor.blendshape(n) for n in spec.BLENDSHAPES])  # (K, 478, 3) local units
 
         # How much each point follows head pose: the face fully, hair mostly, neck a little, the border not.
-        self.head_weight = np.concatenate([np.ones(topo.NUM_LANDMARKS), self._anchor_head_weight])
-        self.pivot = np.array([*lm[list(topo.FACE_OVAL), :2].mean(0), lm[list(topo.FACE_OVAL), 2].mean() - 0.6 * self.face_width])
-        assert n_anchor == len(self._anchor_head_weight)
+        self.head_weight = np.concatenate([np.ones(topo.NUM_LANDMARKS), anchor_follow])
+        oval = lm[list(topo.FACE_OVAL)]
+        self.pivot = np.array([*oval[:, :2].mean(0), oval[:, 2].mean() - 0.6 * self.face_width])  # behind the face
         self.triangles = self._triangulate(size)
         self.groups = {
             "inner_lip_upper": np.array(topo.INNER_LIP_UPPER), "inner_lip_lower": np.array(topo.INNER_LIP_LOWER),
@@ -263,8 +266,9 @@ class Rig:
         out[:, 2] = local[:, 2] * self.face_width
         return out
 
-    def _anchors(self, lm: np.ndarray, size: int) -> np.ndarray:
-        """Hair/neck ring around the face oval and fixed points on the frame border."""
+    def _anchors(self, lm: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 3) hair/neck ring around the face oval and fixed frame-border points, and how
+        much each follows head pose."""
         oval = lm[list(topo.FACE_OVAL)]
         center = oval[:, :2].mean(0)
         eye_level = lm[[33, 263], 1].mean()
@@ -280,8 +284,7 @@ class Rig:
         border = {(x, y) for x in edge for y in (0, size - 1)} | {(x, y) for y in edge for x in (0, size - 1)}
         z = float(oval[:, 2].mean() - 0.3 * self.face_width)
         border_pts = [[x, y, z] for x, y in sorted(border)]
-        self._anchor_head_weight = np.array(weight + [0.0] * len(border_pts))
-        return np.array(ring + border_pts, np.float64).reshape(-1, 3)
+        return np.array(ring + border_pts, np.float64).reshape(-1, 3), np.array(weight + [0.0] * len(border_pts))
 
     def _triangulate(self, size: int) -> np.ndarray:
         """Face mesh triangles plus a Delaunay fill from the face oval out to the frame border."""
