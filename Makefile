@@ -1,7 +1,7 @@
 # Set-up is idempotent: a stamp file remembers it, and it reruns when pyproject.toml changes.
 PY ?= python3
 export PIP_ROOT_USER_ACTION := ignore
-APT_PKGS := espeak-ng festival festvox-kallpc16k festvox-us-slt-hts flite alsa-utils
+APT_PKGS := espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts flite alsa-utils
 STAMP := .setup-done
 
 .PHONY: setup demo test bench
@@ -9,7 +9,7 @@ setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
 	@missing=""; for c in espeak-ng festival flite aplay; do command -v $$c >/dev/null || missing=1; done; \
-	[ -d /usr/share/festival/voices/us/cmu_us_slt_arctic_hts ] || missing=1; \
+	for v in cmu_us_slt_arctic_hts ked_diphone; do [ -d /usr/share/festival/voices/*/$$v ] || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing speech tools (Debian): $(APT_PKGS)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $(APT_PKGS) >/dev/null; \
