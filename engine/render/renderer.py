@@ -2,13 +2,17 @@
 
 Per frame, with every avatar-specific field precomputed as a buffer (engine.render.warp):
   1. head flow H = head coeffs @ head basis and expression flow E = blendshapes @ expression
-     basis, both coarse (flow_size^2), each one matmul;
+     basis, both coarse (flow_size^2; the expression basis kept only on the box where it is
+     non-zero), each one matmul;
   2. compose them as the rig poses points (expression first, then head): the pixel p shows
      the rest image at q + E(q), q = p + H(p), so E is sampled at q (a 2-channel grid_sample);
-  3. where the expression flow jumps (parted lips, closing lids) it is stored at full
-     resolution in a box around them, composed the same way and pasted over the upsampled flow;
-  4. one 4-D grid_sample of the rest image, then, on a crop around the face, the mouth
-     interior where the lips part and the eyelids' repainted skin where a lid came down.
+  3. upsample the coarse field with the identity folded in (bilinear upsampling of the affine
+     identity is exact), so it is the sampling grid itself, with no full-resolution add;
+  4. where the expression flow jumps (parted lips, closing lids) it is stored at full
+     resolution in a box around them, composed the same way and added to that box's grid;
+  5. 4-D grid_samples of the rest image: the box with its detailed grid, the rest of the frame
+     in four pieces around it; on the box, the mouth interior where the lips part and the
+     eyelids' repainted skin where a lid came down; one concatenation assembles the frame.
 No loops over pixels or triangles, no data-dependent control flow, static shapes: the module
 traces and exports as it is. Composing (rather than adding) the two flows keeps a parted lip
 where the head carried it: a summed flow would leave the jaw's edge at its rest position.
@@ -75,8 +79,10 @@ class Renderer(nn.Module):
         for name, idx in (("expr_basis", expr_idx), ("head_basis", head_idx)):
             basis = fit_flow_basis(coarse, bounds, idx).reshape(len(idx), flow_size, flow_size, 2)
             self.register_buffer(name, _flat(basis.transpose(0, 3, 1, 2), len(idx)))  # (K, 2*h*w)
-        self.register_buffer("identity_coarse", _identity(flow_size))  # (1, h, w, 2)
-        self.register_buffer("identity", _identity(size))  # (1, S, S, 2)
+        # The identity at the coarse pixels plus a ring of one beyond the edge (linearly
+        # extrapolated): upsampling a field padded with it gives the identity exactly at every
+        # frame pixel, edges included, so the full-resolution grid never needs a separate add.
+        self.register_buffer("identity_padded", _identity(flow_size, pad=1).permute(0, 3, 1, 2).contiguous())
 
         # Detail box: around the lips and eyes, where the expression flow jumps, its
         # full-resolution residual over the upsampled coarse field. It lives in a rest box
@@ -93,11 +99,21 @@ class Renderer(nn.Module):
         coarse_expr = self.expr_basis.view(-1, 2, flow_size, flow_size).numpy()
         residual = fit_detail_residual(rig, bounds, expr_idx, coarse_expr, self.rest_box)
         self.register_buffer("detail_basis", _flat(residual, len(expr_idx)))  # (K, 2*h*w)
-        a, b, c, d = self.rest_box
-        # frame-normalized coordinates -> the rest box's own normalized coordinates (align_corners=False)
-        scale = np.array([size / (d - c), size / (b - a)])
-        shift = (size - 2 * np.array([c, a])) / np.array([d - c, b - a]) - 1
-        self.register_buffer("detail_map", torch.as_tensor(np.stack([scale, shift]), dtype=torch.float32))  # (2, 2)
+        # The residual is sampled in the rest box's own normalized coordinates: the head flow is
+        # scaled before its (linear) upsampling, the frame box's identity after.
+        scale, shift = _box_map(size, self.rest_box)
+        a, b, c, d = self.frame_box
+        self.register_buffer("detail_scale", scale.view(1, 2, 1, 1))
+        self.register_buffer("detail_origin", _identity(size)[:, a:b, c:d] * scale + shift)  # (1, h, w, 2)
+
+        # The coarse expression flow is zero away from the face: its basis is kept only on the
+        # box where it is not, grown by a ring of zeros (so sampling it with border padding still
+        # gives zero outside, as the whole field would) and sampled in the box's own coordinates.
+        self.expr_box = ea, eb, ec, ed = _support(coarse_expr, grow=1)
+        self.register_buffer("expr_basis", _flat(coarse_expr[:, :, ea:eb, ec:ed], len(expr_idx)))  # (K, 2*he*we)
+        scale, shift = _box_map(flow_size, self.expr_box)
+        self.register_buffer("expr_scale", scale)
+        self.register_buffer("expr_origin", _identity(flow_size) * scale + shift)  # (1, h, w, 2)
 
         self.mouth = MouthInterior(np.asarray(rig.points)[lips], np.asarray(rig.basis)[:, lips], mouth_box,
                                    _light(rig, image))
@@ -115,46 +131,79 @@ class Renderer(nn.Module):
                 band_colour(image, pts[upper], LASH_BAND, width, above=True, percentile=10),
                 band_colour(image, pts[lower], LOWER_BAND, width, above=False), width))
 
-    def flow(self, coeffs: torch.Tensor) -> torch.Tensor:
-        """(B, 2, S, S) backward flow in normalized units: the pixel p shows the rest image at p + flow."""
-        batch, h = coeffs.shape[0], self.flow_size
+    def grids(self, coeffs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where each pixel samples the rest image (normalized x, y): (B, S + 2f, S + 2f, 2) from
+        the coarse flow alone, the frame at offset f (f = self.factor) within a one-coarse-pixel
+        ring; and (B, h, w, 2) over the frame box with the full-resolution detail."""
+        batch, h, f = coeffs.shape[0], self.flow_size, self.factor
         expr, head = coeffs.index_select(1, self.expr_index), coeffs.index_select(1, self.head_index)
-        e = (expr @ self.expr_basis).view(batch, 2, h, h)
+        ea, eb, ec, ed = self.expr_box
+        e = (expr @ self.expr_basis).view(batch, 2, eb - ea, ed - ec)
         hd = (head @ self.head_basis).view(batch, 2, h, h)
-        q = self.identity_coarse + hd.permute(0, 2, 3, 1)
+        q = self.expr_origin + hd.permute(0, 2, 3, 1) * self.expr_scale  # p + H(p) in the expression box
         coarse = hd + F.grid_sample(e, q, mode="bilinear", padding_mode="border", align_corners=False)
-        flow = F.interpolate(coarse, scale_factor=self.factor, mode="bilinear", align_corners=False)
+        # Replicate padding reproduces upsampling's clamped edges for the flow; the padded
+        # identity extends linearly, so the upsampled sum is identity + upsampled flow exactly.
+        ring = F.pad(coarse, (1, 1, 1, 1), mode="replicate") + self.identity_padded  # (B, 2, h + 2, h + 2)
+        grid = F.interpolate(ring, scale_factor=f, mode="bilinear", align_corners=False).permute(0, 2, 3, 1)
 
         a, b, c, d = self.frame_box
         ra, rb, rc, rd = self.rest_box
-        f = self.factor
         field = (expr @ self.detail_basis).view(batch, 2, rb - ra, rd - rc)
-        hw = F.interpolate(hd[:, :, a // f:b // f, c // f:d // f], scale_factor=f, mode="bilinear", align_corners=False)
-        q = (self.identity[:, a:b, c:d] + hw.permute(0, 2, 3, 1)) * self.detail_map[0] + self.detail_map[1]
+        hw = F.interpolate(hd[:, :, a // f:b // f, c // f:d // f] * self.detail_scale, scale_factor=f,
+                           mode="bilinear", align_corners=False)
+        q = hw.permute(0, 2, 3, 1) + self.detail_origin  # the rest box's own normalized coordinates
         residual = F.grid_sample(field, q, mode="bilinear", padding_mode="zeros", align_corners=False)
-        flow = paste(flow, flow[:, :, a:b, c:d] + residual, a, c)
-        return flow
+        box = grid[:, f + a:f + b, f + c:f + d] + residual.permute(0, 2, 3, 1)
+        return grid, box
+
+    def flow(self, coeffs: torch.Tensor) -> torch.Tensor:
+        """(B, 2, S, S) backward flow in normalized units: the pixel p shows the rest image at p + flow."""
+        grid, box = self.grids(coeffs)
+        f, s = self.factor, self.size
+        a, _, c, _ = self.frame_box
+        full = paste(grid[:, f:f + s, f:f + s].permute(0, 3, 1, 2), box.permute(0, 3, 1, 2), a, c)
+        return full - _identity(s).to(full).permute(0, 3, 1, 2)
 
     def warp(self, coeffs: torch.Tensor) -> torch.Tensor:
         """(B, 3, S, S) the rest image warped to the pose, before the mouth interior."""
-        grid = self.identity + self.flow(coeffs).permute(0, 2, 3, 1)  # (B, S, S, 2) normalized x, y
-        image = self.image.expand(coeffs.shape[0], -1, -1, -1)
-        return F.grid_sample(image, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        return self._assemble(*self._sample(coeffs))
 
     def forward(self, coeffs: torch.Tensor) -> torch.Tensor:
         """(B, D) raw coefficients -> (B, 3, S, S) frames in [0, 1] (bilinear samples of the
         image and palettes no brighter than white: no clamp needed)."""
-        frames = self.warp(coeffs)
-        a, b, c, d = self.frame_box  # the mouth and eyes are composited on this crop, pasted once
-        face = self.mouth(frames[:, :, a:b, c:d], coeffs, (a, c))
+        outside, face = self._sample(coeffs)
+        a, _, c, _ = self.frame_box  # the mouth and eyes are composited on the frame box's crop
+        face = self.mouth(face, coeffs, (a, c))
         for eyelid in self.eyelids:
             face = eyelid(face, coeffs, (a, c))
-        return paste(frames, face, a, c)
+        return self._assemble(outside, face)
+
+    def _sample(self, coeffs: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The warped frame in pieces, each one 4-D grid_sample of the rest image: above, left
+        of, right of and below the frame box (coarse flow), and the box itself (with detail)."""
+        grid, box = self.grids(coeffs)
+        image = self.image.expand(coeffs.shape[0], -1, -1, -1)  # (B, 3, S, S), not copied
+        f, s = self.factor, self.size
+        a, b, c, d = self.frame_box
+        pieces = [grid[:, f:f + a, f:f + s], grid[:, f + a:f + b, f:f + c], grid[:, f + a:f + b, f + d:f + s],
+                  grid[:, f + b:f + s, f:f + s], box]
+        top, left, right, bottom, face = (
+            F.grid_sample(image, g, mode="bilinear", padding_mode="border", align_corners=False) for g in pieces)
+        return [top, left, right, bottom], face
+
+    @staticmethod
+    def _assemble(outside: list[torch.Tensor], face: torch.Tensor) -> torch.Tensor:
+        """(B, 3, S, S) from the pieces of `_sample`, with `face` in the frame box."""
+        top, left, right, bottom = outside
+        return torch.cat([top, torch.cat([left, face, right], dim=3), bottom], dim=2)
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
     """(B, 3, S, S) float frames in [0, 1] -> (B, S, S, 3) uint8 RGB numpy."""
-    return (frames.detach() * 255 + 0.5).clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    frames = frames.detach()
+    scaled = torch.add(frames.new_tensor(0.5), frames, alpha=255).clamp_(0, 255)  # 0.5 + 255 x: one pass, rounds
+    return scaled.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def _flat(x: np.ndarray, rows: int) -> torch.Tensor:
@@ -162,10 +211,31 @@ def _flat(x: np.ndarray, rows: int) -> torch.Tensor:
     return torch.from_numpy(x.reshape(rows, x.size // rows if rows else int(np.prod(x.shape[1:]))))
 
 
-def _identity(size: int) -> torch.Tensor:
-    """(1, size, size, 2) normalized x, y of pixel centres (align_corners=False)."""
-    c = (2 * torch.arange(size, dtype=torch.float32) + 1) / size - 1
+def _identity(size: int, pad: int = 0) -> torch.Tensor:
+    """(1, size + 2 pad, size + 2 pad, 2) normalized x, y of pixel centres (align_corners=False),
+    continuing linearly `pad` pixels beyond each edge."""
+    c = (2 * torch.arange(-pad, size + pad, dtype=torch.float32) + 1) / size - 1
     return torch.stack(torch.meshgrid(c, c, indexing="xy"), -1)[None]
+
+
+def _box_map(size: int, box: tuple[int, int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(2,) scale and shift taking normalized x, y over a size x size grid to the normalized
+    coordinates of its box (y0, y1, x0, x1) (align_corners=False)."""
+    a, b, c, d = box
+    scale = np.array([size / (d - c), size / (b - a)])
+    shift = (size - 2 * np.array([c, a])) / np.array([d - c, b - a]) - 1
+    return torch.as_tensor(scale, dtype=torch.float32), torch.as_tensor(shift, dtype=torch.float32)
+
+
+def _support(fields: np.ndarray, grow: int) -> tuple[int, int, int, int]:
+    """y0, y1, x0, x1 of the box where any of `fields` (..., h, w) is non-zero, grown by `grow`
+    and clipped to the grid (the whole grid if they are zero everywhere)."""
+    h, w = fields.shape[-2:]
+    ys, xs = np.nonzero((fields.reshape(-1, h, w) != 0).any(0))
+    if len(ys) == 0:
+        return 0, h, 0, w
+    return (max(int(ys.min()) - grow, 0), min(int(ys.max()) + 1 + grow, h),
+            max(int(xs.min()) - grow, 0), min(int(xs.max()) + 1 + grow, w))
 
 
 def _union(p, q):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from engine.motion import spec
-from engine.render.renderer import Renderer, to_uint8
+from engine.render.renderer import Renderer, _identity, to_uint8
 from engine.render.warp import FlowRasterizer
 
 
@@ -97,6 +97,21 @@ def test_blink_covers_the_eye_with_lid_skin(render_rig, renderer, side):
     assert (luma(closed[pupil]) < 0.25).mean() < 0.05, "no dark iris pixels left"
     eye_box = box_of(render_rig.points[eye], grow=2)
     assert np.abs(closed - rest)[eye_box].mean() > 0.03
+
+
+def test_warp_is_one_sample_of_the_image_at_p_plus_flow(renderer):
+    """The warp samples the frame in pieces around the detail box, from a grid with the
+    identity folded in before upsampling: it must equal the plain formula, edges included."""
+    coeffs = torch.from_numpy(np.stack([spec.neutral(), spec.from_dict({"jawOpen": 0.8, "headYaw": 0.12,
+                                                                        "eyeBlink_L": 1.0, "headPitch": -0.1})]))
+    with torch.no_grad():
+        flow = renderer.flow(coeffs)
+        grid = _identity(renderer.size) + flow.permute(0, 2, 3, 1)
+        direct = torch.nn.functional.grid_sample(renderer.image.expand(2, -1, -1, -1), grid, mode="bilinear",
+                                                 padding_mode="border", align_corners=False)
+        warped = renderer.warp(coeffs)
+    assert flow[0].abs().max() < 1e-6, "the rest pose is the identity at every pixel"
+    assert (warped - direct).abs().max() < 1e-4
 
 
 def test_batch_matches_single_frames(renderer):
