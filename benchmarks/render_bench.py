@@ -35,6 +35,7 @@ from engine.face.rig import Rig
 from engine.motion.baseline import BaselineDriver, BaselineOptions
 from engine.offline import RenderRequest, render_file
 from engine.render.renderer import Renderer, to_uint8
+from engine.runtime import tune_allocator
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -90,6 +91,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
+    tune_allocator()  # as the `avatar` command does
 
     motion = BaselineDriver(BaselineOptions()).drive(extract_features(load_audio(assets.SAMPLE_SPEECH)))
     result = {

@@ -113,7 +113,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     from engine.errors import UserError
+    from engine.runtime import tune_allocator
 
+    tune_allocator()
     try:
         args.handler(args)
     except UserError as err:
