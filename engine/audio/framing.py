@@ -21,8 +21,7 @@ class SlidingWindows:
         self.reset()
 
     def reset(self) -> None:
-        self._buffer = np.zeros(self.left_pad, np.float32)  # starts at window `_emitted`'s first sample
-        self._emitted = 0  # windows handed out so far
+        self._buffer = np.zeros(self.left_pad, np.float32)  # starts at the next window's first sample
         self._pushed = 0  # real (not padding) samples received
 
     def push(self, samples: np.ndarray) -> np.ndarray:
@@ -36,7 +35,6 @@ class SlidingWindows:
         # (k, size) view; copied so callers may keep it after the buffer moves on.
         windows = np.lib.stride_tricks.sliding_window_view(self._buffer, self.size)[: k * self.hop : self.hop].copy()
         self._buffer = self._buffer[k * self.hop :]
-        self._emitted += k
         return windows
 
     def flush(self) -> np.ndarray:

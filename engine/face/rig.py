@@ -66,7 +66,6 @@ class _Sculptor:
         self.lip_lower_band = within * _smooth(1 - (v - outer_lo) / 0.03) * (self.below > -1e-3)
         self.lip_upper_band = within * _smooth(1 - (outer_up - v) / 0.03) * (self.below < 1e-3)
         self.lip_lower_band[lo], self.lip_upper_band[up] = 1.0, 1.0
-        self.outer_lo, self.outer_up, self.line = outer_lo, outer_up, line
         self.centrality = np.clip(1 - ((u - self.mouth[0]) / self.mouth_half) ** 2, 0, 1)
 
     # --- small helpers -------------------------------------------------------------------
