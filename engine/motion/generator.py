@@ -1,0 +1,128 @@
+"""The learned driver for one stream: audio features chunk by chunk in, raw motion out.
+
+Each `step` takes the features of the next L frames plus K lookahead frames, samples the chunk
+with the flow sampler against the KV cache, commits the clean chunk to the cache and returns
+the chunk as raw, clipped motion coefficients (engine.motion.spec). The next call's features
+start L frames later (its first K frames are this call's lookahead). What the generator keeps
+between calls is all named here: the cache, the last P audio frames and the utterance statistics.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from engine.audio.frontend import AudioFeatures
+from engine.motion import spec
+from engine.motion.baseline import EMOTIONS
+from engine.motion.cache import KVCache
+from engine.motion.model import NO_EMOTION, N_PROSODY, Conditions, MotionTransformer
+from engine.motion.sampler import SamplerOptions, sample
+from engine.timebase import FPS, MELS_PER_FRAME, N_MELS
+
+STATS_HORIZON = 2 * FPS  # speech frames the utterance statistics average over before they turn into an EMA
+
+
+def silence(frames: int) -> AudioFeatures:
+    """Features of digital silence (what the frontend gives for zeros): pads the stream's start."""
+    zero = np.zeros(frames, np.float32)
+    return AudioFeatures(np.full((frames, MELS_PER_FRAME, N_MELS), -1.0, np.float32), zero - 100.0, zero, zero, zero)
+
+
+def prosody_features(features: AudioFeatures) -> np.ndarray:
+    """(T, 4) model inputs of order 1: energy, log2 F0 around 150 Hz (0 when unvoiced), voicing, VAD."""
+    energy = (np.clip(features.energy, -100.0, 0.0) + 50.0) / 25.0
+    log_f0 = np.where(features.f0 > 0, np.log2(np.maximum(features.f0, 1.0) / 150.0), 0.0)
+    return np.stack([energy, log_f0, features.voicing, features.vad], axis=1).astype(np.float32)
+
+
+class UtteranceStats:
+    """Running mean and std of the prosody channels over speech frames (weighted by VAD): an exact
+    mean for the first STATS_HORIZON speech frames, then an exponential moving average."""
+
+    def __init__(self):
+        self.weight = 0.0
+        self.mean = np.zeros(N_PROSODY, np.float64)
+        self.mean_sq = np.zeros(N_PROSODY, np.float64)
+
+    def vector(self) -> np.ndarray:
+        """(8,) float32: mean and std of the 4 prosody channels (zeros before any speech)."""
+        std = np.sqrt(np.maximum(self.mean_sq - self.mean**2, 0.0))
+        return np.concatenate([self.mean, std]).astype(np.float32)
+
+    def update(self, prosody: np.ndarray) -> None:
+        """Fold in (T, 4) prosody_features, frame by frame (any chunking gives the same result)."""
+        for row in prosody.astype(np.float64):
+            speech = row[3]  # VAD probability
+            if speech <= 0:
+                continue
+            self.weight = min(self.weight + speech, STATS_HORIZON)
+            rate = speech / self.weight
+            self.mean += rate * (row - self.mean)
+            self.mean_sq += rate * (row**2 - self.mean_sq)
+
+
+def emotion_index(emotion: str | None) -> int:
+    if emotion is None:
+        return NO_EMOTION
+    if emotion not in EMOTIONS:
+        raise ValueError(f"emotion must be one of {', '.join(EMOTIONS)} or None; got {emotion!r}")
+    return EMOTIONS.index(emotion)
+
+
+def make_conditions(window: AudioFeatures, stats: np.ndarray, emotion: str | None, ref: np.ndarray,
+                    device=None) -> Conditions:
+    """A batch of one: `window` holds P past + L + K frames, `ref` is raw (D,) reference motion."""
+    return Conditions(
+        mel=torch.as_tensor(window.mel, device=device)[None],
+        prosody=torch.as_tensor(prosody_features(window), device=device)[None],
+        stats=torch.as_tensor(stats, device=device)[None],
+        audio_on=torch.ones(1, dtype=torch.bool, device=device),
+        emotion=torch.tensor([emotion_index(emotion)], device=device),
+        ref=torch.as_tensor(spec.normalize(np.asarray(ref, np.float32)), device=device)[None],
+    )
+
+
+class StreamingGenerator:
+    def __init__(self, model: MotionTransformer, options: SamplerOptions = SamplerOptions(), seed: int = 0):
+        self.model = model.eval()
+        self.options = options
+        self.config = model.config
+        self.device = next(model.parameters()).device
+        self.seed = seed
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the stream: empty cache, silent audio history, fresh statistics and noise."""
+        self.cache = KVCache.empty(self.config, 1, self.device)
+        self.past = silence(self.config.audio_past)  # the P audio frames before the next chunk
+        self.stats = UtteranceStats()
+        self.rng = torch.Generator(device=self.device).manual_seed(self.seed)
+
+    @torch.no_grad()
+    def step(self, features: AudioFeatures, emotion: str | None = "neutral", ref: np.ndarray | None = None,
+             noise: torch.Tensor | np.ndarray | None = None) -> np.ndarray:
+        """Features of L + K frames -> (L, D) raw motion of the first L, clipped to the spec's bounds.
+
+        `ref` is the avatar's raw (D,) neutral motion (default spec.neutral()); `noise` (L, D) standard
+        normal (default: drawn from the generator's seeded stream); emotion None means "none"."""
+        cfg = self.config
+        if len(features) != cfg.chunk + cfg.lookahead:
+            raise ValueError(
+                f"step needs features for L + K = {cfg.chunk} + {cfg.lookahead} frames (the chunk and its "
+                f"lookahead); got {len(features)}. Pad the end of a stream with generator.silence(n)."
+            )
+        ref = spec.neutral() if ref is None else ref
+        if noise is None:
+            noise = torch.randn(cfg.chunk, cfg.motion_dim, generator=self.rng, device=self.device)
+        noise = torch.as_tensor(noise, dtype=torch.float32, device=self.device)
+        window = AudioFeatures.concat([self.past, features])
+        cond = make_conditions(window, self.stats.vector(), emotion, ref, self.device)
+        clean = sample(self.model, noise.reshape(1, cfg.chunk, cfg.motion_dim), cond, self.cache, self.options)
+        clean = clean.clamp(-1.0, 1.0)  # the spec's bounds in normalized units
+        self.cache = self.model.commit(clean, cond, self.cache)
+
+        chunk = features[: cfg.chunk]
+        self.stats.update(prosody_features(chunk))
+        self.past = AudioFeatures.concat([self.past, chunk])[cfg.chunk:]  # the last P frames
+        return spec.clip(spec.denormalize(clean[0].cpu().numpy()))

@@ -1,0 +1,236 @@
+"""The motion generator network: a flow-matching transformer over chunks of motion (DESIGN.md §6).
+
+One call maps a chunk of L noisy motion frames x_t (normalized motion space, engine.motion.spec)
+at flow time t to a velocity, conditioned per frame on:
+- audio, at three levels mixed in every block by learnable level selectors (softmax weights):
+  local phonetic (a mel encoder over the frame's 4 mel rows and its neighbours: P past frames,
+  K lookahead frames), local prosodic (energy, F0, voicing, VAD over the same neighbourhood) and
+  global (running utterance statistics, a small state vector the caller keeps);
+- emotion (7 classes, or index `NO_EMOTION` = 7 for "none", the classifier-free-guidance null);
+- the avatar's reference (neutral) motion and the flow time t.
+Each frame's condition vector modulates that frame's tokens (frame-wise AdaLN: shift, scale and
+a zero-initialised gate), so at initialisation every block is the identity.
+
+Attention: the L chunk frames attend bidirectionally to each other and to the W committed frames
+in the KV cache (engine.motion.cache), with a learned per-head bias by frame distance (initialised
+ALiBi-like) and a validity mask. After sampling, `commit` runs the clean chunk once at t = 1 and
+pushes its keys/values. A committed chunk attends only to itself, so its keys/values depend on
+that chunk alone: the cache holds exactly what recomputing the last W frames from scratch gives,
+per-chunk cost is constant, and training can compute all clean context in one parallel pass.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from engine.motion import spec
+from engine.motion.baseline import EMOTIONS
+from engine.motion.cache import KVCache
+from engine.timebase import MELS_PER_FRAME, N_MELS
+
+NO_EMOTION = len(EMOTIONS)  # emotion index meaning "none" (dropped for classifier-free guidance)
+N_PROSODY = 4  # prosody channels per frame: energy, log-F0, voicing, VAD (engine.motion.generator)
+N_STATS = 8  # global utterance statistics: running mean and std of the 4 prosody channels
+
+
+@dataclass(frozen=True)
+class MotionConfig:
+    chunk: int = 4  # L: frames generated per step
+    lookahead: int = 2  # K: future audio frames each chunk may hear (latency floor (L+K) x 40 ms)
+    audio_past: int = 2  # P: past audio frames the local audio encoders hear
+    context: int = 48  # W: committed frames held in the KV cache (1.92 s at 25 fps)
+    d_model: int = 160  # width of the tokens and condition vectors
+    n_heads: int = 4  # attention heads (d_model must divide evenly)
+    n_layers: int = 4  # transformer blocks
+    mlp_ratio: int = 4  # MLP hidden width / d_model
+    n_mels: int = N_MELS  # mel bins per mel frame
+    mels_per_frame: int = MELS_PER_FRAME  # mel frames per video frame
+    n_prosody: int = N_PROSODY  # prosody channels per frame
+    n_stats: int = N_STATS  # size of the global utterance-statistics vector
+    n_emotions: int = NO_EMOTION + 1  # emotion classes including "none"
+    motion_dim: int = spec.D  # D: motion coefficients per frame
+
+    def __post_init__(self):
+        if self.d_model % self.n_heads:
+            raise ValueError(f"d_model ({self.d_model}) must be a multiple of n_heads ({self.n_heads})")
+        if not 1 <= self.chunk <= self.context:
+            raise ValueError(f"chunk ({self.chunk}) must be at least 1 and at most the cache window ({self.context})")
+        if self.lookahead < 0 or self.audio_past < 0:
+            raise ValueError(f"lookahead ({self.lookahead}) and audio_past ({self.audio_past}) must be >= 0")
+        if self.n_emotions != NO_EMOTION + 1:
+            raise ValueError(f"n_emotions must be {NO_EMOTION + 1} ({', '.join(EMOTIONS)} and none)")
+
+    @property
+    def audio_frames(self) -> int:
+        """Audio frames one chunk reads: P past + L chunk + K lookahead."""
+        return self.audio_past + self.chunk + self.lookahead
+
+    @staticmethod
+    def tiny() -> MotionConfig:
+        """For tests: runs in milliseconds on a CPU."""
+        return MotionConfig(chunk=4, lookahead=2, audio_past=1, context=8, d_model=32, n_heads=2, n_layers=2)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> MotionConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"unknown MotionConfig fields {sorted(unknown)}: the checkpoint is newer than this code")
+        return cls(**values)
+
+
+class Conditions(NamedTuple):
+    """Everything a chunk is conditioned on, batched along B (A = P + L + K audio frames)."""
+
+    mel: Tensor  # (B, A, mels_per_frame, n_mels) normalized log-mel
+    prosody: Tensor  # (B, A, n_prosody) engine.motion.generator.prosody_features
+    stats: Tensor  # (B, n_stats) running utterance statistics at the chunk's start
+    audio_on: Tensor  # (B,) bool: False drops the audio (classifier-free guidance)
+    emotion: Tensor  # (B,) int64 in [0, n_emotions); NO_EMOTION = none
+    ref: Tensor  # (B, D) the avatar's reference (neutral) motion, normalized
+
+
+def timestep_embedding(t: Tensor, dim: int) -> Tensor:
+    """(B,) flow times in [0, 1] -> (B, dim) sinusoids."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    angles = 1000.0 * t.float()[:, None] * freqs[None]  # (B, half)
+    return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
+
+
+def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
+    return x * (1 + scale) + shift
+
+
+class LocalAudioEncoder(nn.Module):
+    """Per-frame features -> (B, L, d): an MLP per frame, then one 'valid' convolution whose
+    kernel spans P past + the frame + K lookahead frames, so A audio frames give L outputs."""
+
+    def __init__(self, in_dim: int, config: MotionConfig):
+        super().__init__()
+        d = config.d_model
+        self.frame = nn.Sequential(nn.Linear(in_dim, d), nn.GELU())
+        self.window = nn.Conv1d(d, d, kernel_size=config.audio_past + 1 + config.lookahead)
+
+    def forward(self, feats: Tensor) -> Tensor:  # (B, A, in_dim)
+        h = self.frame(feats)  # (B, A, d)
+        return self.window(h.transpose(1, 2)).transpose(1, 2)  # (B, L, d)
+
+
+class Block(nn.Module):
+    """Frame-wise AdaLN transformer block with its own audio level selector and distance bias."""
+
+    def __init__(self, config: MotionConfig):
+        super().__init__()
+        d, h = config.d_model, config.n_heads
+        self.n_heads = h
+        self.level_logits = nn.Parameter(torch.zeros(3))  # phonetic, prosodic, global
+        self.adaln = nn.Linear(d, 6 * d)  # per-frame condition -> shift/scale/gate for attention and MLP
+        nn.init.zeros_(self.adaln.weight)
+        nn.init.zeros_(self.adaln.bias)
+        self.norm1 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.proj = nn.Linear(d, d)
+        self.norm2 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(d, config.mlp_ratio * d), nn.GELU(), nn.Linear(config.mlp_ratio * d, d))
+        # Learned attention bias per head and frame distance q - k in [-(L-1), W+L-1]; at init ALiBi-like:
+        # -slope_h * |distance| / L, so the flattest head still sees the whole window.
+        self.offset = config.chunk - 1  # index of distance 0 in the table
+        dist = torch.arange(-(config.chunk - 1), config.context + config.chunk).float()
+        slopes = 2.0 ** (-8.0 * torch.arange(1, h + 1).float() / h)
+        self.rel_bias = nn.Parameter(-slopes[:, None] * dist.abs()[None] / config.chunk)  # (h, n_dist)
+
+    def forward(self, x: Tensor, levels: Tensor, shared: Tensor, dist: Tensor, valid: Tensor,
+                past_k: Tensor, past_v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        B, L, d = x.shape
+        h = self.n_heads
+        # Per-frame condition: this block's mix of the audio levels plus emotion/reference/time.
+        audio = torch.einsum("blnd,n->bld", levels, self.level_logits.softmax(0))  # (B, L, d)
+        c = F.silu(audio + shared)  # (B, L, d)
+        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaln(c).chunk(6, dim=-1)  # each (B, L, d)
+
+        q, k, v = self.qkv(modulate(self.norm1(x), shift1, scale1)).split(d, dim=-1)
+        q, k, v = (z.view(B, L, h, d // h).transpose(1, 2) for z in (q, k, v))  # (B, h, L, hd)
+        keys = torch.cat([past_k, k], dim=2)  # (B, h, W+L, hd)
+        values = torch.cat([past_v, v], dim=2)
+        bias = self.rel_bias[:, dist + self.offset].transpose(0, 1)  # (B, h, L, W+L)
+        att = (q @ keys.transpose(-2, -1)) / math.sqrt(d // h) + bias  # (B, h, L, W+L)
+        att = att.masked_fill(~valid[:, None, None, :], float("-inf")).softmax(dim=-1)
+        y = (att @ values).transpose(1, 2).reshape(B, L, d)  # (B, L, d)
+        x = x + gate1 * self.proj(y)
+        x = x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        return x, k, v
+
+
+class MotionTransformer(nn.Module):
+    def __init__(self, config: MotionConfig):
+        super().__init__()
+        self.config = config
+        d = config.d_model
+        self.x_in = nn.Linear(config.motion_dim, d)
+        self.phonetic = LocalAudioEncoder(config.mels_per_frame * config.n_mels, config)
+        self.prosodic = LocalAudioEncoder(config.n_prosody, config)
+        self.global_stats = nn.Sequential(nn.Linear(config.n_stats, d), nn.GELU(), nn.Linear(d, d))
+        self.null_audio = nn.Parameter(torch.zeros(3, d))  # each level's stand-in when audio is dropped
+        self.emotion = nn.Embedding(config.n_emotions, d)
+        self.ref_in = nn.Linear(config.motion_dim, d)
+        self.time_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layers))
+        self.final_adaln = nn.Linear(d, 2 * d)  # per-frame shift/scale before the output layer
+        nn.init.zeros_(self.final_adaln.weight)
+        nn.init.zeros_(self.final_adaln.bias)
+        self.norm_out = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.out = nn.Linear(d, config.motion_dim)
+
+    def _run(self, x: Tensor, t: Tensor, cond: Conditions, cache: KVCache) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, L, D) chunk -> (B, L, D) output and the chunk's (layers, B, heads, L, hd) keys/values."""
+        B, L, _ = x.shape
+        cfg = self.config
+        if L != cfg.chunk or cond.mel.shape[1] != cfg.audio_frames:
+            raise ValueError(
+                f"expected a chunk of {cfg.chunk} frames with {cfg.audio_frames} audio frames "
+                f"(P={cfg.audio_past} + L + K={cfg.lookahead}); got {L} frames and {cond.mel.shape[1]} audio frames"
+            )
+        # Audio levels per frame, each (B, L, d), stacked -> (B, L, 3, d); dropped audio uses null vectors.
+        phonetic = self.phonetic(cond.mel.flatten(2))  # mel (B, A, 4*80) -> (B, L, d)
+        prosodic = self.prosodic(cond.prosody)  # (B, L, d)
+        global_ = self.global_stats(cond.stats)[:, None].expand(B, L, -1)  # (B, L, d)
+        levels = torch.stack([phonetic, prosodic, global_], dim=2)  # (B, L, 3, d)
+        levels = torch.where(cond.audio_on[:, None, None, None], levels, self.null_audio)
+        shared = self.emotion(cond.emotion) + self.ref_in(cond.ref) + self.time_mlp(timestep_embedding(t, cfg.d_model))
+        shared = shared[:, None]  # (B, 1, d): the same for every frame of the chunk
+
+        # Relative frame distances query - key over [cache slots, chunk frames], and which keys are visible.
+        q_pos = cache.next_frame() + torch.arange(L, device=x.device)  # (B, L)
+        k_pos = torch.cat([cache.pos, q_pos], dim=1)  # (B, W+L)
+        dist = (q_pos[:, :, None] - k_pos[:, None, :]).clamp(-(L - 1), cfg.context + L - 1)  # (B, L, W+L)
+        valid = torch.cat([cache.valid, torch.ones_like(q_pos, dtype=torch.bool)], dim=1)  # (B, W+L)
+
+        h = self.x_in(x)  # (B, L, d)
+        new_k, new_v = [], []
+        for i, block in enumerate(self.blocks):
+            h, k, v = block(h, levels, shared, dist, valid, cache.keys[i], cache.values[i])
+            new_k.append(k)
+            new_v.append(v)
+        shift, scale = self.final_adaln(F.silu(levels.mean(2) + shared)).chunk(2, dim=-1)  # (B, L, d) each
+        out = self.out(modulate(self.norm_out(h), shift, scale))  # (B, L, D)
+        return out, torch.stack(new_k), torch.stack(new_v)
+
+    def forward(self, x_t: Tensor, t: Tensor, cond: Conditions, cache: KVCache) -> Tensor:
+        """Velocity (B, L, D) of the noisy chunk x_t (B, L, D) at flow times t (B,)."""
+        return self._run(x_t, t, cond, cache)[0]
+
+    def commit(self, clean: Tensor, cond: Conditions, cache: KVCache) -> KVCache:
+        """Run the clean chunk (B, L, D) once at t = 1, seeing only itself, and push its keys/values."""
+        t = torch.ones(clean.shape[0], device=clean.device)
+        _, k, v = self._run(clean, t, cond, cache.hidden())
+        return cache.push(k, v)

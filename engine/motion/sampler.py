@@ -1,0 +1,102 @@
+"""Sampling the motion flow: Euler ODE steps with classifier-free guidance, and an SDE step for RL.
+
+Time convention (ours, DESIGN.md §6 training): x_t = t x1 + (1 - t) eps with t from 0 (noise) to
+1 (motion); the network predicts the velocity u = dx/dt = x1 - eps.
+
+Flow-GRPO writes the same path with sigma = 1 - t running from 1 to 0 and velocity v = -u. Its
+step x' = x + [v + (s^2 / 2 sigma)(x + (1 - sigma) v)] dsigma + s sqrt(|dsigma|) eps with
+s = a sqrt(sigma / (1 - sigma)) becomes, with dsigma = -dt (dt = t_next - t > 0):
+
+    x' = x + [u - (a^2 / 2t)(x - t u)] dt + a sqrt((1 - t) / t) sqrt(dt) eps
+
+(x - t u is the model's estimate of the noise, so the extra drift is the score term). The step
+is Gaussian: x' ~ N(mean, std^2) per dimension, which gives the log-probability for PPO ratios.
+It needs 0 < t < t_next <= 1; an RL rollout starts its schedule just above 0 or takes the first
+step with the ODE.
+
+Times are passed explicitly to every step; nothing here counts steps behind the caller's back.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from engine.motion.cache import KVCache
+from engine.motion.model import NO_EMOTION, Conditions, MotionTransformer
+
+
+@dataclass(frozen=True)
+class SamplerOptions:
+    steps: int = 4  # Euler steps from noise (t = 0) to motion (t = 1)
+    guidance_audio: float = 1.0  # ga: 0 ignores the audio, 1 plain conditional, > 1 exaggerates it
+    guidance_emotion: float = 1.0  # ge: the same for the emotion, on top of the audio
+
+    def __post_init__(self):  # verified once, here, so the loop never re-checks
+        if not isinstance(self.steps, int) or isinstance(self.steps, bool) or self.steps < 1:
+            raise ValueError(f"steps must be a positive integer (2-8 is typical); got {self.steps!r}")
+        for name in ("guidance_audio", "guidance_emotion"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number >= 0 (1 = no guidance); got {value!r}")
+
+
+def guidance_batch(cond: Conditions) -> Conditions:
+    """B conditions -> 3B: (no audio, no emotion), (audio, no emotion), (audio, emotion)."""
+    off = torch.zeros_like(cond.audio_on)
+    none = torch.full_like(cond.emotion, NO_EMOTION)
+    return Conditions(
+        mel=cond.mel.repeat(3, 1, 1, 1),
+        prosody=cond.prosody.repeat(3, 1, 1),
+        stats=cond.stats.repeat(3, 1),
+        audio_on=torch.cat([off, cond.audio_on, cond.audio_on]),
+        emotion=torch.cat([none, none, cond.emotion]),
+        ref=cond.ref.repeat(3, 1),
+    )
+
+
+def guided_velocity(model: MotionTransformer, x: Tensor, t: Tensor, cond3: Conditions, cache3: KVCache,
+                    options: SamplerOptions) -> Tensor:
+    """One batched call on the 3 guidance copies (from guidance_batch / cache.repeat(3)) -> (B, L, D)."""
+    v0, va, vae = model(x.repeat(3, 1, 1), t.repeat(3), cond3, cache3).chunk(3)  # each (B, L, D)
+    return v0 + options.guidance_audio * (va - v0) + options.guidance_emotion * (vae - va)
+
+
+@torch.no_grad()
+def sample(model: MotionTransformer, noise: Tensor, cond: Conditions, cache: KVCache,
+           options: SamplerOptions) -> Tensor:
+    """Euler ODE from noise (B, L, D) at t = 0 to the clean chunk (B, L, D) at t = 1."""
+    cond3, cache3 = guidance_batch(cond), cache.repeat(3)
+    x, dt = noise, 1.0 / options.steps
+    for i in range(options.steps):
+        t = torch.full((x.shape[0],), i * dt, device=x.device)
+        x = x + guided_velocity(model, x, t, cond3, cache3, options) * dt
+    return x
+
+
+def sde_mean_std(x: Tensor, u: Tensor, t: float, t_next: float, a: float) -> tuple[Tensor, float]:
+    """Mean (like x) and std (a number) of the Gaussian SDE transition from time t to t_next."""
+    if not 0.0 < t < t_next <= 1.0:
+        raise ValueError(f"the SDE step needs 0 < t < t_next <= 1; got t={t}, t_next={t_next}")
+    if not a > 0:
+        raise ValueError(f"the noise level a must be > 0 (0 is the ODE: use sample); got {a}")
+    dt = t_next - t
+    mean = x + (u - (a * a / (2.0 * t)) * (x - t * u)) * dt
+    return mean, a * math.sqrt((1.0 - t) / t * dt)
+
+
+def sde_log_prob(x: Tensor, u: Tensor, t: float, t_next: float, x_next: Tensor, a: float) -> Tensor:
+    """Log-density (B,) of x_next under the step from x (B, ...) with velocity u, summed over dims."""
+    mean, std = sde_mean_std(x, u, t, t_next, a)
+    logp = -((x_next - mean) ** 2) / (2 * std * std) - math.log(std) - 0.5 * math.log(2 * math.pi)
+    return logp.flatten(1).sum(1)
+
+
+def sde_step(x: Tensor, u: Tensor, t: float, t_next: float, noise: Tensor, a: float = 0.7) -> tuple[Tensor, Tensor]:
+    """One stochastic step: (x_next, its log-probability (B,)) given standard normal noise like x."""
+    mean, std = sde_mean_std(x, u, t, t_next, a)
+    x_next = mean + std * noise
+    return x_next, sde_log_prob(x, u, t, t_next, x_next, a)

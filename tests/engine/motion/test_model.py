@@ -1,0 +1,212 @@
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from engine.audio.frontend import AudioFeatures
+from engine.motion import spec
+from engine.motion.cache import KVCache
+from engine.motion.generator import StreamingGenerator, UtteranceStats, prosody_features
+from engine.motion.model import NO_EMOTION, Conditions, MotionConfig, MotionTransformer
+from engine.motion.sampler import SamplerOptions, sample
+
+CFG = MotionConfig.tiny()
+OPTIONS = SamplerOptions(steps=3, guidance_audio=2.0, guidance_emotion=1.5)
+
+
+def random_conditions(batch=1, emotion=3, frames=CFG.audio_frames):
+    a = frames
+    return Conditions(
+        mel=torch.randn(batch, a, CFG.mels_per_frame, CFG.n_mels),
+        prosody=torch.randn(batch, a, CFG.n_prosody),
+        stats=torch.randn(batch, CFG.n_stats),
+        audio_on=torch.ones(batch, dtype=torch.bool),
+        emotion=torch.full((batch,), emotion),
+        ref=torch.randn(batch, CFG.motion_dim) * 0.1,
+    )
+
+
+def perturb_gates(model, scale=0.3):
+    """Move every AdaLN modulation away from its zero init, so conditions and the cache matter."""
+    with torch.no_grad():
+        for module in [b.adaln for b in model.blocks] + [model.final_adaln]:
+            module.weight.normal_(0, scale)
+            module.bias.normal_(0, scale)
+    return model
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return perturb_gates(MotionTransformer(CFG)).eval()
+
+
+def test_config_round_trips_through_a_dict():
+    for config in (CFG, MotionConfig()):
+        assert MotionConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ValueError, match="unknown MotionConfig fields"):
+        MotionConfig.from_dict({**CFG.to_dict(), "n_experts": 3})
+    with pytest.raises(ValueError, match="multiple of n_heads"):
+        MotionConfig(d_model=30, n_heads=4)
+
+
+def test_forward_shapes_and_commit():
+    torch.manual_seed(0)
+    model = MotionTransformer(CFG)
+    cache = KVCache.empty(CFG, batch=2)
+    x = torch.randn(2, CFG.chunk, CFG.motion_dim)
+    v = model(x, torch.rand(2), random_conditions(2), cache)
+    assert v.shape == (2, CFG.chunk, CFG.motion_dim)
+    new = model.commit(x, random_conditions(2), cache)
+    assert new.keys.shape == cache.keys.shape == (CFG.n_layers, 2, CFG.n_heads, CFG.context, CFG.d_model // CFG.n_heads)
+    assert new.valid[:, -CFG.chunk:].all() and not new.valid[:, : -CFG.chunk].any()
+
+
+def test_cache_ring_wraps_beyond_the_window():
+    cache = KVCache.empty(CFG, batch=1)
+    L, W = CFG.chunk, CFG.context
+    for n in range(5):  # 20 frames through an 8-frame window
+        frames = torch.arange(n * L, (n + 1) * L).float()  # (L,) each slot's value is its frame index
+        new = frames.view(1, 1, 1, L, 1).expand(CFG.n_layers, 1, CFG.n_heads, L, CFG.d_model // CFG.n_heads)
+        cache = cache.push(new, -new)
+        if n == 0:
+            assert cache.valid.tolist() == [[False] * (W - L) + [True] * L]
+            assert cache.pos.tolist() == [list(range(L - W, L))]
+    expected = torch.arange(5 * L - W, 5 * L)
+    assert cache.valid.all()
+    assert torch.equal(cache.pos[0], expected)
+    assert torch.equal(cache.keys[1, 0, 1, :, 0], expected.float())
+    assert torch.equal(cache.values[0, 0, 0, :, 3], -expected.float())
+    assert cache.next_frame().item() == 5 * L
+
+
+def test_streaming_with_the_cache_equals_recomputing_the_window(model):
+    """Chunk by chunk with the KV cache == rebuilding the last W frames' keys/values from scratch."""
+    n_chunks, L, W = 12, CFG.chunk, CFG.context
+    torch.manual_seed(1)
+    conds = [random_conditions() for _ in range(n_chunks)]
+    noises = [torch.randn(1, L, CFG.motion_dim) for _ in range(n_chunks)]
+
+    cache, streamed = KVCache.empty(CFG), []
+    for cond, noise in zip(conds, noises):
+        clean = sample(model, noise, cond, cache, OPTIONS)
+        cache = model.commit(clean, cond, cache)
+        streamed.append(clean)
+
+    reference = []
+    for n, (cond, noise) in enumerate(zip(conds, noises)):
+        first = max(0, n - W // L)  # oldest chunk still inside the window
+        keys, values = [], []
+        for j in range(first, n):  # each past chunk's keys/values from its clean frames alone, at t = 1
+            with torch.no_grad():
+                _, k, v = model._run(reference[j], torch.ones(1), conds[j], KVCache.empty(CFG))
+            keys.append(k)
+            values.append(v)
+        pad = W - (n - first) * L
+        shape = (CFG.n_layers, 1, CFG.n_heads, pad, CFG.d_model // CFG.n_heads)
+        window = KVCache(
+            keys=torch.cat([torch.zeros(shape)] + keys, dim=3),
+            values=torch.cat([torch.zeros(shape)] + values, dim=3),
+            valid=torch.tensor([[False] * pad + [True] * (W - pad)]),
+            pos=torch.arange(n * L - W, n * L)[None],
+        )
+        reference.append(sample(model, noise, cond, window, OPTIONS))
+
+    for n, (a, b) in enumerate(zip(streamed, reference)):
+        assert torch.allclose(a, b, atol=1e-5), f"chunk {n} differs by {(a - b).abs().max():.2e}"
+    # The cache matters: without it the late chunks come out differently.
+    alone = sample(model, noises[-1], conds[-1], KVCache.empty(CFG), OPTIONS)
+    assert (alone - streamed[-1]).abs().max() > 1e-3
+
+
+def test_validity_mask_hides_empty_slots(model):
+    cond, noise = random_conditions(), torch.randn(1, CFG.chunk, CFG.motion_dim)
+    empty = KVCache.empty(CFG)
+    garbage = empty._replace(keys=torch.randn_like(empty.keys) * 100, values=torch.randn_like(empty.values) * 100)
+    a, b = sample(model, noise, cond, empty, OPTIONS), sample(model, noise, cond, garbage, OPTIONS)
+    assert torch.equal(a, b)
+    seen = garbage._replace(valid=torch.ones_like(garbage.valid))
+    assert not torch.allclose(a, sample(model, noise, cond, seen, OPTIONS))
+
+
+def test_zero_initialised_gates_make_the_output_independent_of_conditions():
+    torch.manual_seed(0)
+    model = MotionTransformer(CFG).eval()
+    x, t = torch.randn(1, CFG.chunk, CFG.motion_dim), torch.rand(1)
+    full = KVCache.empty(CFG)
+    full = full._replace(keys=torch.randn_like(full.keys), values=torch.randn_like(full.values),
+                         valid=torch.ones_like(full.valid))
+    with torch.no_grad():
+        a = model(x, t, random_conditions(emotion=1), KVCache.empty(CFG))
+        b = model(x, torch.rand(1), random_conditions(emotion=NO_EMOTION), full)
+        c = model(x + 0.5, t, random_conditions(emotion=1), KVCache.empty(CFG))
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)  # it still reads x_t
+
+
+def test_adaln_is_per_frame():
+    """Changing frame 2's audio changes frame 2's output. With attention gated off, exactly the frames
+    whose audio window (P before, K after) holds frame 2 change: the modulation is per frame."""
+    config = replace(CFG, chunk=8, context=16)
+    torch.manual_seed(0)
+    model = perturb_gates(MotionTransformer(config)).eval()
+    P, K, d = config.audio_past, config.lookahead, config.d_model
+    x, t, cache = torch.randn(1, config.chunk, config.motion_dim), torch.rand(1), KVCache.empty(config)
+    cond = random_conditions(frames=config.audio_frames)
+    prosody = cond.prosody.clone()
+    prosody[0, P + 2] += 3.0  # chunk frame 2
+    changed = cond._replace(prosody=prosody)
+
+    def frames_that_change():
+        with torch.no_grad():
+            diff = (model(x, t, cond, cache) - model(x, t, changed, cache)).abs().amax(-1)[0]
+        return (diff > 1e-6).tolist()
+
+    assert frames_that_change() == [True] * config.chunk  # attention spreads it over the chunk
+    with torch.no_grad():
+        for block in model.blocks:  # gate1 = rows 2d:3d of the 6d modulation
+            block.adaln.weight[2 * d: 3 * d] = 0
+            block.adaln.bias[2 * d: 3 * d] = 0
+    assert frames_that_change() == [2 - K <= j <= 2 + P for j in range(config.chunk)]
+
+
+def speechlike(frames, seed=0):
+    rng = np.random.default_rng(seed)
+    return AudioFeatures(
+        rng.normal(size=(frames, CFG.mels_per_frame, CFG.n_mels)).astype(np.float32),
+        rng.uniform(-60, -10, frames).astype(np.float32),
+        rng.uniform(0, 250, frames).astype(np.float32) * (rng.random(frames) > 0.3),
+        rng.random(frames).astype(np.float32),
+        rng.random(frames).astype(np.float32),
+    )
+
+
+def test_generator_streams_bounded_reproducible_motion(model):
+    L, K = CFG.chunk, CFG.lookahead
+    features = speechlike(6 * L + K)
+    gen = StreamingGenerator(model, OPTIONS, seed=3)
+
+    def run():
+        return np.concatenate([gen.step(features[i: i + L + K], "happy") for i in range(0, 6 * L, L)])
+
+    first = run()
+    assert first.shape == (6 * L, spec.D)
+    assert np.all(first >= spec.LOW) and np.all(first <= spec.HIGH)
+    assert gen.cache.next_frame().item() == 6 * L
+    gen.reset()
+    assert np.array_equal(run(), first)
+    with pytest.raises(ValueError, match="L \\+ K"):
+        gen.step(features[:L], "happy")
+    with pytest.raises(ValueError, match="emotion must be one of"):
+        gen.step(features[: L + K], "bored")
+
+
+def test_utterance_stats_do_not_depend_on_chunking():
+    prosody = prosody_features(speechlike(200))
+    whole, parts = UtteranceStats(), UtteranceStats()
+    whole.update(prosody)
+    for i in range(0, 200, 7):
+        parts.update(prosody[i: i + 7])
+    assert np.allclose(whole.vector(), parts.vector())
+    assert UtteranceStats().vector().tolist() == [0.0] * 8
