@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml Makefile
 	@touch $@
 
 demo: setup
-	avatar render --out out/talk.mp4
+	$(PY) -m engine.cli render --out out/talk.mp4
 
 test: setup
 	$(PY) -m pytest
