@@ -19,7 +19,11 @@ examples:
   avatar render                                  # bundled sample speech and portrait -> out/talk.mp4
   avatar render --audio speech.mp3 --emotion happy --motion-out talk.jsonl
   avatar portrait me.jpg --out check.png         # will this photo work? shows the face it found
+  avatar data synth --out data/synth --hours 1   # synthetic speech + motion corpus for training
 """
+
+# Subcommands owned by other packages, which parse their own arguments (engine never imports them eagerly).
+DELEGATED = {("data", "synth"): "train.synth.corpus"}
 
 
 def _add_render(sub) -> None:
@@ -91,6 +95,12 @@ def _portrait(args) -> None:
           f"mesh and framing drawn to {args.out}")
 
 
+def _add_data(sub) -> None:
+    p = sub.add_parser("data", help="make training data (avatar data synth --help)",
+                       description="Training data. `avatar data synth --help` explains the synthetic corpus.")
+    p.set_defaults(handler=lambda args: p.print_help())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="avatar",
@@ -102,10 +112,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(title="commands", metavar="COMMAND")
     _add_render(sub)
     _add_portrait(sub)
+    _add_data(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if tuple(argv[:2]) in DELEGATED:
+        import importlib
+
+        return importlib.import_module(DELEGATED[tuple(argv[:2])]).main(argv[2:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")

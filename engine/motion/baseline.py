@@ -16,7 +16,8 @@ It is the reference the generator must beat and the fallback when no weights are
 
 The driver is a stream: `step` keeps every filter and random process across calls, drawing a
 fixed number of random numbers per frame, so any chunking of the same features gives the same
-motion for the same seed.
+motion for the same seed. Its random processes (BlinkProcess, HeadProcess, EmphasisTracker, fed by
+frame_draws) are public so the synthetic corpus (train/synth/corpus.py) draws targets from the same ones.
 """
 
 from __future__ import annotations
@@ -158,19 +159,12 @@ class BaselineDriver:
     def reset(self) -> None:
         """Start a new stream: every filter at rest, the random processes re-seeded."""
         self._rng = np.random.default_rng(self.options.seed)
-        self._frame = 0
         self._offset = self._target_offset()  # current emotion offset (eases toward a new one)
         self._reference_db = REFERENCE_FLOOR_DB  # running speech peak level
         self._jaw = self._front = self._round = 0.0
-        self._fast = self._slow = 0.0  # loudness EMAs for emphasis
-        self._f0_level = None  # running F0 in semitones, set by the first voiced frame
-        self._emphasis = 0.0
-        self._level = 0.0  # smoothed articulation: head-motion amplitude
-        self._head = np.zeros((2, 3))  # the two low-pass stages, per axis
-        self._since_blink = int(BLINK_MIN_GAP_S * FPS)  # frames since the last blink began
-        self._since_speech = 10**9  # frames since speech last stopped
-        self._activity = 0.0  # smoothed speech gate
-        self._speaking = False
+        self._emphasis = EmphasisTracker()
+        self._blinks = BlinkProcess()
+        self._head = HeadProcess()
 
     def set_options(self, options: BaselineOptions) -> None:
         """Live controls mid-stream: the emotion eases in over ~0.3 s, scales apply at once, the seed is kept."""
@@ -191,18 +185,15 @@ class BaselineDriver:
         out = spec.neutral(T)
         front, rounded = _vowel_shapes(features.mel)
         gate = np.clip((features.vad - 0.2) / 0.4, 0, 1)  # speech probability -> 0..1 articulation gate
-        # Fixed count per frame (1 blink draw + 3 head normals) keeps the random stream chunking-independent.
-        draws = self._rng.random((T, 4))
-        noise = ndtri(np.clip(draws[:, 1:], 1e-12, 1 - 1e-12))
+        draws, noise = frame_draws(self._rng, T)  # a fixed count per frame: chunking-independent
         target_offset = self._target_offset()
         for t in range(T):
             g = float(gate[t])
             articulation = self._mouth(float(features.energy[t]), float(features.voicing[t]), g, front[t], rounded[t])
-            self._update_emphasis(articulation, float(features.f0[t]), g)
-            blink = self._blink(draws[t, 0], g)
-            rotation, breath = self._head_pose(noise[t], articulation)
+            emphasis = self._emphasis.step(articulation, float(features.f0[t]), g)
+            blink = self._blinks.step(draws[t], g)
+            rotation, breath = self._head.step(noise[t], articulation, emphasis)
             self._offset += _OFFSET_A * (target_offset - self._offset)
-            self._frame += 1
 
             row = out[t]
             row += self._offset
@@ -214,7 +205,7 @@ class BaselineDriver:
             row[_PUCKER] += 0.5 * self._round * scale
             row[_STRETCH] += 0.3 * self._front * scale
             row[_SMILE] += 0.12 * self._front * scale
-            row[_BROWS] += BROW_EMPHASIS * self._emphasis * scale
+            row[_BROWS] += BROW_EMPHASIS * emphasis * scale
             row[_BLINK] = blink
             row[_WIDE] *= 1.0 - blink  # a blink closes wide eyes too
             row[_HEAD_ROT] += rotation * self.options.head_motion
@@ -237,22 +228,27 @@ class BaselineDriver:
         self._round += SHAPE_SMOOTHING * (rounded * voicing * articulation - self._round)
         return articulation
 
-    def _update_emphasis(self, articulation: float, f0: float, gate: float) -> None:
-        """Emphasis: loudness or pitch jumping above its running level."""
-        self._fast += _FAST_A * (articulation - self._fast)
-        self._slow += _SLOW_A * (articulation - self._slow)
-        pitch_jump = 0.0
-        if f0 > 0 and gate > 0.5:
-            semitones = 12 * np.log2(f0 / 100.0)
-            self._f0_level = semitones if self._f0_level is None else self._f0_level
-            pitch_jump = min(max((semitones - self._f0_level - 2.0) / 3.0, 0.0), 1.0)  # > 2 semitones up
-            self._f0_level += _F0_A * (semitones - self._f0_level)
-        loudness_jump = min(max((self._fast - self._slow - 0.15) / 0.25, 0.0), 1.0)
-        target = max(loudness_jump, pitch_jump) * gate
-        self._emphasis += (0.3 if target > self._emphasis else 0.08) * (target - self._emphasis)
 
-    def _blink(self, draw: float, gate: float) -> float:
-        """One frame of the blink renewal process; returns eyeBlink."""
+def frame_draws(rng: np.random.Generator, frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """The random numbers for `frames` frames: blink draws (T,) uniform and head noise (T, 3) normal.
+
+    A fixed count per frame (1 blink draw + 3 head normals) keeps a stream chunking-independent.
+    """
+    draws = rng.random((frames, 4))
+    return draws[:, 0], ndtri(np.clip(draws[:, 1:], 1e-12, 1 - 1e-12))
+
+
+class BlinkProcess:
+    """Blinks as a renewal process: a minimum gap, then a constant hazard scaled by speaking / pausing."""
+
+    def __init__(self):
+        self._since_blink = int(BLINK_MIN_GAP_S * FPS)  # frames since the last blink began
+        self._since_speech = 10**9  # frames since speech last stopped
+        self._activity = 0.0  # smoothed speech gate
+        self._speaking = False
+
+    def step(self, draw: float, gate: float) -> float:
+        """One frame: `draw` uniform in [0, 1), `gate` the speech gate in [0, 1]; returns eyeBlink."""
         # Speaking follows the smoothed gate with hysteresis, so VAD dips inside words are not pauses.
         self._activity += _ACTIVITY_A * (gate - self._activity)
         speaking = self._activity > (0.3 if self._speaking else 0.6)
@@ -266,12 +262,47 @@ class BaselineDriver:
             self._since_blink = 0
         return BLINK_PROFILE[self._since_blink] if self._since_blink < len(BLINK_PROFILE) else 0.0
 
-    def _head_pose(self, noise: np.ndarray, articulation: float) -> tuple[np.ndarray, float]:
-        """Yaw/pitch/roll (radians, before head_motion) and the breathing phase's sine for this frame."""
+
+class HeadProcess:
+    """Head rotation: low-passed noise whose amplitude follows articulation, nods on emphasis, breathing."""
+
+    def __init__(self):
+        self._frame = 0
+        self._level = 0.0  # smoothed articulation: head-motion amplitude
+        self._stages = np.zeros((2, 3))  # the two low-pass stages, per axis
+
+    def step(self, noise: np.ndarray, articulation: float, emphasis: float) -> tuple[np.ndarray, float]:
+        """One frame: (3,) unit normals, articulation and emphasis in [0, 1] -> yaw/pitch/roll (radians,
+        before head_motion) and the breathing phase's sine (headY is BREATH_Y times it)."""
         self._level += _LEVEL_A * (articulation - self._level)
-        self._head[0] += _HEAD_A * (noise - self._head[0])
-        self._head[1] += _HEAD_A * (self._head[0] - self._head[1])
-        rotation = self._head[1] * _HEAD_GAIN * (HEAD_IDLE + HEAD_SPEECH * self._level)
+        self._stages[0] += _HEAD_A * (noise - self._stages[0])
+        self._stages[1] += _HEAD_A * (self._stages[0] - self._stages[1])
+        rotation = self._stages[1] * _HEAD_GAIN * (HEAD_IDLE + HEAD_SPEECH * self._level)
         breath = float(np.sin(2 * np.pi * self._frame / (BREATH_PERIOD_S * FPS)))
-        rotation[1] += NOD * self._emphasis + BREATH_PITCH * breath
+        rotation[1] += NOD * emphasis + BREATH_PITCH * breath
+        self._frame += 1
         return rotation, breath
+
+
+class EmphasisTracker:
+    """Emphasis in [0, 1]: loudness or pitch jumping above its running level (raises brows, nods)."""
+
+    def __init__(self):
+        self._fast = self._slow = 0.0  # loudness EMAs
+        self._f0_level = None  # running F0 in semitones, set by the first voiced frame
+        self._emphasis = 0.0
+
+    def step(self, articulation: float, f0: float, gate: float) -> float:
+        """One frame: articulation (loudness x gate) and gate in [0, 1], f0 in Hz (0 = unvoiced or unknown)."""
+        self._fast += _FAST_A * (articulation - self._fast)
+        self._slow += _SLOW_A * (articulation - self._slow)
+        pitch_jump = 0.0
+        if f0 > 0 and gate > 0.5:
+            semitones = 12 * np.log2(f0 / 100.0)
+            self._f0_level = semitones if self._f0_level is None else self._f0_level
+            pitch_jump = min(max((semitones - self._f0_level - 2.0) / 3.0, 0.0), 1.0)  # > 2 semitones up
+            self._f0_level += _F0_A * (semitones - self._f0_level)
+        loudness_jump = min(max((self._fast - self._slow - 0.15) / 0.25, 0.0), 1.0)
+        target = max(loudness_jump, pitch_jump) * gate
+        self._emphasis += (0.3 if target > self._emphasis else 0.08) * (target - self._emphasis)
+        return self._emphasis

@@ -17,7 +17,7 @@ def avatar(*args, cwd=None):
 def test_help_lists_every_command():
     out = avatar("--help")
     assert out.returncode == 0
-    for command in ("render", "portrait"):
+    for command in ("render", "portrait", "data"):
         assert command in out.stdout
     assert "examples:" in out.stdout
 
@@ -26,6 +26,11 @@ def test_render_help_explains_the_options():
     out = avatar("render", "--help").stdout
     for option in ("--audio", "--portrait", "--out", "--size", "--emotion", "--motion-out"):
         assert option in out
+
+
+def test_data_synth_help_is_the_corpus_builders():
+    out = avatar("data", "synth", "--help")
+    assert out.returncode == 0 and "--hours" in out.stdout and "manifest.json" in out.stdout
 
 
 def test_missing_audio_is_a_clear_error(tmp_path):
