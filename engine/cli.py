@@ -20,10 +20,11 @@ examples:
   avatar render --audio speech.mp3 --emotion happy --motion-out talk.jsonl
   avatar portrait me.jpg --out check.png         # will this photo work? shows the face it found
   avatar data synth --out data/synth --hours 1   # synthetic speech + motion corpus for training
+  avatar train motion --data data/synth --out ckpt/motion   # pretrain the generator (resumable)
 """
 
 # Subcommands owned by other packages, which parse their own arguments (engine never imports them eagerly).
-DELEGATED = {("data", "synth"): "train.synth.corpus"}
+DELEGATED = {("data", "synth"): "train.synth.corpus", ("train", "motion"): "train.pretrain"}
 
 
 def _add_render(sub) -> None:
@@ -101,6 +102,12 @@ def _add_data(sub) -> None:
     p.set_defaults(handler=lambda args: p.print_help())
 
 
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train networks (avatar train motion --help)",
+                       description="Training. `avatar train motion --help` explains generator pretraining.")
+    p.set_defaults(handler=lambda args: p.print_help())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="avatar",
@@ -113,6 +120,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_render(sub)
     _add_portrait(sub)
     _add_data(sub)
+    _add_train(sub)
     return parser
 
 

@@ -17,7 +17,7 @@ def avatar(*args, cwd=None):
 def test_help_lists_every_command():
     out = avatar("--help")
     assert out.returncode == 0
-    for command in ("render", "portrait", "data"):
+    for command in ("render", "portrait", "data", "train"):
         assert command in out.stdout
     assert "examples:" in out.stdout
 
@@ -31,6 +31,11 @@ def test_render_help_explains_the_options():
 def test_data_synth_help_is_the_corpus_builders():
     out = avatar("data", "synth", "--help")
     assert out.returncode == 0 and "--hours" in out.stdout and "manifest.json" in out.stdout
+
+
+def test_train_motion_help_is_the_pretrainers():
+    out = avatar("train", "motion", "--help")
+    assert out.returncode == 0 and "--data" in out.stdout and "--steps" in out.stdout
 
 
 def test_missing_audio_is_a_clear_error(tmp_path):

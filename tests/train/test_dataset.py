@@ -1,0 +1,118 @@
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from engine.audio.frontend import extract_features
+from engine.motion import spec
+from engine.motion.generator import UtteranceStats, emotion_index, prosody_features
+from engine.motion.model import NO_EMOTION, MotionConfig
+from train.dataset import Corpus
+from train.synth import corpus as synth
+from train.synth import tts
+
+needs_voices = pytest.mark.skipif(not tts.available_voices(), reason="no TTS engine installed (apt-get install flite)")
+CONFIG = MotionConfig.tiny()
+
+
+def build_corpus(tmp_path_factory):
+    """30 s of synthetic speech, built once per session (a second call finds it complete)."""
+    out = tmp_path_factory.getbasetemp() / "motion_corpus"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # engines missing here
+        synth.synth_corpus(out, hours=30 / 3600, seed=0, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory):
+    return build_corpus(tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def train_set(corpus_dir):
+    return Corpus(corpus_dir, "train", CONFIG)
+
+
+@needs_voices
+def test_batch_shapes_and_dtypes(train_set):
+    c = CONFIG
+    n, A, B, D = c.context // c.chunk, c.audio_frames, 5, spec.D
+    b = train_set.sample_batch(np.random.default_rng(0), B)
+    expected = {
+        "context": ((B, c.context, D), torch.float32), "context_valid": ((B, c.context), torch.bool),
+        "context_mel": ((B, n, A, c.mels_per_frame, c.n_mels), torch.float32),
+        "context_prosody": ((B, n, A, c.n_prosody), torch.float32), "context_stats": ((B, n, c.n_stats), torch.float32),
+        "target": ((B, c.chunk, D), torch.float32), "mel": ((B, A, c.mels_per_frame, c.n_mels), torch.float32),
+        "prosody": ((B, A, c.n_prosody), torch.float32), "stats": ((B, c.n_stats), torch.float32),
+        "emotion": ((B,), torch.int64), "ref": ((B, D), torch.float32), "start": ((B,), torch.int64),
+    }
+    for name, (shape, dtype) in expected.items():
+        value = getattr(b, name)
+        assert tuple(value.shape) == shape and value.dtype == dtype, name
+    assert A == c.audio_past + c.chunk + c.lookahead
+    assert ((b.emotion >= 0) & (b.emotion < NO_EMOTION)).all() and (b.start % c.chunk == 0).all()
+    assert torch.allclose(b.ref, torch.from_numpy(spec.normalize(spec.neutral())).expand(B, -1))
+
+
+@needs_voices
+def test_sampling_is_seeded(train_set):
+    a = train_set.sample_batch(np.random.default_rng(3), 4)
+    b = train_set.sample_batch(np.random.default_rng(3), 4)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+@needs_voices
+def test_context_validity_follows_the_clip_start(train_set):
+    b = train_set.sample_batch(np.random.default_rng(1), 200)
+    W = CONFIG.context
+    frames = b.start[:, None] - W + torch.arange(W)
+    assert torch.equal(b.context_valid, frames >= 0)
+    first = b.start == 0
+    assert first.any() and (b.start >= W).any()
+    assert not b.context_valid[first].any()
+    assert (b.stats[first] == 0).all()  # no speech heard before the first chunk
+    neutral = torch.from_numpy(spec.normalize(spec.neutral()))
+    assert torch.allclose(b.context[~b.context_valid], neutral.expand(int((~b.context_valid).sum()), -1))
+
+
+@needs_voices
+def test_window_matches_the_clip_and_its_features(corpus_dir, train_set):
+    """Target motion, audio window (P silent frames before the clip) and statistics come from the clip itself."""
+    c = CONFIG
+    clip = synth.load_shard(corpus_dir / "shard_00000.npz")[0]
+    feats = extract_features(clip["audio"])
+    s = 2 * c.chunk
+    rng = np.random.default_rng(0)
+    for _ in range(500):  # find a window of clip 0 at start s
+        b = train_set.sample_batch(rng, 16)
+        hits = [i for i in range(16) if b.start[i] == s and torch.allclose(
+            b.target[i], torch.from_numpy(spec.normalize(clip["motion"][s : s + c.chunk])))]
+        if hits:
+            break
+    i = hits[0]
+    P = c.audio_past
+    assert np.allclose(b.mel[i].numpy(), feats.mel[s - P : s + c.chunk + c.lookahead])
+    assert np.allclose(b.context[i, -s:].numpy(), spec.normalize(clip["motion"][:s]))
+    stats = UtteranceStats()
+    stats.update(prosody_features(feats[:s]))
+    assert np.allclose(b.stats[i].numpy(), stats.vector(), atol=1e-6)
+    assert b.emotion[i] == emotion_index(clip["emotion"])
+    # The first context chunk inside the clip (frame 0) hears P silent frames before the clip.
+    j = (c.context - s) // c.chunk
+    assert (b.context_mel[i, j, :P] == -1.0).all() and np.allclose(b.context_mel[i, j, P:].numpy(),
+                                                                    feats.mel[: c.chunk + c.lookahead])
+
+
+@needs_voices
+def test_validation_split_holds_other_voices(corpus_dir):
+    val = Corpus(corpus_dir, "val", CONFIG)
+    assert len(val) > 0 and val.windows > 0
+    a, b = val.fixed_batches(7, 2, 3), val.fixed_batches(7, 2, 3)
+    assert all(torch.equal(x, y) for p, q in zip(a, b) for x, y in zip(p, q))
+
+
+def test_missing_corpus_says_how_to_build_one(tmp_path):
+    with pytest.raises(ValueError, match="avatar data synth"):
+        Corpus(tmp_path, "train", CONFIG)
