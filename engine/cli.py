@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.handler(args)
     except UserError as err:
-        print(f"avatar {sys.argv[1] if len(sys.argv) > 1 else ''}: error: {err}".replace("  ", " "), file=sys.stderr)
+        print(f"avatar {argv[0]}: error: {err}", file=sys.stderr)
         return 1
     return 0
 

@@ -30,64 +30,64 @@ def box_of(points: np.ndarray, grow: float = 0.0) -> tuple[slice, slice]:
     return slice(int(y0), int(np.ceil(y1)) + 1), slice(int(x0), int(np.ceil(x1)) + 1)
 
 
-def test_neutral_reproduces_the_portrait(render_rig, renderer):
+def test_neutral_reproduces_the_portrait(rig, renderer):
     rest = render(renderer)
     assert np.abs(rest - renderer.image[0].permute(1, 2, 0).numpy()).max() < 1e-4  # the rest image, exactly
     # The rest image is the photo except where the rig closes the photo's lips.
-    size = render_rig.image.shape[0]
-    moved = FlowRasterizer(render_rig, size, source=render_rig.source_points).rest
+    size = rig.image.shape[0]
+    moved = FlowRasterizer(rig, size, source=rig.source_points).rest
     unmoved = (np.linalg.norm(moved, axis=1) < 0.05).reshape(size, size)
     assert unmoved.mean() > 0.6
-    err = ((rest * 255 - render_rig.image)[unmoved] ** 2).mean()
+    err = ((rest * 255 - rig.image)[unmoved] ** 2).mean()
     assert 10 * np.log10(255**2 / max(err, 1e-12)) > 35
 
 
-def test_jaw_open_moves_the_mouth_and_leaves_the_frame_edges(render_rig, renderer):
+def test_jaw_open_moves_the_mouth_and_leaves_the_frame_edges(rig, renderer):
     rest, open_ = render(renderer), render(renderer, jawOpen=0.6)
-    lips = np.r_[render_rig.groups["outer_lip_upper"], render_rig.groups["outer_lip_lower"]]
-    mouth = box_of(render_rig.points[lips], grow=5)
+    lips = np.r_[rig.groups["outer_lip_upper"], rig.groups["outer_lip_lower"]]
+    mouth = box_of(rig.points[lips], grow=5)
     assert np.abs(open_ - rest)[mouth].mean() > 0.05
     corner = 40
     for ys, xs in [(slice(0, corner), slice(0, corner)), (slice(0, corner), slice(-corner, None)),
                    (slice(-corner, None), slice(0, corner)), (slice(-corner, None), slice(-corner, None))]:
         assert np.abs(open_ - rest)[ys, xs].max() <= 1 / 255
-    chin = render_rig.points[render_rig.groups["face_oval"], 1].max()
-    shoulders = slice(int(chin + 0.35 * render_rig.face_width), None)
+    chin = rig.points[rig.groups["face_oval"], 1].max()
+    shoulders = slice(int(chin + 0.35 * rig.face_width), None)
     assert np.abs(open_ - rest)[shoulders].max() <= 1 / 255
 
 
-def test_mouth_interior_shows_only_when_the_lips_part(render_rig, renderer):
-    up, lo = render_rig.groups["inner_lip_upper"], render_rig.groups["inner_lip_lower"]
-    size = render_rig.image.shape[0]
+def test_mouth_interior_shows_only_when_the_lips_part(rig, renderer):
+    up, lo = rig.groups["inner_lip_upper"], rig.groups["inner_lip_lower"]
+    size = rig.image.shape[0]
     with torch.no_grad():
         assert renderer.mouth.opening(torch.zeros(1, spec.D)).max() == 0
         assert renderer.mouth.opening(torch.from_numpy(spec.from_dict({"jawOpen": 0.1}))[None]).max() > 0.5
     coeffs = spec.from_dict({"jawOpen": 0.7})
-    target = render_rig.points + np.tensordot(coeffs, render_rig.basis, axes=1)
+    target = rig.points + np.tensordot(coeffs, rig.basis, axes=1)
     inside = polygon_mask(size, target[up], target[lo][::-1])
     inside = cv2.erode(inside.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     frame, rest = render(renderer, jawOpen=0.7), render(renderer)
     dark = luma(frame[inside]) < 0.3
     assert dark.mean() > 0.3, "an open mouth shows a dark cavity"
     assert (luma(frame[inside]) > 0.6).mean() > 0.05, "and some teeth"
-    rest_inside = polygon_mask(size, render_rig.points[up], render_rig.points[lo][::-1])
-    assert (luma(rest[rest_inside]) < 0.3).sum() <= (luma(render_rig.image[rest_inside] / 255) < 0.3).sum() + 2
+    rest_inside = polygon_mask(size, rig.points[up], rig.points[lo][::-1])
+    assert (luma(rest[rest_inside]) < 0.3).sum() <= (luma(rig.image[rest_inside] / 255) < 0.3).sum() + 2
 
 
 @pytest.mark.parametrize("side", ["left", "right"])
-def test_blink_covers_the_eye_with_lid_skin(render_rig, renderer, side):
-    g = render_rig.groups
+def test_blink_covers_the_eye_with_lid_skin(rig, renderer, side):
+    g = rig.groups
     eye = np.r_[g[f"eye_{side}_upper"], g[f"eye_{side}_lower"]]
-    iris = render_rig.points[468:473] if side == "right" else render_rig.points[473:478]
+    iris = rig.points[468:473] if side == "right" else rig.points[473:478]
     centre, radius = iris[0], np.linalg.norm(iris[1:] - iris[0], axis=1).mean()
-    size = render_rig.image.shape[0]
+    size = rig.image.shape[0]
     yy, xx = np.mgrid[0:size, 0:size]
     pupil = (xx - centre[0]) ** 2 + (yy - centre[1]) ** 2 < (0.6 * radius) ** 2
-    upper, lower = render_rig.points[g[f"eye_{side}_upper"]], render_rig.points[g[f"eye_{side}_lower"]]
+    upper, lower = rig.points[g[f"eye_{side}_upper"]], rig.points[g[f"eye_{side}_lower"]]
     pupil &= polygon_mask(size, upper, lower[::-1])
     # Lid skin: a band above the upper lid, below the brow.
-    top = render_rig.points[g[f"eye_{side}_upper"]]
-    lid = box_of(top - [0, 0.06 * render_rig.face_width])
+    top = rig.points[g[f"eye_{side}_upper"]]
+    lid = box_of(top - [0, 0.06 * rig.face_width])
     rest, closed = render(renderer), render(renderer, eyeBlink_L=1.0, eyeBlink_R=1.0)
     skin = np.median(rest[lid].reshape(-1, 3), axis=0)
     before = np.abs(rest[pupil] - skin).mean()
@@ -95,7 +95,7 @@ def test_blink_covers_the_eye_with_lid_skin(render_rig, renderer, side):
     assert pupil.sum() > 10
     assert after < 0.4 * before, f"the pupil should turn into lid skin: distance {before:.3f} -> {after:.3f}"
     assert (luma(closed[pupil]) < 0.25).mean() < 0.05, "no dark iris pixels left"
-    eye_box = box_of(render_rig.points[eye], grow=2)
+    eye_box = box_of(rig.points[eye], grow=2)
     assert np.abs(closed - rest)[eye_box].mean() > 0.03
 
 
@@ -140,9 +140,9 @@ def test_to_uint8_gives_rgb_frames(renderer):
     assert frames.shape == (2, renderer.size, renderer.size, 3) and frames.dtype == np.uint8
 
 
-def test_rejects_a_flow_size_that_does_not_divide_the_frame(render_rig):
+def test_rejects_a_flow_size_that_does_not_divide_the_frame(rig):
     with pytest.raises(ValueError, match="flow_size"):
-        Renderer(render_rig, flow_size=100)
+        Renderer(rig, flow_size=100)
 
 
 # ATen ops with a direct ONNX opset-17 / TensorRT counterpart (grid_sampler is 4-D GridSample).
