@@ -8,7 +8,7 @@ from engine.audio.frontend import extract_features
 from engine.motion import spec
 from engine.motion.generator import UtteranceStats, emotion_index, prosody_features
 from engine.motion.model import NO_EMOTION, MotionConfig
-from train.dataset import Corpus
+from train.dataset import Corpus, load_clips
 from train.synth import corpus as synth
 from train.synth import tts
 
@@ -116,3 +116,31 @@ def test_validation_split_holds_other_voices(corpus_dir):
 def test_missing_corpus_says_how_to_build_one(tmp_path):
     with pytest.raises(ValueError, match="avatar data synth"):
         Corpus(tmp_path, "train", CONFIG)
+
+
+@needs_voices
+def test_features_are_cached_per_shard_and_recomputed_when_stale(corpus_dir, tmp_path):
+    import shutil
+
+    copy = tmp_path / "corpus"
+    shutil.copytree(corpus_dir, copy, ignore=shutil.ignore_patterns("features"))
+    first = load_clips(copy, "train")
+    caches = sorted((copy / "features").glob("*.npz"))
+    assert [c.stem for c in caches] == sorted(p.stem for p in copy.glob("shard_*.npz"))
+    stamp = caches[0].stat().st_mtime_ns
+    again = load_clips(copy, "train")
+    assert caches[0].stat().st_mtime_ns == stamp  # read, not rewritten
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a.features.mel, b.features.mel)
+        np.testing.assert_array_equal(a.features.vad, b.features.vad)
+        assert len(a.features) == len(a.motion)
+    # A rebuilt shard (different bytes) makes its cache stale: the features are computed afresh.
+    shard = copy / f"{caches[0].stem}.npz"
+    with np.load(shard) as z:
+        arrays = dict(z)
+    arrays["audio"] = (arrays["audio"] // 2).astype(arrays["audio"].dtype)
+    with shard.open("wb") as f:
+        np.savez(f, **arrays)
+    quieter = load_clips(copy, "train")
+    assert caches[0].stat().st_mtime_ns != stamp
+    assert quieter[0].features.energy.mean() < first[0].features.energy.mean() - 3.0  # ~6 dB quieter
