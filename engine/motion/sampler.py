@@ -43,6 +43,11 @@ class SamplerOptions:
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0 (1 = no guidance); got {value!r}")
 
+    @property
+    def guided(self) -> bool:
+        """False when both scales are 1: the guided velocity is then the plain conditional one."""
+        return self.guidance_audio != 1.0 or self.guidance_emotion != 1.0
+
 
 def guidance_batch(cond: Conditions) -> Conditions:
     """B conditions -> 3B: (no audio, no emotion), (audio, no emotion), (audio, emotion)."""
@@ -68,12 +73,16 @@ def guided_velocity(model: MotionTransformer, x: Tensor, t: Tensor, cond3: Condi
 @torch.no_grad()
 def sample(model: MotionTransformer, noise: Tensor, cond: Conditions, cache: KVCache,
            options: SamplerOptions) -> Tensor:
-    """Euler ODE from noise (B, L, D) at t = 0 to the clean chunk (B, L, D) at t = 1."""
-    cond3, cache3 = guidance_batch(cond), cache.repeat(3)
+    """Euler ODE from noise (B, L, D) at t = 0 to the clean chunk (B, L, D) at t = 1.
+
+    Without guidance (both scales 1) each step is one plain conditional call on B rows, not 3B."""
+    if options.guided:
+        cond, cache = guidance_batch(cond), cache.repeat(3)
     x, dt = noise, 1.0 / options.steps
     for i in range(options.steps):
         t = torch.full((x.shape[0],), i * dt, device=x.device)
-        x = x + guided_velocity(model, x, t, cond3, cache3, options) * dt
+        u = guided_velocity(model, x, t, cond, cache, options) if options.guided else model(x, t, cond, cache)
+        x = x + u * dt
     return x
 
 

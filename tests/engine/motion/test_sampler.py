@@ -44,6 +44,21 @@ def test_batched_guidance_equals_three_separate_calls(model):
     assert torch.allclose(plain, vae, atol=1e-5)
 
 
+@torch.no_grad()
+def test_unguided_sampling_makes_one_plain_call_per_step(model):
+    """Scales 1/1 skip the 3x guidance batch and give what the guided path gives."""
+    calls = []
+    model.register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
+    noise, cond, cache = torch.randn(2, CFG.chunk, CFG.motion_dim), random_conditions(2), KVCache.empty(CFG, 2)
+    plain = sample(model, noise, cond, cache, SamplerOptions(3))
+    assert calls == [2, 2, 2]
+    x = noise
+    for i in range(3):  # the same Euler steps through the batched guidance path
+        t = torch.full((2,), i / 3)
+        x = x + guided_velocity(model, x, t, guidance_batch(cond), cache.repeat(3), SamplerOptions(3)) / 3
+    assert torch.allclose(plain, x, atol=1e-5)
+
+
 class ConstantVelocity(nn.Module):
     def __init__(self, velocity):
         super().__init__()
