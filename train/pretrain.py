@@ -39,6 +39,7 @@ from torch import Tensor
 
 from engine.errors import UserError
 from engine.io.checkpoint import save_checkpoint
+from engine.motion.baseline import EMOTIONS
 from engine.motion.cache import KVCache
 from engine.motion.model import NO_EMOTION, Conditions, MotionConfig, MotionTransformer
 from train.dataset import Batch, Corpus
@@ -316,7 +317,7 @@ def pretrain(data: str | Path, out: str | Path, options: PretrainOptions, progre
         out / "motion.safetensors", run.ema, run.config,
         data=str(manifest), data_sha256=_sha256(manifest), seed=options.seed, steps=run.step,
         train_loss=float(np.mean([r["loss"] for r in tail])) if tail else None,
-        val_loss=vals[-1] if vals else None, options=asdict(options),
+        val_loss=vals[-1] if vals else None, options=asdict(options), emotions=list(EMOTIONS),
     )
     if records:
         _plot(records, out / "loss.png")

@@ -1,10 +1,12 @@
-"""The bundled default assets: a portrait and a speech sample (see README.md here for sources and licences)."""
+"""The bundled default assets: a portrait, a speech sample and the default generator weights
+(see README.md here for sources, licences and how each was made)."""
 
 from pathlib import Path
 
 ASSETS_DIR = Path(__file__).parent
 DEFAULT_PORTRAIT = ASSETS_DIR / "portrait.png"  # 512x512 RGB, public domain
 SAMPLE_SPEECH = ASSETS_DIR / "speech.wav"  # ~9 s, 16 kHz mono 16-bit, three sentences with pauses
+DEFAULT_MOTION = ASSETS_DIR / "motion.safetensors"  # the learned generator (avatar train motion; motion.json)
 MANIFEST = ASSETS_DIR / "manifest.json"  # how each file was made, with its sha256
 
 
