@@ -10,7 +10,8 @@ pitch, an emotion label. Its targets, one row per 25 fps frame (raw spec units):
   (BlinkProcess, HeadProcess, EmphasisTracker), driven by the clip's speech gate (its phones) and
   loudness (its clean audio's frame energy);
 - the emotion's expression offsets (baseline EMOTION_OFFSETS) at a per-clip intensity.
-The audio is then augmented (train.synth.augment); targets always come from the clean speech.
+Half the clip starts and ends get 0.3-4 s of extra silence (pad_silence), so the generator sees
+streams idling between utterances: closed mouth, blinks, a quiet head. The audio is then augmented (train.synth.augment); targets always come from the clean speech.
 
 Layout: `shard_00000.npz ...` (training voices) and `val_00000.npz ...` (held-out voices), each ~3 min
 of audio, and `manifest.json`. A shard holds C clips concatenated: `audio` int16, `audio_offsets` (C+1,),
@@ -34,7 +35,7 @@ import shlex
 import sys
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,7 +49,7 @@ from engine.motion.baseline import (
 from engine.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME, frames_for_samples
 from train.synth import tts
 from train.synth.augment import augment
-from train.synth.phones import SIL, Phone
+from train.synth.phones import SIL, Phone, tidy
 from train.synth.text import passage
 from train.synth.visemes import mouth_targets
 
@@ -63,6 +64,8 @@ NEUTRAL_SHARE = 0.4  # share of clips labelled neutral; the other emotions share
 ARTICULATION = (0.75, 1.25)  # per-clip scale of the mouth's offsets from rest: mumblers to over-articulators
 HEAD_MOTION = (0.5, 1.5)  # per-clip scale of head rotation and sway
 EMOTION_INTENSITY = (0.6, 1.0)  # per-clip scale of the expression offsets
+PAD_SHARE = 0.5  # share of clip ends (start and end drawn apart) given extra silence
+PAD_S = (0.3, 4.0)  # seconds of that silence: a stream idles between utterances, so the model must learn to
 MAX_FAILURES = 20  # clips failing in a row that stop a split (each failure is warned)
 EMPHASIS_WARMUP = 10 * FPS  # frames of the clip's mean loudness fed to the emphasis tracker first
 ENGINE_WEIGHT = {"espeak": 0.3}  # robotic: drawn less often than other voices (DESIGN.md §7)
@@ -111,6 +114,17 @@ class ClipStyle:
         others = [e for e in EMOTIONS if e != "neutral"]
         emotion = "neutral" if rng.random() < NEUTRAL_SHARE else others[int(rng.integers(len(others)))]
         return cls(emotion, rng.uniform(*ARTICULATION), rng.uniform(*HEAD_MOTION), rng.uniform(*EMOTION_INTENSITY))
+
+
+def pad_silence(utt: tts.Utterance, lead_s: float, tail_s: float) -> tts.Utterance:
+    """`utt` with digital silence before and after (noise comes later, from augment), phones shifted."""
+    lead, tail = round(lead_s * SAMPLE_RATE), round(tail_s * SAMPLE_RATE)
+    samples = np.concatenate([np.zeros(lead, np.float32), utt.samples, np.zeros(tail, np.float32)])
+    shift = lead / SAMPLE_RATE
+    phones = [Phone(0.0, shift, SIL), *(Phone(p.start_s + shift, p.end_s + shift, p.arpabet) for p in utt.phones)]
+    end = phones[-1].end_s
+    phones.append(Phone(end, len(samples) / SAMPLE_RATE, SIL))
+    return replace(utt, samples=samples, phones=tidy(phones, len(samples) / SAMPLE_RATE))
 
 
 def motion_targets(phones: Sequence[Phone], samples: np.ndarray, style: ClipStyle,
@@ -219,6 +233,8 @@ def _synth_clip(voices: _Voices, pool: Sequence[str], seed: int, split: str, ind
     except tts.TTSFailed as e:
         warnings.warn(f"{split} clip {index} skipped: {e}", stacklevel=2)
         return None
+    lead, tail = (rng.uniform(*PAD_S) if rng.random() < PAD_SHARE else 0.0 for _ in range(2))
+    utt = pad_silence(utt, lead, tail)
     motion = motion_targets(utt.phones, utt.samples, style, rng)
     audio = augment(utt.samples, rng)
     pcm = np.round(np.clip(audio, -1.0, 1.0) * 32767).astype(np.int16)

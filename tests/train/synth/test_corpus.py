@@ -48,6 +48,18 @@ def test_speech_gate_and_loudness_follow_phones_and_energy():
 
 
 @needs_voices
+def test_pad_silence_shifts_phones_and_keeps_them_contiguous():
+    utt = tts.Utterance(np.ones(16000, np.float32), (Phone(0.0, 0.4, "AA"), Phone(0.4, 1.0, "M")), "x:y", "am",
+                        1.0, 1.0)
+    padded = corpus.pad_silence(utt, 0.5, 0.25)
+    assert len(padded.samples) == 16000 + 8000 + 4000 and padded.samples[:8000].max() == 0
+    assert [(p.start_s, p.end_s, p.arpabet) for p in padded.phones] == [
+        (0.0, 0.5, "SIL"), (0.5, 0.9, "AA"), (0.9, 1.5, "M"), (1.5, 1.75, "SIL")]
+    motion = corpus.motion_targets(padded.phones, padded.samples, corpus.ClipStyle("neutral"), np.random.default_rng(0))
+    jaw = motion[:, spec.index("jawOpen")]
+    assert jaw[:10].max() < 0.02 and jaw[15:20].max() > 0.2  # closed in the lead-in, open on the vowel
+
+
 def test_manifest_lists_shards_voices_and_hours(built):
     out, manifest = built
     assert manifest["format"] == corpus.FORMAT and manifest["complete"]
