@@ -5,8 +5,9 @@ and correlate the measured inner-lip opening with the speech level per frame; al
 the lag (in ms) at which that correlation peaks, and how open the mouth is in pauses.
 Human recordings available offline: the alsa-utils voice prompts (/usr/share/sounds/alsa).
 
-    python benchmarks/lipsync_check.py [--audio-dir /usr/share/sounds/alsa] [--size 256]
-Writes benchmarks/results/lipsync_check.md.
+    python benchmarks/lipsync_check.py [--audio-dir /usr/share/sounds/alsa] [--size 256] [--driver learned]
+Writes benchmarks/results/lipsync_check_<driver>.md. (`avatar eval lipsync` is the finer check: it
+scores the motion itself against forced-aligned phones; this one looks only at the pixels.)
 """
 
 from __future__ import annotations
@@ -28,9 +29,9 @@ RESULTS = Path(__file__).parent / "results"
 MAX_LAG = 5  # frames either side
 
 
-def check(audio: Path, size: int, workdir: Path) -> dict:
+def check(audio: Path, size: int, driver: str, workdir: Path) -> dict:
     out = workdir / f"{audio.stem}.mp4"
-    render_file(RenderRequest(audio=audio, out=out, size=size, progress=False))
+    render_file(RenderRequest(audio=audio, out=out, size=size, driver=driver, progress=False))
     mouth = np.array([face_openings(f)[0] for f in read_frames(out)])
     energy = frame_energy_db(load_audio(audio), len(mouth), SAMPLES_PER_FRAME)
     ok = np.isfinite(mouth)
@@ -54,15 +55,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--audio-dir", type=Path, default=Path("/usr/share/sounds/alsa"))
     parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--driver", choices=("learned", "baseline"), default="learned")
     args = parser.parse_args()
     files = sorted(p for p in args.audio_dir.iterdir() if p.suffix in (".wav", ".flac", ".mp3", ".ogg")
                    and "Noise" not in p.name)
     if not files:
         sys.exit(f"no recordings in {args.audio_dir}; install alsa-utils or pass --audio-dir")
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [check(f, args.size, Path(tmp)) for f in files]
+        rows = [check(f, args.size, args.driver, Path(tmp)) for f in files]
     lines = [
-        "# Lip-sync check on human speech (measured on the rendered video)", "",
+        f"# Lip-sync check on human speech (measured on the rendered video), {args.driver} driver", "",
         f"Command: `python {' '.join(sys.argv)}`", "",
         "Mouth opening = inner-lip gap / face width, measured by FaceMesh on each output frame.", "",
         "| recording | s | face found | r(opening, level) | best lag ms | opening in pauses | opening in speech (p75) |",
@@ -73,7 +75,7 @@ def main() -> None:
         f"median best lag = {np.median([r['best_lag_ms'] for r in rows]):+.0f} ms.",
     ]
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "lipsync_check.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"lipsync_check_{args.driver}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from benchmarks.common import cpu_name, stats
 from engine import assets
 from engine.audio.frontend import extract_features
 from engine.audio.io import load_audio
@@ -38,17 +38,6 @@ from engine.render.renderer import Renderer, to_uint8
 from engine.runtime import tune_allocator
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def stats(values: list[float]) -> dict:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "runs": len(values)}
-
-
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def bench_analysis(repeats: int) -> dict:

@@ -1,0 +1,1 @@
+"""The benchmark suite: each module measures one pipeline and writes benchmarks/results/ with its command."""
