@@ -118,9 +118,11 @@ class StreamingGenerator:
         noise = torch.as_tensor(noise, dtype=torch.float32, device=self.device)
         window = AudioFeatures.concat([self.past, features])
         cond = make_conditions(window, self.stats.vector(), emotion, ref, self.device)
-        clean = sample(self.model, noise.reshape(1, cfg.chunk, cfg.motion_dim), cond, self.cache, self.options)
+        emb = self.model.embed(cond)  # shared by the unguided sampler and the commit
+        noise = noise.reshape(1, cfg.chunk, cfg.motion_dim)
+        clean = sample(self.model, noise, cond if self.options.guided else emb, self.cache, self.options)
         clean = clean.clamp(-1.0, 1.0)  # the spec's bounds in normalized units
-        self.cache = self.model.commit(clean, cond, self.cache)
+        self.cache = self.model.commit(clean, emb, self.cache)
 
         chunk = features[: cfg.chunk]
         self.stats.update(prosody_features(chunk))

@@ -99,6 +99,13 @@ class Conditions(NamedTuple):
     ref: Tensor  # (B, D) the avatar's reference (neutral) motion, normalized
 
 
+class Embedded(NamedTuple):
+    """A chunk's conditions after the encoders (MotionTransformer.embed): all but the flow time."""
+
+    levels: Tensor  # (B, L, 3, d) per-frame phonetic, prosodic and global audio (null vectors if dropped)
+    static: Tensor  # (B, d) emotion + reference embedding
+
+
 def timestep_embedding(t: Tensor, dim: int) -> Tensor:
     """(B,) flow times in [0, 1] -> (B, dim) sinusoids."""
     half = dim // 2
@@ -191,23 +198,30 @@ class MotionTransformer(nn.Module):
         self.norm_out = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.out = nn.Linear(d, config.motion_dim)
 
-    def _run(self, x: Tensor, t: Tensor, cond: Conditions, cache: KVCache) -> tuple[Tensor, Tensor, Tensor]:
-        """(B, L, D) chunk -> (B, L, D) output and the chunk's (layers, B, heads, L, hd) keys/values."""
-        B, L, _ = x.shape
+    def embed(self, cond: Conditions) -> Embedded:
+        """Encode a chunk's conditions: they are the same for every Euler step and the commit, so the
+        sampler encodes them once per chunk instead of once per network call."""
+        B, A = cond.mel.shape[:2]
         cfg = self.config
-        if L != cfg.chunk or cond.mel.shape[1] != cfg.audio_frames:
-            raise ValueError(
-                f"expected a chunk of {cfg.chunk} frames with {cfg.audio_frames} audio frames "
-                f"(P={cfg.audio_past} + L + K={cfg.lookahead}); got {L} frames and {cond.mel.shape[1]} audio frames"
-            )
+        if A != cfg.audio_frames:
+            raise ValueError(f"expected {cfg.audio_frames} audio frames (P={cfg.audio_past} + L={cfg.chunk} + "
+                             f"K={cfg.lookahead}); got {A}")
         # Audio levels per frame, each (B, L, d), stacked -> (B, L, 3, d); dropped audio uses null vectors.
         phonetic = self.phonetic(cond.mel.flatten(2))  # mel (B, A, 4*80) -> (B, L, d)
         prosodic = self.prosodic(cond.prosody)  # (B, L, d)
-        global_ = self.global_stats(cond.stats)[:, None].expand(B, L, -1)  # (B, L, d)
+        global_ = self.global_stats(cond.stats)[:, None].expand(B, cfg.chunk, -1)  # (B, L, d)
         levels = torch.stack([phonetic, prosodic, global_], dim=2)  # (B, L, 3, d)
         levels = torch.where(cond.audio_on[:, None, None, None], levels, self.null_audio)
-        shared = self.emotion(cond.emotion) + self.ref_in(cond.ref) + self.time_mlp(timestep_embedding(t, cfg.d_model))
-        shared = shared[:, None]  # (B, 1, d): the same for every frame of the chunk
+        return Embedded(levels, self.emotion(cond.emotion) + self.ref_in(cond.ref))
+
+    def _run(self, x: Tensor, t: Tensor, cond: Conditions | Embedded, cache: KVCache) -> tuple[Tensor, Tensor, Tensor]:
+        """(B, L, D) chunk -> (B, L, D) output and the chunk's (layers, B, heads, L, hd) keys/values."""
+        B, L, _ = x.shape
+        cfg = self.config
+        if L != cfg.chunk:
+            raise ValueError(f"expected a chunk of {cfg.chunk} frames; got {L}")
+        levels, static = cond if isinstance(cond, Embedded) else self.embed(cond)
+        shared = (static + self.time_mlp(timestep_embedding(t, cfg.d_model)))[:, None]  # (B, 1, d): every frame
 
         # Relative frame distances query - key over [cache slots, chunk frames], and which keys are visible.
         q_pos = cache.next_frame() + torch.arange(L, device=x.device)  # (B, L)
@@ -225,11 +239,11 @@ class MotionTransformer(nn.Module):
         out = self.out(modulate(self.norm_out(h), shift, scale))  # (B, L, D)
         return out, torch.stack(new_k), torch.stack(new_v)
 
-    def forward(self, x_t: Tensor, t: Tensor, cond: Conditions, cache: KVCache) -> Tensor:
-        """Velocity (B, L, D) of the noisy chunk x_t (B, L, D) at flow times t (B,)."""
+    def forward(self, x_t: Tensor, t: Tensor, cond: Conditions | Embedded, cache: KVCache) -> Tensor:
+        """Velocity (B, L, D) of the noisy chunk x_t (B, L, D) at flow times t (B,); `cond` raw or embedded."""
         return self._run(x_t, t, cond, cache)[0]
 
-    def commit(self, clean: Tensor, cond: Conditions, cache: KVCache) -> KVCache:
+    def commit(self, clean: Tensor, cond: Conditions | Embedded, cache: KVCache) -> KVCache:
         """Run the clean chunk (B, L, D) once at t = 1, seeing only itself, and push its keys/values."""
         t = torch.ones(clean.shape[0], device=clean.device)
         _, k, v = self._run(clean, t, cond, cache.hidden())

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from engine.motion.cache import KVCache
-from engine.motion.model import NO_EMOTION, Conditions, MotionTransformer
+from engine.motion.model import NO_EMOTION, Conditions, Embedded, MotionTransformer
 
 
 @dataclass(frozen=True)
@@ -63,25 +63,31 @@ def guidance_batch(cond: Conditions) -> Conditions:
     )
 
 
-def guided_velocity(model: MotionTransformer, x: Tensor, t: Tensor, cond3: Conditions, cache3: KVCache,
+def guided_velocity(model: MotionTransformer, x: Tensor, t: Tensor, cond3: Conditions | Embedded, cache3: KVCache,
                     options: SamplerOptions) -> Tensor:
-    """One batched call on the 3 guidance copies (from guidance_batch / cache.repeat(3)) -> (B, L, D)."""
+    """One batched call on the 3 guidance copies (from guidance_batch / cache.repeat(3), raw or embedded)
+    -> (B, L, D)."""
     v0, va, vae = model(x.repeat(3, 1, 1), t.repeat(3), cond3, cache3).chunk(3)  # each (B, L, D)
     return v0 + options.guidance_audio * (va - v0) + options.guidance_emotion * (vae - va)
 
 
 @torch.no_grad()
-def sample(model: MotionTransformer, noise: Tensor, cond: Conditions, cache: KVCache,
+def sample(model: MotionTransformer, noise: Tensor, cond: Conditions | Embedded, cache: KVCache,
            options: SamplerOptions) -> Tensor:
     """Euler ODE from noise (B, L, D) at t = 0 to the clean chunk (B, L, D) at t = 1.
 
-    Without guidance (both scales 1) each step is one plain conditional call on B rows, not 3B."""
+    The conditions are encoded once per chunk, not once per step. Without guidance (both scales 1) each
+    step is one plain conditional call on B rows, not 3B, and `cond` may come already embedded."""
     if options.guided:
-        cond, cache = guidance_batch(cond), cache.repeat(3)
+        if isinstance(cond, Embedded):
+            raise TypeError("guided sampling needs the raw Conditions (it drops audio and emotion per copy)")
+        emb, cache = model.embed(guidance_batch(cond)), cache.repeat(3)
+    else:
+        emb = cond if isinstance(cond, Embedded) else model.embed(cond)
     x, dt = noise, 1.0 / options.steps
     for i in range(options.steps):
         t = torch.full((x.shape[0],), i * dt, device=x.device)
-        u = guided_velocity(model, x, t, cond, cache, options) if options.guided else model(x, t, cond, cache)
+        u = guided_velocity(model, x, t, emb, cache, options) if options.guided else model(x, t, emb, cache)
         x = x + u * dt
     return x
 

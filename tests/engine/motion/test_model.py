@@ -210,3 +210,16 @@ def test_utterance_stats_do_not_depend_on_chunking():
         parts.update(prosody[i: i + 7])
     assert np.allclose(whole.vector(), parts.vector())
     assert UtteranceStats().vector().tolist() == [0.0] * 8
+
+
+@torch.no_grad()
+def test_embedded_conditions_give_the_same_velocity_and_commit(model):
+    """Encoding the conditions once per chunk (MotionTransformer.embed) changes no number."""
+    x, t = torch.randn(2, CFG.chunk, CFG.motion_dim), torch.rand(2)
+    cond, cache = random_conditions(2), KVCache.empty(CFG, 2)
+    emb = model.embed(cond)
+    assert torch.equal(model(x, t, cond, cache), model(x, t, emb, cache))
+    a, b = model.commit(x, cond, cache), model.commit(x, emb, cache)
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
+    with pytest.raises(ValueError, match="audio frames"):
+        model.embed(random_conditions(1, frames=CFG.audio_frames + 1))
