@@ -24,6 +24,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm import tqdm
 
 from engine.audio.frontend import AudioFeatures, extract_features
 from engine.audio.io import load_audio
@@ -153,7 +154,7 @@ def recordings(audio_dir: Path) -> list[tuple[str, np.ndarray, str]]:
 
 def evaluate_human(audio_dir: Path, drivers: dict[str, Driver], expert=None) -> list[Score]:
     scores = []
-    for name, samples, transcript in recordings(audio_dir):
+    for name, samples, transcript in tqdm(recordings(audio_dir), desc="recordings", leave=False):
         try:
             phones = align(samples, transcript)
         except AlignmentError as err:
@@ -170,7 +171,7 @@ def evaluate_corpus(corpus: Path, drivers: dict[str, Driver], expert=None, limit
     from train.dataset import load_clips
 
     scores = []
-    for i, clip in enumerate(load_clips(corpus, "val")[:limit]):
+    for i, clip in enumerate(tqdm(load_clips(corpus, "val")[:limit], desc="held-out clips", leave=False)):
         name = f"val{i:03d}:{clip.voice}"
         scores += [score(name, d, fn, clip.features, clip.motion[:, _JAW], expert) for d, fn in drivers.items()]
     return scores
