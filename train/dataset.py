@@ -21,7 +21,6 @@ lip-sync expert and later runs on the same corpus load them in seconds.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from dataclasses import dataclass, fields
@@ -34,6 +33,7 @@ from torch import Tensor
 
 from engine.audio.frontend import AudioFeatures, extract_features
 from engine.errors import UserError
+from engine.io import sha256_file
 from engine.motion import spec
 from engine.motion.generator import UtteranceStats, emotion_index, prosody_features, silence
 from engine.motion.model import MotionConfig
@@ -53,18 +53,10 @@ class ClipData(NamedTuple):
     text: str
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _shard_features(shard: Path, clips: list[dict]) -> list[AudioFeatures]:
     """Each clip's features, from features/<shard>.npz when it matches the shard, else computed and cached."""
     cache = shard.parent / "features" / (shard.stem + ".npz")
-    key = f"{_sha256(shard)}:{FEATURES_VERSION}"
+    key = f"{sha256_file(shard)}:{FEATURES_VERSION}"
     names = [f.name for f in fields(AudioFeatures)]
     if cache.is_file():
         with np.load(cache) as z:

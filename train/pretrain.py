@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import hashlib
 import json
 import math
 import os
@@ -38,6 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from engine.errors import UserError
+from engine.io import sha256_file
 from engine.io.checkpoint import save_checkpoint
 from engine.motion.baseline import EMOTIONS
 from engine.motion.cache import KVCache
@@ -265,10 +265,6 @@ def _plot(records: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def pretrain(data: str | Path, out: str | Path, options: PretrainOptions, progress: bool = True) -> Path:
     """Train (or continue training) until options.steps; returns the path of motion.safetensors."""
     from tqdm import tqdm
@@ -315,7 +311,7 @@ def pretrain(data: str | Path, out: str | Path, options: PretrainOptions, progre
     vals = [r["val_loss"] for r in records if "val_loss" in r]
     weights = save_checkpoint(
         out / "motion.safetensors", run.ema, run.config,
-        data=str(manifest), data_sha256=_sha256(manifest), seed=options.seed, steps=run.step,
+        data=str(manifest), data_sha256=sha256_file(manifest), seed=options.seed, steps=run.step,
         train_loss=float(np.mean([r["loss"] for r in tail])) if tail else None,
         val_loss=vals[-1] if vals else None, options=asdict(options), emotions=list(EMOTIONS),
     )

@@ -8,7 +8,6 @@ between them so the avatar visibly closes its mouth. Same tools in, same bytes o
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shlex
 import shutil
@@ -19,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.io import sha256_file
 from engine.timebase import SAMPLE_RATE
 
 PORTRAIT_BOX = (89, 5, 272)  # left, top, side in the 512x512 astronaut: hair and shoulders in, face a little above centre
@@ -34,10 +34,6 @@ EDGE_SILENCE_S = 0.5  # before the first and after the last sentence
 GAP_S = 0.8  # between sentences: long enough for the mouth to close visibly
 TRIM_DB = -40.0  # festival's own leading/trailing silence is cut below this level (relative to the sentence peak)
 PEAK_DBFS = -3.0
-
-
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def dpkg_version(package: str) -> str:
@@ -64,7 +60,7 @@ def make_portrait(out_dir: Path) -> dict:
         "processing": f"crop x {left}:{left + side}, y {top}:{top + side} of the 512x512 original, "
                       f"resize to {PORTRAIT_SIZE}x{PORTRAIT_SIZE} with cv2.INTER_LANCZOS4",
         "tools": {"scikit-image": skimage.__version__, "opencv-python-headless": cv2.__version__},
-        "sha256": sha256(path),
+        "sha256": sha256_file(path),
     }
 
 
@@ -116,7 +112,7 @@ def make_speech(out_dir: Path) -> dict:
                       f"{SAMPLE_RATE} Hz mono 16-bit",
         "tools": {"festival": festival, "festival-deb": dpkg_version("festival"), VOICE_PACKAGE: dpkg_version(VOICE_PACKAGE)},
         "seconds": len(speech) / SAMPLE_RATE,
-        "sha256": sha256(path),
+        "sha256": sha256_file(path),
     }
 
 

@@ -36,6 +36,7 @@ def save_checkpoint(path: str | Path, model: nn.Module, config: Config, **proven
     metadata = {"format": FORMAT, "config": json.dumps(config.to_dict()), "provenance": json.dumps(provenance)}
     tmp = path.with_suffix(path.suffix + ".tmp")
     save_file(tensors, str(tmp), metadata=metadata)
+    tmp.chmod(0o644)  # safetensors creates files 0600; weights are meant to be shared and shipped
     tmp.replace(path)  # atomic: an interrupted save never leaves a truncated checkpoint behind
     return path
 

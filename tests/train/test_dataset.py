@@ -1,4 +1,3 @@
-import warnings
 
 import numpy as np
 import pytest
@@ -10,24 +9,9 @@ from engine.motion.generator import UtteranceStats, emotion_index, prosody_featu
 from engine.motion.model import NO_EMOTION, MotionConfig
 from train.dataset import Corpus, load_clips
 from train.synth import corpus as synth
-from train.synth import tts
 
-needs_voices = pytest.mark.skipif(not tts.available_voices(), reason="no TTS engine installed (apt-get install flite)")
 CONFIG = MotionConfig.tiny()
 
-
-def build_corpus(tmp_path_factory):
-    """30 s of synthetic speech, built once per session (a second call finds it complete)."""
-    out = tmp_path_factory.getbasetemp() / "motion_corpus"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # engines missing here
-        synth.synth_corpus(out, hours=30 / 3600, seed=0, progress=False)
-    return out
-
-
-@pytest.fixture(scope="session")
-def corpus_dir(tmp_path_factory):
-    return build_corpus(tmp_path_factory)
 
 
 @pytest.fixture(scope="session")
@@ -35,7 +19,6 @@ def train_set(corpus_dir):
     return Corpus(corpus_dir, "train", CONFIG)
 
 
-@needs_voices
 def test_batch_shapes_and_dtypes(train_set):
     c = CONFIG
     n, A, B, D = c.context // c.chunk, c.audio_frames, 5, spec.D
@@ -56,14 +39,12 @@ def test_batch_shapes_and_dtypes(train_set):
     assert torch.allclose(b.ref, torch.from_numpy(spec.normalize(spec.neutral())).expand(B, -1))
 
 
-@needs_voices
 def test_sampling_is_seeded(train_set):
     a = train_set.sample_batch(np.random.default_rng(3), 4)
     b = train_set.sample_batch(np.random.default_rng(3), 4)
     assert all(torch.equal(x, y) for x, y in zip(a, b))
 
 
-@needs_voices
 def test_context_validity_follows_the_clip_start(train_set):
     b = train_set.sample_batch(np.random.default_rng(1), 200)
     W = CONFIG.context
@@ -77,7 +58,6 @@ def test_context_validity_follows_the_clip_start(train_set):
     assert torch.allclose(b.context[~b.context_valid], neutral.expand(int((~b.context_valid).sum()), -1))
 
 
-@needs_voices
 def test_window_matches_the_clip_and_its_features(corpus_dir, train_set):
     """Target motion, audio window (P silent frames before the clip) and statistics come from the clip itself."""
     c = CONFIG
@@ -105,7 +85,6 @@ def test_window_matches_the_clip_and_its_features(corpus_dir, train_set):
                                                                     feats.mel[: c.chunk + c.lookahead])
 
 
-@needs_voices
 def test_validation_split_holds_other_voices(corpus_dir):
     val = Corpus(corpus_dir, "val", CONFIG)
     assert len(val) > 0 and val.windows > 0
@@ -118,7 +97,6 @@ def test_missing_corpus_says_how_to_build_one(tmp_path):
         Corpus(tmp_path, "train", CONFIG)
 
 
-@needs_voices
 def test_features_are_cached_per_shard_and_recomputed_when_stale(corpus_dir, tmp_path):
     import shutil
 

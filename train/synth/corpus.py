@@ -28,7 +28,6 @@ left as it is).
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shlex
@@ -41,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import UserError
+from engine.io import sha256_file
 from engine.motion import spec
 from engine.motion.baseline import (
     BREATH_Y, BROW_EMPHASIS, EMOTION_OFFSETS, EMOTIONS, LOUDNESS_RANGE_DB, BlinkProcess, EmphasisTracker,
@@ -241,14 +241,6 @@ def _synth_clip(voices: _Voices, pool: Sequence[str], seed: int, split: str, ind
     return _Clip(index, voice, text, EMOTIONS.index(style.emotion), pcm, motion.astype(np.float16))
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _offsets(lengths: Sequence[int]) -> np.ndarray:
     return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
 
@@ -410,7 +402,7 @@ def _build_split(split: str, out: Path, manifest: _Manifest, manifest_path: Path
         per_voice: dict[str, float] = {}
         for c in clips:
             per_voice[c.voice] = per_voice.get(c.voice, 0.0) + len(c.audio) / SAMPLE_RATE
-        entry = {"file": name, "split": split, "sha256": _sha256(out / name),
+        entry = {"file": name, "split": split, "sha256": sha256_file(out / name),
                  "seconds": round(sum(per_voice.values()), 4), "clips": len(clips), "next_clip": index,
                  "voices": {v: round(sec, 4) for v, sec in per_voice.items()}}
         shards.append(entry)

@@ -1,6 +1,5 @@
 """The bundled assets are there, as the manifest describes them, and the speech has real pauses."""
 
-import hashlib
 import json
 import shutil
 import subprocess
@@ -12,11 +11,8 @@ import pytest
 
 from engine import assets
 from engine.assets.make_assets import VOICE, make_assets
+from engine.io import sha256_file
 from engine.timebase import SAMPLE_RATE
-
-
-def sha256(path):
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def speech_samples(path):
@@ -52,8 +48,17 @@ def test_speech_pauses_between_sentences():
 def test_files_match_the_manifest():
     manifest = json.loads(assets.require(assets.MANIFEST).read_text())
     for name in ("portrait.png", "speech.wav"):
-        assert sha256(assets.ASSETS_DIR / name) == manifest[name]["sha256"], (
+        assert sha256_file(assets.ASSETS_DIR / name) == manifest[name]["sha256"], (
             f"{name} differs from manifest.json; regenerate with `python -m engine.assets.make_assets`")
+
+
+def test_shipped_weights_match_weights_json_and_record_how_they_were_made():
+    manifest = json.loads((assets.ASSETS_DIR / "weights.json").read_text())
+    for name, entry in manifest.items():
+        path = assets.ASSETS_DIR / entry["file"]
+        assert sha256_file(path) == entry["sha256"], f"{path.name} differs from weights.json; ship it with train.ship"
+        assert path.stat().st_size < 30e6 and entry["commands"] and entry["corpus"]["command"]
+        assert entry["provenance"]["steps"] > 0, name
 
 
 def test_missing_asset_error_says_how_to_fix(tmp_path):
@@ -72,4 +77,4 @@ def test_regenerating_gives_the_same_bytes(tmp_path):
     manifest = make_assets(tmp_path)
     assert manifest == json.loads(assets.MANIFEST.read_text())
     for name in ("portrait.png", "speech.wav", "manifest.json"):
-        assert sha256(tmp_path / name) == sha256(assets.ASSETS_DIR / name), name
+        assert sha256_file(tmp_path / name) == sha256_file(assets.ASSETS_DIR / name), name

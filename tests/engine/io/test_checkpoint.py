@@ -19,6 +19,7 @@ def test_roundtrip_rebuilds_the_network_from_its_stored_config(tmp_path):
     for (name, a), (_, b) in zip(model.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
     assert not (tmp_path / "m.safetensors.tmp").exists()
+    assert path.stat().st_mode & 0o777 == 0o644  # readable by everyone, like any shipped file
 
 
 def test_missing_and_foreign_files_are_clear_errors(tmp_path):

@@ -4,6 +4,7 @@ import warnings
 import numpy as np
 import pytest
 
+from engine.io import sha256_file
 from engine.motion import spec
 from engine.motion.baseline import EMOTIONS
 from engine.timebase import frames_for_samples
@@ -111,7 +112,7 @@ def test_rerun_with_the_same_args_is_a_no_op(built):
     again = json.loads(corpus.synth_corpus(out, hours=SECONDS / 3600, seed=0, progress=False).read_text())
     assert again == manifest
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
-    assert all(corpus._sha256(out / s["file"]) == s["sha256"] for s in manifest["shards"])
+    assert all(sha256_file(out / s["file"]) == s["sha256"] for s in manifest["shards"])
 
 
 @needs_voices
