@@ -18,13 +18,23 @@ examples:
   avatar render --audio speech.wav --portrait me.jpg --out talk.mp4
   avatar render                                  # bundled sample speech and portrait -> out/talk.mp4
   avatar render --audio speech.mp3 --emotion happy --motion-out talk.jsonl
+  avatar render --driver baseline                # the hand-written driver instead of the learned generator
   avatar portrait me.jpg --out check.png         # will this photo work? shows the face it found
   avatar data synth --out data/synth --hours 1   # synthetic speech + motion corpus for training
   avatar train motion --data data/synth --out ckpt/motion   # pretrain the generator (resumable)
+  avatar train sync --data data/synth --out ckpt/sync       # the lip-sync expert (resumable)
+  avatar data human --out data/human             # the real human speech available offline, with transcripts
+  avatar eval lipsync --audio-dir data/human     # learned vs baseline against forced-aligned phones
 """
 
 # Subcommands owned by other packages, which parse their own arguments (engine never imports them eagerly).
-DELEGATED = {("data", "synth"): "train.synth.corpus", ("train", "motion"): "train.pretrain"}
+DELEGATED = {
+    ("data", "synth"): "train.synth.corpus",
+    ("data", "human"): "train.human_speech",
+    ("train", "motion"): "train.pretrain",
+    ("train", "sync"): "train.sync_expert",
+    ("eval", "lipsync"): "train.eval_lipsync",
+}
 
 
 def _add_render(sub) -> None:
@@ -44,7 +54,18 @@ def _add_render(sub) -> None:
     p.add_argument("--emotion", choices=EMOTIONS, default="neutral", help="expression held through the clip")
     p.add_argument("--expressiveness", type=float, default=1.0, help="scale of mouth and face motion (0-2)")
     p.add_argument("--head-motion", type=float, default=1.0, help="scale of head motion (0 = still head)")
-    p.add_argument("--seed", type=int, default=0, help="seed for blinks and head motion")
+    p.add_argument("--seed", type=int, default=0, help="seed for blinks, head motion and the generator's noise")
+    p.add_argument("--driver", choices=("learned", "baseline"), default="learned",
+                   help="learned: the flow-matching generator (shipped weights unless --checkpoint); "
+                   "baseline: the hand-written loudness/spectrum driver")
+    p.add_argument("--checkpoint", type=Path, help="generator weights from `avatar train motion` "
+                   "(default: engine/assets/motion.safetensors)")
+    p.add_argument("--steps", type=int, default=argparse.SUPPRESS, help="learned driver: Euler sampling steps per chunk, 2-8 (default 4)")
+    p.add_argument("--guidance-audio", type=float, default=argparse.SUPPRESS,
+                   help="learned driver: classifier-free guidance on the audio; 1 = none, higher = larger lip "
+                   "motion and a mouth held closed in silence (default 2)")
+    p.add_argument("--guidance-emotion", type=float, default=argparse.SUPPRESS,
+                   help="learned driver: classifier-free guidance on the emotion; >1 = stronger expression (default 1)")
     p.add_argument("--motion-out", type=Path, help="also save the motion coefficients (.jsonl or .npz)")
     p.add_argument("--full-photo", action="store_true", help="paste the face back into the whole photo "
                    "instead of the square head-and-shoulders frame")
@@ -68,10 +89,12 @@ def _add_portrait(sub) -> None:
 def _render(args) -> None:
     from engine.offline import RenderRequest, render_file
 
+    sampler = {k: getattr(args, k) for k in ("steps", "guidance_audio", "guidance_emotion") if hasattr(args, k)}
     summary = render_file(RenderRequest(
         audio=args.audio, portrait=args.portrait, out=args.out, size=args.size, emotion=args.emotion,
         expressiveness=args.expressiveness, head_motion=args.head_motion, seed=args.seed,
-        motion_out=args.motion_out, full_photo=args.full_photo, threads=args.threads,
+        motion_out=args.motion_out, full_photo=args.full_photo, threads=args.threads, driver=args.driver,
+        checkpoint=args.checkpoint, **sampler,
     ))
     print(summary)
 
@@ -96,16 +119,28 @@ def _portrait(args) -> None:
           f"mesh and framing drawn to {args.out}")
 
 
-def _add_data(sub) -> None:
-    p = sub.add_parser("data", help="make training data (avatar data synth --help)",
-                       description="Training data. `avatar data synth --help` explains the synthetic corpus.")
+def _add_group(sub, name: str, help: str, description: str) -> None:
+    """A command whose subcommands parse their own arguments (DELEGATED)."""
+    p = sub.add_parser(name, help=help, description=description)
     p.set_defaults(handler=lambda args: p.print_help())
+
+
+def _add_data(sub) -> None:
+    _add_group(sub, "data", "make training and evaluation data (avatar data synth --help)",
+               "Data. `avatar data synth --help`: the synthetic training corpus; "
+               "`avatar data human --help`: real human recordings with transcripts for evaluation.")
 
 
 def _add_train(sub) -> None:
-    p = sub.add_parser("train", help="train networks (avatar train motion --help)",
-                       description="Training. `avatar train motion --help` explains generator pretraining.")
-    p.set_defaults(handler=lambda args: p.print_help())
+    _add_group(sub, "train", "train networks (avatar train motion --help)",
+               "Training. `avatar train motion --help`: generator pretraining; "
+               "`avatar train sync --help`: the lip-sync expert.")
+
+
+def _add_eval(sub) -> None:
+    _add_group(sub, "eval", "evaluate the generator (avatar eval lipsync --help)",
+               "Evaluation. `avatar eval lipsync --help`: lip sync against forced-aligned speech, "
+               "learned generator vs baseline driver.")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,6 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_portrait(sub)
     _add_data(sub)
     _add_train(sub)
+    _add_eval(sub)
     return parser
 
 

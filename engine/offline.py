@@ -10,7 +10,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm import tqdm
 
@@ -23,6 +22,7 @@ from engine.face.rig import Rig
 from engine.io.video import Mp4Writer
 from engine.motion import spec
 from engine.motion.baseline import BaselineDriver, BaselineOptions
+from engine.motion.learned import LearnedDriver, LearnedOptions, load_generator
 from engine.render.renderer import Renderer, to_uint8
 from engine.timebase import FPS, SAMPLE_RATE
 
@@ -43,6 +43,23 @@ class RenderRequest:
     full_photo: bool = False  # paste back into the whole photo instead of the square frame
     threads: int = 2  # torch intra-op threads
     progress: bool = True  # show a progress bar
+    driver: str = "learned"  # "learned" (the flow-matching generator) or "baseline"
+    checkpoint: Path | None = None  # generator weights; None = the shipped ones
+    steps: int = LearnedOptions.steps  # learned: Euler steps per chunk
+    guidance_audio: float = LearnedOptions.guidance_audio  # learned: classifier-free guidance scales (1 = none)
+    guidance_emotion: float = LearnedOptions.guidance_emotion
+
+    def make_driver(self):
+        """The motion driver this request asks for (options verified, weights loaded)."""
+        controls = dict(emotion=self.emotion, expressiveness=self.expressiveness, head_motion=self.head_motion,
+                        seed=self.seed)
+        if self.driver == "baseline":
+            return BaselineDriver(BaselineOptions(**controls))
+        if self.driver != "learned":
+            raise UserError(f"driver must be learned or baseline; got {self.driver!r}")
+        options = LearnedOptions(**controls, steps=self.steps, guidance_audio=self.guidance_audio,
+                                 guidance_emotion=self.guidance_emotion)
+        return LearnedDriver(load_generator(self.checkpoint), options)
 
 
 def render_file(req: RenderRequest) -> str:
@@ -59,9 +76,7 @@ def render_file(req: RenderRequest) -> str:
     portrait = analyze_portrait(req.portrait or assets.DEFAULT_PORTRAIT, size=req.size)
     renderer = Renderer(Rig(portrait)).eval()
 
-    driver = BaselineDriver(BaselineOptions(
-        emotion=req.emotion, expressiveness=req.expressiveness, head_motion=req.head_motion, seed=req.seed))
-    motion = driver.drive(extract_features(samples))
+    motion = req.make_driver().drive(extract_features(samples))
     if req.motion_out is not None:
         req.motion_out.parent.mkdir(parents=True, exist_ok=True)
         spec.save(req.motion_out, motion)

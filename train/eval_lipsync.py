@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import shlex
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -214,11 +215,15 @@ def markdown(title: str, scores: Sequence[Score]) -> str:
     return "\n".join(lines + ["", "</details>", ""])
 
 
-def make_drivers(which: str, checkpoint: Path | None, seed: int) -> dict[str, Driver]:
+def make_drivers(which: str, checkpoint: Path | None, seed: int,
+                 guidance: Sequence[float] = (LearnedOptions.guidance_audio,)) -> dict[str, Driver]:
+    """Drivers by name; several audio guidance scales give one learned driver each ("learned g=1.5")."""
     drivers: dict[str, Driver] = {}
     if which in ("learned", "both"):
-        learned = LearnedDriver(load_generator(checkpoint), LearnedOptions(seed=seed))
-        drivers["learned"] = learned.drive
+        model = load_generator(checkpoint)
+        for g in guidance:
+            name = "learned" if len(guidance) == 1 else f"learned g={g:g}"
+            drivers[name] = LearnedDriver(model, LearnedOptions(seed=seed, guidance_audio=g)).drive
     if which in ("baseline", "both"):
         drivers["baseline"] = BaselineDriver(BaselineOptions(seed=seed)).drive
     return drivers
@@ -236,13 +241,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--checkpoint", type=Path, help="generator weights (default: the shipped ones)")
     parser.add_argument("--sync-expert", type=Path, help="lip-sync expert weights (avatar train sync) for "
                         "sync confidence and offset")
+    parser.add_argument("--guidance-audio", type=float, nargs="+", default=[LearnedOptions.guidance_audio],
+                        help="audio guidance scale(s) of the learned driver; several values compare them "
+                        f"(default {LearnedOptions.guidance_audio:g})")
     parser.add_argument("--seed", type=int, default=0, help="seed of both drivers (blinks, head, noise)")
     parser.add_argument("--out", type=Path, help="write the scores here as JSON and Markdown (<out>.json, <out>.md)")
     args = parser.parse_args(argv)
     if args.audio_dir is None and args.corpus is None:
         parser.error("give --audio-dir (real recordings with transcripts) and/or --corpus (a synthetic corpus)")
     started = time.monotonic()
-    drivers = make_drivers(args.driver, args.checkpoint, args.seed)
+    drivers = make_drivers(args.driver, args.checkpoint, args.seed, args.guidance_audio)
     expert = None
     if args.sync_expert is not None:
         from train.sync_expert import load_expert
@@ -258,7 +266,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(text)
     if args.out is not None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        command = "avatar eval lipsync " + " ".join(sys.argv[2:] if argv is None else argv)
+        command = "avatar eval lipsync " + shlex.join(sys.argv[1:] if argv is None else argv)
         payload = {"command": command, "sections": {t: {"summary": summary(s), "scores": [asdict(x) for x in s]}
                                                     for t, s in sections.items()}}
         Path(f"{args.out}.json").write_text(json.dumps(payload, indent=1) + "\n")

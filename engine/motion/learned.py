@@ -7,6 +7,11 @@ It runs exactly the streaming path (engine.motion.generator.StreamingGenerator, 
 with the KV cache); the end of the clip is padded with silence so the last chunk and its lookahead
 are whole. Expressiveness and head motion scale the generated offsets from neutral afterwards
 (blinks excepted), as the baseline driver's controls do.
+
+Blinks are drawn, not generated: they are a renewal process that no audio predicts, and the network's
+blink channel regresses to its mean (the shipped model never closes an eye: max eyeBlink ~0.05 over
+the sample speech). The driver therefore runs the very BlinkProcess the corpus targets were drawn
+from (engine.motion.baseline), gated by the VAD and seeded by the options, on the blink channels.
 """
 
 from __future__ import annotations
@@ -22,13 +27,14 @@ from engine.audio.frontend import AudioFeatures
 from engine.errors import UserError
 from engine.io.checkpoint import load_model
 from engine.motion import spec
-from engine.motion.baseline import EMOTIONS, BaselineOptions
+from engine.motion.baseline import EMOTIONS, BaselineOptions, BlinkProcess, frame_draws
 from engine.motion.generator import StreamingGenerator, silence
 from engine.motion.model import MotionConfig, MotionTransformer
 from engine.motion.sampler import SamplerOptions
 
 _HEAD = [spec.index(n) for n in spec.NAMES if n.startswith("head")]
 _BLINK = [spec.index("eyeBlink_L"), spec.index("eyeBlink_R")]
+_WIDE = [spec.index("eyeWide_L"), spec.index("eyeWide_R")]
 _FACE = [i for i in range(spec.D) if i not in _HEAD and i not in _BLINK]
 
 
@@ -37,7 +43,9 @@ class LearnedOptions(BaselineOptions):
     """The baseline's controls plus the sampler's: Euler steps and guidance scales (1 = none)."""
 
     steps: int = 4  # Euler steps per chunk
-    guidance_audio: float = 1.0  # > 1 follows the audio more strongly (larger lip motion)
+    # > 1 follows the audio more strongly: larger lip motion in speech, a mouth held closed in silence. 2 was
+    # chosen on held-out synthetic voices (benchmarks/results/guidance_sweep.md), never on the human set.
+    guidance_audio: float = 2.0
     guidance_emotion: float = 1.0  # > 1 exaggerates the emotion
 
     def __post_init__(self):
@@ -65,23 +73,57 @@ def load_generator(path: str | Path | None = None) -> MotionTransformer:
     return model
 
 
+class Blinks:
+    """Eye blinks for a stream, frame by frame from its VAD (any chunking gives the same blinks)."""
+
+    def __init__(self, seed: int):
+        self._rng = np.random.default_rng([seed, 1])  # apart from the generator's noise stream
+        self._process = BlinkProcess()
+
+    def step(self, vad: np.ndarray) -> np.ndarray:
+        """(T,) VAD speech probabilities -> (T,) eyeBlink values."""
+        draws, _ = frame_draws(self._rng, len(vad))
+        gate = np.clip((vad - 0.2) / 0.4, 0, 1)  # the baseline's speech gate
+        return np.array([self._process.step(float(d), float(g)) for d, g in zip(draws, gate)], np.float32)
+
+
 class LearnedDriver:
+    """The generator plus drawn blinks plus the user's controls, as a stream (`step`) or a whole clip (`drive`)."""
+
     def __init__(self, model: MotionTransformer, options: LearnedOptions = LearnedOptions()):
         self.options = options
         self.generator = StreamingGenerator(model, options.sampler(), seed=options.seed)
+        self.config = model.config
+        self.reset()
 
-    @torch.inference_mode()
+    def reset(self) -> None:
+        """A fresh stream: empty cache, silent audio history, blinks and noise from the seed."""
+        self.generator.reset()
+        self._blinks = Blinks(self.options.seed)
+
+    def set_options(self, options: LearnedOptions) -> None:
+        """New controls and sampler settings, applied from the next chunk (the stream goes on)."""
+        self.options = options
+        self.generator.options = options.sampler()
+
+    def step(self, features: AudioFeatures) -> np.ndarray:
+        """Features of the next L + K frames (the chunk and its lookahead) -> (L, spec.D) raw motion."""
+        motion = self.generator.step(features, self.options.emotion)
+        blink = self._blinks.step(features.vad[: self.config.chunk])[:, None]
+        motion[:, _BLINK] = blink
+        motion[:, _WIDE] *= 1.0 - blink  # a blink closes wide eyes too
+        return self.apply_controls(motion)
+
     def drive(self, features: AudioFeatures) -> np.ndarray:
         """Whole clip at once: a fresh stream over `features` -> (T, spec.D) raw motion within bounds."""
-        cfg = self.generator.config
-        L, K, T = cfg.chunk, cfg.lookahead, len(features)
+        L, K, T = self.config.chunk, self.config.lookahead, len(features)
         padded = AudioFeatures.concat([features, silence(-T % L + K)])
-        self.generator.reset()
-        chunks = [self.generator.step(padded[s : s + L + K], self.options.emotion) for s in range(0, T, L)]
-        motion = np.concatenate(chunks)[:T] if chunks else spec.neutral(0)
-        return self._controls(motion)
+        self.reset()
+        chunks = [self.step(padded[s : s + L + K]) for s in range(0, T, L)]
+        return np.concatenate(chunks)[:T] if chunks else spec.neutral(0)
 
-    def _controls(self, motion: np.ndarray) -> np.ndarray:
+    def apply_controls(self, motion: np.ndarray) -> np.ndarray:
+        """Scale (T, D) motion's offsets from neutral: expressiveness for the face, head_motion for the head."""
         neutral = spec.neutral()
         out = motion.copy()
         out[:, _FACE] = neutral[_FACE] + self.options.expressiveness * (motion[:, _FACE] - neutral[_FACE])
@@ -89,4 +131,4 @@ class LearnedDriver:
         return spec.clip(out)
 
 
-__all__ = ["EMOTIONS", "LearnedDriver", "LearnedOptions", "load_generator"]
+__all__ = ["EMOTIONS", "Blinks", "LearnedDriver", "LearnedOptions", "load_generator"]

@@ -17,7 +17,7 @@ def avatar(*args, cwd=None):
 def test_help_lists_every_command():
     out = avatar("--help")
     assert out.returncode == 0
-    for command in ("render", "portrait", "data", "train"):
+    for command in ("render", "portrait", "data", "train", "eval"):
         assert command in out.stdout
     assert "examples:" in out.stdout
 
@@ -36,6 +36,18 @@ def test_data_synth_help_is_the_corpus_builders():
 def test_train_motion_help_is_the_pretrainers():
     out = avatar("train", "motion", "--help")
     assert out.returncode == 0 and "--data" in out.stdout and "--steps" in out.stdout
+
+
+@pytest.mark.parametrize("command, option", [(("train", "sync"), "--data"), (("data", "human"), "--out"),
+                                             (("eval", "lipsync"), "--audio-dir")])
+def test_delegated_commands_explain_themselves(command, option):
+    out = avatar(*command, "--help")
+    assert out.returncode == 0 and option in out.stdout and f"avatar {' '.join(command)}" in out.stdout
+
+
+def test_eval_lipsync_without_inputs_says_what_to_give():
+    out = avatar("eval", "lipsync")
+    assert out.returncode == 2 and "--audio-dir" in out.stderr and "Traceback" not in out.stderr
 
 
 def test_missing_audio_is_a_clear_error(tmp_path):

@@ -1,5 +1,4 @@
 import json
-import warnings
 
 import numpy as np
 import pytest
@@ -15,26 +14,14 @@ from engine.motion.model import Conditions, MotionConfig, MotionTransformer
 from train import pretrain as pt
 from train.dataset import Corpus
 from train.synth import corpus as synth
-from train.synth import tts
 
-needs_voices = pytest.mark.skipif(not tts.available_voices(), reason="no TTS engine installed (apt-get install flite)")
 TINY = dict(batch=8, lr=3e-3, warmup=3, config="tiny", val_every=10, val_batches=2, save_every=5, seed=0)
-
-
-@pytest.fixture(scope="session")
-def data(tmp_path_factory):
-    out = tmp_path_factory.getbasetemp() / "motion_corpus"  # shared with test_dataset (built once)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        synth.synth_corpus(out, hours=30 / 3600, seed=0, progress=False)
-    return out
 
 
 def _log(out):
     return [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
 
 
-@needs_voices
 def test_batched_context_cache_equals_committing_chunk_by_chunk(data):
     """One batched commit of all context chunks gives the cache the streaming generator builds."""
     config = MotionConfig.tiny()
@@ -69,7 +56,6 @@ def test_lr_schedule_warms_up_then_decays():
     assert all(a >= b for a, b in zip(f[10:], f[11:])) and f[-1] < 0.01
 
 
-@needs_voices
 def test_tiny_model_learns(data, tmp_path):
     out = tmp_path / "run"
     pt.pretrain(data, out, pt.PretrainOptions(steps=30, **TINY), progress=False)
@@ -81,7 +67,6 @@ def test_tiny_model_learns(data, tmp_path):
     assert len(val) == 3 and all(np.isfinite(val))
 
 
-@needs_voices
 def test_resumed_run_equals_an_uninterrupted_one(data, tmp_path):
     """10 steps, then the same command with --steps 20: continues at step 11 and ends bit for bit where a
     20-step run ends (the cosine horizon is fixed by lr_decay_steps, so the schedule does not depend on
@@ -103,22 +88,18 @@ def test_resumed_run_equals_an_uninterrupted_one(data, tmp_path):
             assert torch.equal(value, b[key][name]), (key, name)
 
 
-@needs_voices
-@needs_voices
 def test_frozen_context_still_learns(data, tmp_path):
     pt.pretrain(data, tmp_path, pt.PretrainOptions(steps=30, context_grad=False, **TINY), progress=False)
     losses = [r["loss"] for r in _log(tmp_path)]
     assert np.mean(losses[-5:]) < 0.95 * np.mean(losses[:5])
 
 
-@needs_voices
 def test_resume_with_other_options_is_refused(data, tmp_path):
     pt.pretrain(data, tmp_path, pt.PretrainOptions(steps=2, **TINY), progress=False)
     with pytest.raises(UserError, match="different options"):
         pt.pretrain(data, tmp_path, pt.PretrainOptions(steps=4, **dict(TINY, lr=1e-4)), progress=False)
 
 
-@needs_voices
 def test_written_weights_drive_the_streaming_generator(data, tmp_path):
     assert pt.main(["--data", str(data), "--out", str(tmp_path), "--steps", "3", "--batch", "4",
                     "--config", "tiny", "--seed", "1", "--no-progress"]) == 0
@@ -138,3 +119,20 @@ def test_help_teaches(capsys):
     assert exit_.value.code == 0
     text = capsys.readouterr().out
     assert "--data" in text and "last.pt" in text and "avatar data synth" in text
+
+
+@pytest.mark.slow
+def test_smoke_synth_train_render(data, tmp_path, sample_clip, capsys):
+    """The whole learned path as CI can afford it: 30 s corpus -> a few tiny steps -> avatar render with it."""
+    from engine.cli import main as avatar
+    from engine.io.video import probe
+
+    assert pt.main(["--data", str(data), "--out", str(tmp_path / "ckpt"), "--steps", "4", "--batch", "4",
+                    "--config", "tiny", "--no-progress"]) == 0
+    out = tmp_path / "talk.mp4"
+    assert avatar(["render", "--audio", str(sample_clip(1.5)), "--checkpoint", str(tmp_path / "ckpt/motion.safetensors"),
+                   "--out", str(out), "--size", "256", "--motion-out", str(tmp_path / "m.npz")]) == 0
+    assert "wrote" in capsys.readouterr().out
+    info = probe(out)
+    motion = spec.load(tmp_path / "m.npz")
+    assert info.frames == len(motion) == round(1.5 * 25) and np.isfinite(motion).all()

@@ -8,7 +8,7 @@ from engine.io.checkpoint import save_checkpoint
 from engine.motion import spec
 from engine.motion.baseline import EMOTIONS
 from engine.motion.generator import StreamingGenerator, silence
-from engine.motion.learned import LearnedDriver, LearnedOptions, load_generator
+from engine.motion.learned import Blinks, LearnedDriver, LearnedOptions, load_generator
 from engine.motion.model import MotionConfig, MotionTransformer
 from tests.engine.motion.test_model import perturb_gates
 
@@ -35,8 +35,21 @@ def test_drive_is_the_streaming_generator_over_padded_chunks(model, features):
     padded = type(features).concat([features, silence(CFG.chunk + CFG.lookahead)])
     steps = [gen.step(padded[s : s + CFG.chunk + CFG.lookahead], "neutral")
              for s in range(0, len(features), CFG.chunk)]
-    np.testing.assert_allclose(motion, np.concatenate(steps)[: len(features)], atol=1e-6)
+    eyes = [spec.index(n) for n in ("eyeBlink_L", "eyeBlink_R", "eyeWide_L", "eyeWide_R")]
+    rest = [i for i in range(spec.D) if i not in eyes]
+    np.testing.assert_allclose(motion[:, rest], np.concatenate(steps)[: len(features), rest], atol=1e-6)
+    np.testing.assert_array_equal(motion[:, eyes[0]], Blinks(3).step(features.vad))
     np.testing.assert_array_equal(motion, LearnedDriver(model, LearnedOptions(seed=3)).drive(features))
+
+
+def test_blinks_do_not_depend_on_chunking_and_follow_the_seed():
+    vad = np.r_[np.zeros(300), np.ones(400), np.zeros(300)].astype(np.float32)
+    whole = Blinks(0).step(vad)
+    blinks = Blinks(0)
+    np.testing.assert_array_equal(whole, np.concatenate([blinks.step(vad[a:b]) for a, b in [(0, 7), (7, 500), (500, 1000)]]))
+    assert whole.max() == 1.0 and not np.array_equal(whole, Blinks(1).step(vad))
+    starts = np.count_nonzero(np.diff((whole > 0.5).astype(int)) == 1)
+    assert 4 <= starts <= 30  # 40 s at ~17 a minute
 
 
 def test_controls_scale_offsets_from_neutral_but_not_blinks(model, features):
@@ -64,3 +77,48 @@ def test_load_generator_errors_name_the_fix(tmp_path, model):
         load_generator(path)
     ok = save_checkpoint(tmp_path / "ok.safetensors", model, CFG, emotions=list(EMOTIONS))
     assert isinstance(load_generator(ok), MotionTransformer)
+
+
+# ----------------------------------------------------------------------- the shipped weights' behaviour
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    return load_generator()
+
+
+@pytest.fixture(scope="module")
+def speech_features():
+    from engine import assets
+    from engine.audio.io import load_audio
+
+    return extract_features(load_audio(assets.SAMPLE_SPEECH))
+
+
+def _mean(motion, *names):
+    return float(motion[:, [spec.index(n) for n in names]].mean())
+
+
+def test_shipped_emotion_control_changes_the_expression(shipped, speech_features):
+    neutral = LearnedDriver(shipped, LearnedOptions(emotion="neutral")).drive(speech_features)
+    happy = LearnedDriver(shipped, LearnedOptions(emotion="happy")).drive(speech_features)
+    sad = LearnedDriver(shipped, LearnedOptions(emotion="sad")).drive(speech_features)
+    assert _mean(happy, "mouthSmile_L", "mouthSmile_R") > _mean(neutral, "mouthSmile_L", "mouthSmile_R") + 0.15
+    assert _mean(sad, "mouthFrown_L", "mouthFrown_R") > _mean(neutral, "mouthFrown_L", "mouthFrown_R") + 0.1
+    guided = LearnedDriver(shipped, LearnedOptions(emotion="happy", guidance_emotion=2.0)).drive(speech_features)
+    assert _mean(guided, "mouthSmile_L", "mouthSmile_R") > _mean(happy, "mouthSmile_L", "mouthSmile_R")
+
+
+def test_shipped_audio_guidance_scales_lip_motion(shipped, speech_features):
+    jaw = spec.index("jawOpen")
+    amplitude = {g: LearnedDriver(shipped, LearnedOptions(guidance_audio=g)).drive(speech_features)[:, jaw].std()
+                 for g in (0.0, 1.0, 2.0)}
+    assert amplitude[0.0] < 0.5 * amplitude[1.0] < amplitude[2.0]
+
+
+def test_shipped_silence_idles_with_a_closed_mouth_and_blinks(shipped):
+    quiet = extract_features(np.zeros(16000 * 12, np.float32))
+    motion = LearnedDriver(shipped, LearnedOptions(seed=0)).drive(quiet)
+    assert motion[:, spec.index("jawOpen")].max() < 0.08
+    blinks = motion[:, spec.index("eyeBlink_L")] > 0.5
+    assert 1 <= np.count_nonzero(np.diff(blinks.astype(int)) == 1) <= 8  # ~17 a minute, give or take
