@@ -25,7 +25,6 @@ import argparse
 import copy
 import json
 import math
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -43,6 +42,7 @@ from engine.motion.baseline import EMOTIONS
 from engine.motion.cache import KVCache
 from engine.motion.model import NO_EMOTION, Conditions, MotionConfig, MotionTransformer
 from train.dataset import Batch, Corpus
+from train.run import load_state, save_state
 
 CONFIGS = {"tiny": MotionConfig.tiny, "default": MotionConfig}
 VAL_SEED = 12345  # the validation windows and their noise are the same in every run
@@ -210,24 +210,10 @@ class Run:
         }
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.state(), tmp)
-        os.replace(tmp, path)  # atomic: a kill during the save leaves the previous last.pt intact
+        save_state(self.state(), path)
 
     def load(self, path: Path) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        saved, now = PretrainOptions(**state["options"]).run_identity(), self.options.run_identity()
-        if saved != now:
-            diff = {k: (v, now[k]) for k, v in saved.items() if now[k] != v}
-            hint = ""
-            if "lr_decay_steps" in diff:
-                hint = (f" (--steps sets the cosine horizon unless --lr-decay-steps is given: to extend this run "
-                        f"pass --lr-decay-steps {saved['lr_decay_steps']})")
-            raise UserError(f"{path} was written with different options {{name: (saved, now)}} {diff}{hint}; rerun "
-                            f"with the saved options to continue it, or pass a new --out to start a fresh run")
-        if state["step"] > self.options.steps:
-            raise UserError(f"{path} is already at step {state['step']}, past --steps {self.options.steps}; "
-                            "pass a larger --steps to continue training")
+        state = load_state(path, self.options)
         self.model.load_state_dict(state["model"])
         self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])

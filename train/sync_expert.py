@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
@@ -48,6 +47,7 @@ from engine.motion.generator import silence
 from engine.timebase import FPS, MELS_PER_FRAME, N_MELS, checked_div
 from train.dataset import ClipData, load_clips
 from train.pretrain import _read_log, lr_factor
+from train.run import load_state, save_state
 
 MOUTH: tuple[str, ...] = tuple(n for n in spec.NAMES if n.startswith(("jaw", "mouth")))  # what the expert sees
 _MOUTH_INDEX = np.array([spec.index(n) for n in MOUTH])
@@ -457,24 +457,10 @@ class Run:
         }
 
     def save(self, path: Path) -> None:
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(self.state(), tmp)
-        os.replace(tmp, path)  # atomic: a kill during the save leaves the previous last.pt intact
+        save_state(self.state(), path)
 
     def load(self, path: Path) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=False)
-        saved, now = SyncOptions(**state["options"]).run_identity(), self.options.run_identity()
-        if saved != now:
-            diff = {k: (v, now[k]) for k, v in saved.items() if now[k] != v}
-            hint = ""
-            if "lr_decay_steps" in diff:
-                hint = (f" (--steps sets the cosine horizon unless --lr-decay-steps is given: to extend this run "
-                        f"pass --lr-decay-steps {saved['lr_decay_steps']})")
-            raise UserError(f"{path} was written with different options {{name: (saved, now)}} {diff}{hint}; rerun "
-                            f"with the saved options to continue it, or pass a new --out to start a fresh run")
-        if state["step"] > self.options.steps:
-            raise UserError(f"{path} is already at step {state['step']}, past --steps {self.options.steps}; "
-                            "pass a larger --steps to continue training")
+        state = load_state(path, self.options)
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
