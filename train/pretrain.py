@@ -42,7 +42,7 @@ from engine.motion.baseline import EMOTIONS
 from engine.motion.cache import KVCache
 from engine.motion.model import NO_EMOTION, Conditions, MotionConfig, MotionTransformer
 from train.dataset import Batch, Corpus
-from train.run import load_state, save_state
+from train.run import add_run_arguments, load_state, save_state
 
 CONFIGS = {"tiny": MotionConfig.tiny, "default": MotionConfig}
 VAL_SEED = 12345  # the validation windows and their noise are the same in every run
@@ -322,27 +322,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                "Writes ckpt/motion.safetensors (EMA weights; load with engine.io.checkpoint.load_model), "
                "ckpt/last.pt (resume state), ckpt/log.jsonl and ckpt/loss.png.",
     )
-    parser.add_argument("--data", type=Path, required=True, help="corpus directory holding manifest.json")
-    parser.add_argument("--out", type=Path, required=True, help="output directory (resumes if last.pt is there)")
-    parser.add_argument("--steps", type=int, default=defaults.steps,
-                        help=f"train until this step (default {defaults.steps}); a larger value extends a run "
-                             "whose --lr-decay-steps was fixed")
+    add_run_arguments(parser, defaults, CONFIGS)
     parser.add_argument("--batch", type=int, default=defaults.batch, help=f"windows per step ({defaults.batch})")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help=f"peak learning rate ({defaults.lr})")
-    parser.add_argument("--warmup", type=int, default=defaults.warmup, help=f"warmup steps ({defaults.warmup})")
-    parser.add_argument("--lr-decay-steps", type=int, default=None,
-                        help="cosine decay horizon in steps (default: --steps)")
-    parser.add_argument("--val-every", type=int, default=defaults.val_every,
-                        help=f"validate on held-out voices every N steps ({defaults.val_every})")
-    parser.add_argument("--save-every", type=int, default=defaults.save_every,
-                        help=f"write last.pt every N steps ({defaults.save_every})")
-    parser.add_argument("--config", choices=sorted(CONFIGS), default=defaults.config,
-                        help="network size: tiny for smoke tests, default for the shipped weights")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of init, windows and noise")
     parser.add_argument("--no-context-grad", action="store_true",
                         help="do not backpropagate through the committed context (about 2.4x faster steps on CPU; "
                              "the cache's keys/values then learn only through each chunk's own attention)")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to log.jsonl)")
     args = parser.parse_args(argv)
     options = PretrainOptions(
         steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup, lr_decay_steps=args.lr_decay_steps,

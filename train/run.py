@@ -3,6 +3,7 @@ continues the same run (train.pretrain, train.sync_expert)."""
 
 from __future__ import annotations
 
+import argparse
 import os
 from pathlib import Path
 
@@ -36,3 +37,24 @@ def load_state(path: Path, options) -> dict:
         raise UserError(f"{path} is already at step {state['step']}, past --steps {options.steps}; "
                         "pass a larger --steps to continue training")
     return state
+
+
+def add_run_arguments(parser: argparse.ArgumentParser, defaults, configs) -> None:
+    """The options every training command takes, with `defaults` (an options instance) shown in --help."""
+    parser.add_argument("--data", type=Path, required=True, help="corpus directory holding manifest.json")
+    parser.add_argument("--out", type=Path, required=True, help="output directory (resumes if last.pt is there)")
+    parser.add_argument("--steps", type=int, default=defaults.steps,
+                        help=f"train until this step (default {defaults.steps}); a larger value extends a run "
+                             "whose --lr-decay-steps was fixed")
+    parser.add_argument("--lr", type=float, default=defaults.lr, help=f"peak learning rate ({defaults.lr})")
+    parser.add_argument("--warmup", type=int, default=defaults.warmup, help=f"warmup steps ({defaults.warmup})")
+    parser.add_argument("--lr-decay-steps", type=int, default=None,
+                        help="cosine decay horizon in steps (default: --steps)")
+    parser.add_argument("--val-every", type=int, default=defaults.val_every,
+                        help=f"validate on held-out voices every N steps ({defaults.val_every})")
+    parser.add_argument("--save-every", type=int, default=defaults.save_every,
+                        help=f"write last.pt every N steps ({defaults.save_every})")
+    parser.add_argument("--config", choices=sorted(configs), default=defaults.config,
+                        help="network size: tiny for smoke tests, default for the shipped weights")
+    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of init, sampling and noise")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to log.jsonl)")

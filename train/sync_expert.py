@@ -47,7 +47,7 @@ from engine.motion.generator import silence
 from engine.timebase import FPS, MELS_PER_FRAME, N_MELS, checked_div
 from train.dataset import ClipData, load_clips
 from train.pretrain import _read_log, lr_factor
-from train.run import load_state, save_state
+from train.run import add_run_arguments, load_state, save_state
 
 MOUTH: tuple[str, ...] = tuple(n for n in spec.NAMES if n.startswith(("jaw", "mouth")))  # what the expert sees
 _MOUTH_INDEX = np.array([spec.index(n) for n in MOUTH])
@@ -579,28 +579,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                "ckpt/sync/last.pt (resume state), ckpt/sync/log.jsonl and ckpt/sync/loss.png. "
                "Set OMP_NUM_THREADS=1 to leave the other core free.",
     )
-    parser.add_argument("--data", type=Path, required=True, help="corpus directory holding manifest.json")
-    parser.add_argument("--out", type=Path, required=True, help="output directory (resumes if last.pt is there)")
-    parser.add_argument("--steps", type=int, default=defaults.steps,
-                        help=f"train until this step (default {defaults.steps}); a larger value extends a run "
-                             "whose --lr-decay-steps was fixed")
+    add_run_arguments(parser, defaults, CONFIGS)
     parser.add_argument("--batch", type=int, default=defaults.batch, help=f"anchors per step ({defaults.batch})")
-    parser.add_argument("--lr", type=float, default=defaults.lr, help=f"peak learning rate ({defaults.lr})")
-    parser.add_argument("--warmup", type=int, default=defaults.warmup, help=f"warmup steps ({defaults.warmup})")
-    parser.add_argument("--lr-decay-steps", type=int, default=None,
-                        help="cosine decay horizon in steps (default: --steps)")
     parser.add_argument("--temperature", type=float, default=defaults.temperature,
                         help=f"InfoNCE temperature ({defaults.temperature})")
     parser.add_argument("--max-offset", type=int, default=defaults.max_offset,
                         help=f"farthest same-clip negative in frames, either way ({defaults.max_offset})")
-    parser.add_argument("--val-every", type=int, default=defaults.val_every,
-                        help=f"validate on held-out voices every N steps ({defaults.val_every})")
-    parser.add_argument("--save-every", type=int, default=defaults.save_every,
-                        help=f"write last.pt every N steps ({defaults.save_every})")
-    parser.add_argument("--config", choices=sorted(CONFIGS), default=defaults.config,
-                        help="network size: tiny for smoke tests, default for the shipped weights")
-    parser.add_argument("--seed", type=int, default=defaults.seed, help="seed of init and window sampling")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar (logs still go to log.jsonl)")
     args = parser.parse_args(argv)
     try:
         options = SyncOptions(
