@@ -7,7 +7,7 @@ import pytest
 from engine.motion.spec import index
 from engine.stream import Session, SessionOptions, SimulatedClock
 from engine.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
-from tests.engine.stream.harness import StubRenderer, collect
+from tests.engine.stream.harness import collect, small_renderer
 
 MINUTES = 10
 RATE = 48000  # the browser's microphone rate: the stream goes through the resampler too
@@ -45,7 +45,7 @@ def test_ten_minutes_without_drift_or_growth():
     latencies = []  # median latency over the last 500 frames, every 1000 frames
 
     clock = SimulatedClock()
-    with Session(StubRenderer(), None, "balanced", clock=clock, options=SessionOptions(vad=False)) as s:
+    with Session(small_renderer(), None, "balanced", clock=clock, options=SessionOptions(vad=False)) as s:
         producer = Beeper(s, MINUTES * 60)
         times = np.empty(frames)
         pts = np.empty(frames, np.int64)

@@ -5,7 +5,7 @@ from engine.audio.frontend import LOOKAHEAD_SAMPLES
 from engine.motion import spec
 from engine.stream.scheduler import EASE_FRAMES, ChunkScheduler
 from engine.timebase import SAMPLES_PER_FRAME
-from tests.engine.stream.harness import JAW, StubRenderer, speechlike
+from tests.engine.stream.harness import JAW, small_renderer, speechlike
 
 
 class Still:
@@ -40,7 +40,7 @@ def feed_and_step(sched, n):
 
 
 def test_a_chunk_needs_its_frames_its_lookahead_and_the_frontends():
-    sched = ChunkScheduler(Still(), StubRenderer(), render_batch=4, with_vad=False)
+    sched = ChunkScheduler(Still(), small_renderer(), render_batch=4, with_vad=False)
     assert sched.samples_needed() == (4 + 2) * SAMPLES_PER_FRAME + LOOKAHEAD_SAMPLES
     with pytest.raises(RuntimeError, match="more samples"):
         sched.step()
@@ -55,7 +55,7 @@ def test_a_chunk_needs_its_frames_its_lookahead_and_the_frontends():
 
 
 def test_frames_come_render_batch_at_a_time_with_their_pts_motion_and_audio():
-    sched = ChunkScheduler(Still(), StubRenderer(), render_batch=3, with_vad=False)
+    sched = ChunkScheduler(Still(), small_renderer(), render_batch=3, with_vad=False)
     (chunk,) = feed_and_step(sched, 1)
     batches = list(sched.render(chunk))
     assert [[f.pts for f in b] for b in batches] == [[0, 1, 2], [3]]
@@ -66,7 +66,7 @@ def test_frames_come_render_batch_at_a_time_with_their_pts_motion_and_audio():
 
 def test_an_interrupt_cross_fades_from_the_shown_pose_in_5_frames():
     driver = Still()
-    sched = ChunkScheduler(driver, StubRenderer(), render_batch=4, with_vad=False)
+    sched = ChunkScheduler(driver, small_renderer(), render_batch=4, with_vad=False)
     shown = spec.neutral()
     shown[JAW] = 0.6
     sched.interrupt(10, shown)

@@ -14,20 +14,10 @@ from engine.stream import Controls, Preset, Session, SessionError, SessionOption
 from engine.stream.scheduler import EASE_FRAMES
 from engine.timebase import FPS, SAMPLE_RATE, SAMPLES_PER_FRAME
 from tests.engine.motion.test_model import perturb_gates
-from tests.engine.stream.harness import JAW, Producer, StubRenderer, motion_of, program_audio, run, speechlike
+from tests.engine.stream.harness import JAW, Producer, motion_of, program_audio, run, small_renderer, speechlike
 
 FAST = SessionOptions(vad=False)  # the VAD is the frontend's slowest part; these tests do not need it
 UPFRONT = SessionOptions(vad=False, max_backlog_s=60.0)  # room to push a whole clip before the first pull
-
-
-@pytest.fixture(scope="module")
-def small_renderer():
-    from engine.assets import DEFAULT_PORTRAIT
-    from engine.face.analysis import analyze_portrait
-    from engine.face.rig import Rig
-    from engine.render.renderer import Renderer
-
-    return Renderer(Rig(analyze_portrait(DEFAULT_PORTRAIT, size=128))).eval()
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +27,7 @@ def tiny():
 
 
 def session(model=None, preset="balanced", options=FAST, **kwargs) -> Session:
-    return Session(StubRenderer(), model, preset, clock=SimulatedClock(), options=options, **kwargs)
+    return Session(small_renderer(), model, preset, clock=SimulatedClock(), options=options, **kwargs)
 
 
 def test_pts_are_contiguous_released_on_their_slots_and_cover_the_pushed_samples(tiny):
@@ -53,7 +43,7 @@ def test_pts_are_contiguous_released_on_their_slots_and_cover_the_pushed_samples
     np.testing.assert_array_equal(timeline[: len(audio)], audio)
     assert not timeline[len(audio) :].any()
     frame = pairs[0][0]
-    assert frame.image.shape == (4, 4, 3) and frame.image.dtype == np.uint8
+    assert frame.image.shape == (128, 128, 3) and frame.image.dtype == np.uint8
     assert frame.audio.shape == (SAMPLES_PER_FRAME,)
 
 
@@ -71,7 +61,8 @@ def test_odd_sized_pushes_give_the_motion_of_one_push(tiny, driver):
             many.push_audio(piece)
         pieces = run(many, 60)
     np.testing.assert_allclose(motion_of(pieces), motion_of(whole), atol=1e-5)
-    assert all(np.array_equal(a.image, b.image) for (a, _), (b, _) in zip(pieces, whole))
+    # Motion equal to float rounding may flip a pixel's last uint8 step, never more.
+    assert all(np.abs(a.image.astype(int) - b.image).max() <= 1 for (a, _), (b, _) in zip(pieces, whole))
 
 
 def test_the_learned_stream_is_the_offline_learned_driver(tiny):
@@ -171,7 +162,7 @@ def test_input_drop_policy_keeps_the_newest_audio():
 
 def test_output_drop_policy_when_the_consumer_falls_behind():
     clock = SimulatedClock()
-    with Session(StubRenderer(), None, clock=clock, options=SessionOptions(vad=False, max_video_lag_s=0.2)) as s:
+    with Session(small_renderer(), None, clock=clock, options=SessionOptions(vad=False, max_video_lag_s=0.2)) as s:
 
         async def lagging():
             stream = s.frames()
@@ -268,8 +259,8 @@ def test_presets_keep_the_learned_window_and_set_the_baseline_chunk(tiny):
         session(None, preset="fast")
 
 
-def test_the_real_renderer_streams_frames(tiny, small_renderer):
-    with Session(small_renderer, tiny, clock=SimulatedClock(), options=FAST) as s:
+def test_the_real_renderer_streams_frames(tiny):
+    with Session(small_renderer(), tiny, clock=SimulatedClock(), options=FAST) as s:
         s.push_audio(speechlike(0.5))
         pairs = run(s, 6)
     image = pairs[0][0].image
@@ -279,7 +270,7 @@ def test_the_real_renderer_streams_frames(tiny, small_renderer):
 
 def test_the_monotonic_clock_path_streams(tiny):
     """Real time, briefly: frames flow with contiguous pts (no speed is asserted)."""
-    with Session(StubRenderer(), tiny, options=FAST) as s:
+    with Session(small_renderer(), tiny, options=FAST) as s:
         s.push_audio(speechlike(0.3))
 
         async def take():
@@ -309,13 +300,13 @@ def test_the_shipped_model_talks_stops_when_cut_off_and_idles_when_starved():
             s.interrupt()
 
     cut = []
-    with Session(StubRenderer(), model, clock=SimulatedClock(), options=options) as s:
+    with Session(small_renderer(), model, clock=SimulatedClock(), options=options) as s:
         s.push_audio(speech)
         jaw = motion_of(run(s, 110, on_frame=on_frame))[:, JAW]
     n = cut[0]
     assert jaw[n + EASE_FRAMES] < 0.05 and jaw[n + EASE_FRAMES :].mean() < 0.03  # closed in 200 ms, then still
 
-    with Session(StubRenderer(), model, clock=SimulatedClock(), options=options) as s:
+    with Session(small_renderer(), model, clock=SimulatedClock(), options=options) as s:
         s.push_audio(speech[: 3 * SAMPLE_RATE])  # then the producer stalls mid-sentence
         jaw = motion_of(run(s, 110))[:, JAW]
     assert jaw[: 3 * FPS].max() > 0.3 and jaw[3 * FPS + 10 :].mean() < 0.03  # talked, then the mouth settled shut
