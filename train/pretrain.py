@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import math
 import sys
 from collections.abc import Sequence
@@ -42,7 +41,7 @@ from engine.motion.baseline import EMOTIONS
 from engine.motion.cache import KVCache
 from engine.motion.model import NO_EMOTION, Conditions, MotionConfig, MotionTransformer
 from train.dataset import Batch, Corpus
-from train.run import add_run_arguments, load_state, save_state
+from train.run import add_run_arguments, load_state, resume, save_state, train_steps
 
 CONFIGS = {"tiny": MotionConfig.tiny, "default": MotionConfig}
 VAL_SEED = 12345  # the validation windows and their noise are the same in every run
@@ -223,14 +222,6 @@ class Run:
         self.step = state["step"]
 
 
-def _read_log(path: Path, upto: int) -> list[dict]:
-    """Log records up to step `upto` (a killed run may have logged steps its last.pt does not hold)."""
-    if not path.exists():
-        return []
-    records = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in records if r["step"] <= upto]
-
-
 def _plot(records: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -253,16 +244,9 @@ def _plot(records: list[dict], path: Path) -> None:
 
 def pretrain(data: str | Path, out: str | Path, options: PretrainOptions, progress: bool = True) -> Path:
     """Train (or continue training) until options.steps; returns the path of motion.safetensors."""
-    from tqdm import tqdm
-
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     run = Run(options)
-    last, log_path = out / "last.pt", out / "log.jsonl"
-    if last.exists():
-        run.load(last)
-    records = _read_log(log_path, run.step)
-    log_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    records = resume(run, out)
 
     train_set = Corpus(data, "train", run.config)
     val_set = Corpus(data, "val", run.config)
@@ -270,27 +254,15 @@ def pretrain(data: str | Path, out: str | Path, options: PretrainOptions, progre
     if not val_batches:
         print(f"warning: {data} has no validation clips; training without validation", file=sys.stderr)
 
-    bar = tqdm(total=options.steps, initial=run.step, disable=not progress, desc="pretrain", unit="step")
-    with log_path.open("a") as log:
-        while run.step < options.steps:
-            lr = run.scheduler.get_last_lr()[0]
-            loss = run.train_step(train_set)
-            record = {"step": run.step, "loss": loss, "lr": lr}
-            if val_batches and (run.step % options.val_every == 0 or run.step == options.steps):
-                record["val_loss"] = validate(run.ema, val_batches, options)
-            records.append(record)
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            shown = {"loss": f"{loss:.4f}"}
-            if "val_loss" in record:
-                shown["val"] = f"{record['val_loss']:.4f}"
-            bar.set_postfix(shown)
-            bar.update(1)
-            if run.step % options.save_every == 0 or run.step == options.steps:
-                run.save(last)
-    bar.close()
-    if run.step > 0 and not last.exists():
-        run.save(last)
+    def postfix(record: dict) -> dict:
+        shown = {"loss": f"{record['loss']:.4f}"}
+        if "val_loss" in record:
+            shown["val"] = f"{record['val_loss']:.4f}"
+        return shown
+
+    train_steps(run, options, out, records, step=lambda: run.train_step(train_set),
+                validate=(lambda: {"val_loss": validate(run.ema, val_batches, options)}) if val_batches else None,
+                postfix=postfix, desc="pretrain", progress=progress)
 
     manifest = Path(data) / "manifest.json"
     tail = records[-min(len(records), 50):]

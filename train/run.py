@@ -1,10 +1,17 @@
-"""What every resumable training run shares: atomic resume files, and the check that a resume
-continues the same run (train.pretrain, train.sync_expert)."""
+"""What every resumable training run shares (train.pretrain, train.sync_expert): atomic resume files,
+the check that a resume continues the same run, the step loop with its log and progress bar, and
+the common command-line options.
+
+A run object has `step`, `scheduler`, `save(path)` and `load(path)`; its options have `steps`,
+`val_every`, `save_every` and `run_identity()`. In --out: last.pt (resume state) and log.jsonl.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -37,6 +44,47 @@ def load_state(path: Path, options) -> dict:
         raise UserError(f"{path} is already at step {state['step']}, past --steps {options.steps}; "
                         "pass a larger --steps to continue training")
     return state
+
+
+def resume(run, out: Path) -> list[dict]:
+    """Make `out`, continue `run` from out/last.pt if it is there, and return the log records up to its
+    step (a run killed after logging past its last save logged steps last.pt does not hold)."""
+    out.mkdir(parents=True, exist_ok=True)
+    if (out / "last.pt").exists():
+        run.load(out / "last.pt")
+    log = out / "log.jsonl"
+    records = [json.loads(line) for line in log.read_text().splitlines() if line.strip()] if log.exists() else []
+    records = [r for r in records if r["step"] <= run.step]
+    log.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return records
+
+
+def train_steps(run, options, out: Path, records: list[dict], step: Callable[[], float],
+                validate: Callable[[], dict] | None, postfix: Callable[[dict], dict], desc: str,
+                progress: bool = True) -> None:
+    """Step `run` until options.steps: each step's loss and LR (and, every val_every steps and at the end,
+    `validate()`'s metrics) appended to `records` and out/log.jsonl; last.pt every save_every steps."""
+    from tqdm import tqdm
+
+    last = out / "last.pt"
+    bar = tqdm(total=options.steps, initial=run.step, disable=not progress, desc=desc, unit="step")
+    with (out / "log.jsonl").open("a") as log:
+        while run.step < options.steps:
+            lr = run.scheduler.get_last_lr()[0]
+            loss = step()  # advances run.step
+            record = {"step": run.step, "loss": loss, "lr": lr}
+            if validate is not None and (run.step % options.val_every == 0 or run.step == options.steps):
+                record |= validate()
+            records.append(record)
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            bar.set_postfix(postfix(record))
+            bar.update(1)
+            if run.step % options.save_every == 0 or run.step == options.steps:
+                run.save(last)
+    bar.close()
+    if run.step > 0 and not last.exists():
+        run.save(last)
 
 
 def add_run_arguments(parser: argparse.ArgumentParser, defaults, configs) -> None:

@@ -26,7 +26,6 @@ provenance), log.jsonl and loss.png.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
@@ -46,8 +45,8 @@ from engine.motion import spec
 from engine.motion.generator import silence
 from engine.timebase import FPS, MELS_PER_FRAME, N_MELS, checked_div
 from train.dataset import ClipData, load_clips
-from train.pretrain import _read_log, lr_factor
-from train.run import add_run_arguments, load_state, save_state
+from train.pretrain import lr_factor
+from train.run import add_run_arguments, load_state, resume, save_state, train_steps
 
 MOUTH: tuple[str, ...] = tuple(n for n in spec.NAMES if n.startswith(("jaw", "mouth")))  # what the expert sees
 _MOUTH_INDEX = np.array([spec.index(n) for n in MOUTH])
@@ -501,16 +500,9 @@ def _plot(records: list[dict], path: Path) -> None:
 
 def train_sync(data: str | Path, out: str | Path, options: SyncOptions, progress: bool = True) -> Path:
     """Train (or continue training) until options.steps; returns the path of sync_expert.safetensors."""
-    from tqdm import tqdm
-
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     run = Run(options)
-    last, log_path = out / "last.pt", out / "log.jsonl"
-    if last.exists():
-        run.load(last)
-    records = _read_log(log_path, run.step)
-    log_path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    records = resume(run, out)
 
     train_clips = load_clips(data, "train")
     train_set = SyncWindows(train_clips, run.config, options.max_offset) if train_clips else []
@@ -524,27 +516,15 @@ def train_sync(data: str | Path, out: str | Path, options: SyncOptions, progress
     if not val_batches:
         print(f"warning: {data} has no validation speech; training without validation", file=sys.stderr)
 
-    bar = tqdm(total=options.steps, initial=run.step, disable=not progress, desc="sync expert", unit="step")
-    with log_path.open("a") as log:
-        while run.step < options.steps:
-            lr = run.scheduler.get_last_lr()[0]
-            loss = run.train_step(train_set)
-            record = {"step": run.step, "loss": loss, "lr": lr}
-            if val_batches and (run.step % options.val_every == 0 or run.step == options.steps):
-                record |= validate(run, val_batches, val_clips)
-            records.append(record)
-            log.write(json.dumps(record) + "\n")
-            log.flush()
-            shown = {"loss": f"{loss:.3f}"}
-            if record.get("val_accuracy") is not None:
-                shown["val_acc"] = f"{record['val_accuracy']:.2f}"
-            bar.set_postfix(shown)
-            bar.update(1)
-            if run.step % options.save_every == 0 or run.step == options.steps:
-                run.save(last)
-    bar.close()
-    if run.step > 0 and not last.exists():
-        run.save(last)
+    def postfix(record: dict) -> dict:
+        shown = {"loss": f"{record['loss']:.3f}"}
+        if record.get("val_accuracy") is not None:
+            shown["val_acc"] = f"{record['val_accuracy']:.2f}"
+        return shown
+
+    train_steps(run, options, out, records, step=lambda: run.train_step(train_set),
+                validate=(lambda: validate(run, val_batches, val_clips)) if val_batches else None,
+                postfix=postfix, desc="sync expert", progress=progress)
 
     manifest = Path(data) / "manifest.json"
     tail = records[-min(len(records), 50):]
