@@ -36,14 +36,18 @@ from torch import Tensor
 
 from engine.errors import UserError
 from engine.io import sha256_file
-from engine.io.checkpoint import save_checkpoint
+from engine.io.checkpoint import load_model, save_checkpoint
 from engine.motion.baseline import EMOTIONS
 from engine.motion.cache import KVCache
 from engine.motion.model import NO_EMOTION, Conditions, MotionConfig, MotionTransformer
 from train.dataset import Batch, Corpus
 from train.run import add_run_arguments, load_state, resume, save_state, train_steps
 
-CONFIGS = {"tiny": MotionConfig.tiny, "default": MotionConfig}
+CONFIGS = {
+    "tiny": MotionConfig.tiny,
+    "default": MotionConfig,  # L=4, K=2: the quality preset's window
+    "fast": lambda: MotionConfig(chunk=2, lookahead=1),  # L=2, K=1: the low-latency and balanced presets' window
+}
 VAL_SEED = 12345  # the validation windows and their noise are the same in every run
 
 
@@ -64,7 +68,8 @@ class PretrainOptions:
     val_batches: int = 4  # fixed validation batches of `batch` windows
     save_every: int = 500  # write last.pt every this many steps (and at the end)
     seed: int = 0  # model init, window sampling and noise
-    config: str = "default"  # network size: "tiny" (tests) or "default" (shipped)
+    config: str = "default"  # network: "tiny" (tests), "default" or "fast" (shipped; see CONFIGS)
+    init: str | None = None  # warm start from these motion.safetensors weights (another L/K is adapted)
 
     def __post_init__(self):  # verified once, here
         for name in ("steps", "batch", "val_every", "val_batches", "save_every"):
@@ -171,6 +176,36 @@ def validate(model: MotionTransformer, batches: list[Batch], options: PretrainOp
 # -------------------------------------------------------------------------------------------- the run
 
 
+def warm_start(model: MotionTransformer, path: str | Path) -> None:
+    """Load trained weights into `model`, whose chunk L and lookahead K may differ from theirs.
+
+    Only two kinds of tensor depend on L and K, and both are tables over time that can be cut:
+    the audio encoders' window convolutions (taps: P past frames, the frame, K future) keep the
+    taps both windows share, and the attention biases (per distance q - k) keep the distances both
+    tables cover. Every other tensor must match exactly (same width, depth and heads)."""
+    source, config, _ = load_model(path, MotionTransformer, MotionConfig)
+    cfg = model.config
+    if (config.audio_past, config.context) != (cfg.audio_past, cfg.context) or cfg.lookahead > config.lookahead \
+            or cfg.chunk > config.chunk:
+        raise UserError(f"--init {path}: can warm-start only to an equal or smaller chunk and lookahead with the "
+                        f"same past and context; it has L={config.chunk} K={config.lookahead} P={config.audio_past} "
+                        f"W={config.context}, this run L={cfg.chunk} K={cfg.lookahead} P={cfg.audio_past} "
+                        f"W={cfg.context}")
+    state, target = source.state_dict(), model.state_dict()
+    for name, value in state.items():
+        if name.endswith("window.weight"):  # (d, d, P + 1 + K): keep the first P + 1 + K' taps
+            value = value[..., : cfg.audio_past + 1 + cfg.lookahead]
+        elif name.endswith("rel_bias"):  # distances -(L-1) .. W+L-1 from index L-1: keep -(L'-1) .. W+L'-1
+            start = config.chunk - cfg.chunk
+            value = value[:, start: start + cfg.context + 2 * cfg.chunk - 1]
+        if name not in target or value.shape != target[name].shape:
+            raise UserError(f"--init {path}: tensor {name} {tuple(value.shape)} does not fit this network "
+                            f"({tuple(target[name].shape) if name in target else 'absent'}); use a checkpoint "
+                            "of the same width, depth and heads")
+        target[name] = value
+    model.load_state_dict(target)
+
+
 class Run:
     """Model, EMA, optimizer, schedule, RNGs and the step count: everything last.pt holds."""
 
@@ -180,6 +215,8 @@ class Run:
         with torch.random.fork_rng():  # seeded init without touching the caller's global RNG
             torch.manual_seed(options.seed)
             self.model = MotionTransformer(self.config).train()
+            if options.init is not None:
+                warm_start(self.model, options.init)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=options.lr,
                                            weight_decay=options.weight_decay)
@@ -299,11 +336,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-context-grad", action="store_true",
                         help="do not backpropagate through the committed context (about 2.4x faster steps on CPU; "
                              "the cache's keys/values then learn only through each chunk's own attention)")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="warm-start from trained weights (motion.safetensors); a smaller chunk or lookahead "
+                             "than theirs is adapted, e.g. --config fast --init engine/assets/motion.safetensors")
     args = parser.parse_args(argv)
     options = PretrainOptions(
         steps=args.steps, batch=args.batch, lr=args.lr, warmup=args.warmup, lr_decay_steps=args.lr_decay_steps,
         val_every=args.val_every, save_every=args.save_every, seed=args.seed, config=args.config,
-        context_grad=not args.no_context_grad,
+        context_grad=not args.no_context_grad, init=None if args.init is None else str(args.init),
     )
     try:
         path = pretrain(args.data, args.out, options, progress=not args.no_progress)
