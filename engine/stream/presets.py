@@ -8,28 +8,31 @@ silence ahead of a talk spurt so late packets do not open gaps in it. Audio arri
 is shown floor + headroom + jitter (+ up to one packet) after it arrived.
 
 The learned driver's L and K are fixed by the network it loads (MotionConfig.chunk/.lookahead:
-the weights were trained for that window), so with one set of weights the presets can only trade
-the rest: Euler steps N, renderer batch, headroom and jitter slack. A preset with another L/K needs
-its own trained checkpoint. The baseline driver has no lookahead and takes any L, so for it the
-presets do set L.
+the weights were trained for that window), so each preset names its weights: the low-latency and
+balanced presets run `motion_fast.safetensors` (L=2, K=1: the shipped generator fine-tuned to the
+shorter window), the quality preset `motion.safetensors` (L=4, K=2). The baseline driver has no
+lookahead and takes any L, so for it the presets set L.
 
-| preset      | learned L, K   | steps N | render batch | headroom | jitter | baseline L, K | latency, shipped L=4 K=2 |
-|-------------|----------------|---------|--------------|----------|--------|---------------|--------------------------|
-| low-latency | from the model | 2       | 1            | 60 ms    | 20 ms  | 1, 0          | 264 + 80 ms = 344 ms     |
-| balanced    | from the model | 4       | 2            | 120 ms   | 40 ms  | 2, 0          | 264 + 160 ms = 424 ms    |
-| quality     | from the model | 8       | 4            | 200 ms   | 60 ms  | 4, 0          | 264 + 260 ms = 524 ms    |
+| preset      | learned weights (L, K) | steps N | render batch | headroom | jitter | baseline L | floor (learned) |
+|-------------|------------------------|---------|--------------|----------|--------|------------|-----------------|
+| low-latency | motion_fast (2, 1)     | 2       | 1            | 40 ms    | 20 ms  | 1          | 144 ms          |
+| balanced    | motion_fast (2, 1)     | 4       | 2            | 60 ms    | 40 ms  | 2          | 144 ms          |
+| quality     | motion (4, 2)          | 8       | 4            | 120 ms   | 60 ms  | 4          | 264 ms          |
 
-Measured (shipped model, 512 px renderer, one torch thread, the sample speech pushed in real time as
-20 ms packets at 48 kHz, this 2-core machine while a training run used it): latency p50 346 / 439 /
-539 ms; compute per chunk p50 33 / 52 / 83 ms; late frames 3 / 0 / 0 of 250. Headroom must exceed a
-chunk's compute plus its jitter; when it does not, frames are released late (the schedule holds) and
+Engine latency (a chunk's first sample arriving -> its first frame ready) is the floor plus a
+chunk's compute; what a viewer sees adds headroom and jitter. benchmarks/stream_bench.py measures
+both per preset (benchmarks/results/stream_bench.md). Headroom must exceed a chunk's compute plus
+its jitter; when it does not, frames are released late (the schedule holds) and
 `SessionStats.frames_late` counts them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
 
+from engine import assets
 from engine.audio.frontend import LOOKAHEAD_SAMPLES
 from engine.errors import UserError
 from engine.timebase import SAMPLE_RATE, SAMPLES_PER_FRAME
@@ -43,6 +46,7 @@ class Preset:
     headroom_s: float  # a chunk's audio is awaited until this long before its first frame is due
     jitter_s: float  # silence put ahead of audio that resumes after a gap, so its next packets have slack
     baseline_chunk: int  # L for the baseline driver (which reads no lookahead: K = 0)
+    weights: Path = assets.DEFAULT_MOTION  # the learned driver's generator (its L and K come with it)
 
     def __post_init__(self):
         if not isinstance(self.steps, int) or self.steps < 1:
@@ -60,9 +64,12 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     p.name: p
     for p in (
-        Preset("low-latency", steps=2, render_batch=1, headroom_s=0.06, jitter_s=0.02, baseline_chunk=1),
-        Preset("balanced", steps=4, render_batch=2, headroom_s=0.12, jitter_s=0.04, baseline_chunk=2),
-        Preset("quality", steps=8, render_batch=4, headroom_s=0.20, jitter_s=0.06, baseline_chunk=4),
+        Preset("low-latency", steps=2, render_batch=1, headroom_s=0.04, jitter_s=0.02, baseline_chunk=1,
+               weights=assets.FAST_MOTION),
+        Preset("balanced", steps=4, render_batch=2, headroom_s=0.06, jitter_s=0.04, baseline_chunk=2,
+               weights=assets.FAST_MOTION),
+        Preset("quality", steps=8, render_batch=4, headroom_s=0.12, jitter_s=0.06, baseline_chunk=4,
+               weights=assets.DEFAULT_MOTION),
     )
 }
 
@@ -80,3 +87,12 @@ def get_preset(preset: str | Preset) -> Preset:
 def latency_floor_s(chunk: int, lookahead: int) -> float:
     """Seconds a chunk's first audio sample waits for the last sample its chunk depends on."""
     return ((chunk + lookahead) * SAMPLES_PER_FRAME + LOOKAHEAD_SAMPLES) / SAMPLE_RATE
+
+
+@lru_cache(maxsize=4)
+def preset_model(weights: Path):
+    """The generator for a preset's weights (`get_preset(p).weights`), loaded once per process and
+    shared by every session that uses it (sessions keep their state apart; weights are read-only)."""
+    from engine.motion.learned import load_generator
+
+    return load_generator(weights)
