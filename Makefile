@@ -1,14 +1,14 @@
 # Set-up is idempotent: a stamp file remembers it, and it reruns when pyproject.toml changes.
 PY ?= python3
 export PIP_ROOT_USER_ACTION := ignore
-APT_PKGS := espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts flite alsa-utils
+APT_PKGS := espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts flite alsa-utils pulseaudio pulseaudio-utils libportaudio2 libasound2-plugins chromium chromium-driver
 STAMP := .setup-done
 
 .PHONY: setup demo test bench
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
-	@missing=""; for c in espeak-ng festival flite aplay; do command -v $$c >/dev/null || missing=1; done; \
+	@missing=""; for c in espeak-ng festival flite aplay pactl chromium chromedriver; do command -v $$c >/dev/null || missing=1; done; \
 	for v in cmu_us_slt_arctic_hts ked_diphone; do [ -d /usr/share/festival/voices/*/$$v ] || missing=1; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing speech tools (Debian): $(APT_PKGS)"; \

@@ -46,3 +46,16 @@ def sample_clip(tmp_path):
         return path
 
     return make
+
+
+@pytest.fixture
+def pulse_source(tmp_path):
+    """A private PulseAudio server whose default source is a virtual microphone; yields its Feeder:
+    feed(samples, rate=16000) is then heard, in real time, by sounddevice's default input (see tests/pulse.py).
+    Skips where pulseaudio, pactl or PortAudio are missing."""
+    from tests import pulse
+
+    if reason := pulse.missing():
+        pytest.skip(reason)
+    with pulse.PulseServer(tmp_path / "pulse") as feeder:
+        yield feeder
