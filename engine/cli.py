@@ -25,6 +25,9 @@ examples:
   avatar train sync --data data/synth --out ckpt/sync       # the lip-sync expert (resumable)
   avatar data human --out data/human             # the real human speech available offline, with transcripts
   avatar eval lipsync --audio-dir data/human     # learned vs baseline against forced-aligned phones
+  avatar serve                                   # talk to the avatar: open http://127.0.0.1:8080/
+  avatar live --portrait me.jpg                  # your microphone drives it; viewers open the page
+  avatar client ws://127.0.0.1:8080/ws --audio speech.wav --record out/reply.mp4
 """
 
 # Subcommands owned by other packages, which parse their own arguments (engine never imports them eagerly).
@@ -34,6 +37,7 @@ DELEGATED = {
     ("train", "motion"): "train.pretrain",
     ("train", "sync"): "train.sync_expert",
     ("eval", "lipsync"): "train.eval_lipsync",
+    ("client",): "client.cli",
 }
 
 
@@ -143,6 +147,93 @@ def _add_eval(sub) -> None:
                "learned generator vs baseline driver.")
 
 
+def _add_server_options(p, sessions_help: str) -> None:
+    """What `serve` and `live` share: where to listen, the avatar, the preset, the controls, ICE."""
+    from engine.stream.presets import PRESETS
+
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 opens it to the network "
+                   "(browsers allow the microphone only on localhost or behind HTTPS)")
+    p.add_argument("--port", type=int, default=8080, help="one port for the page, signaling and /health")
+    p.add_argument("--portrait", type=Path, help="photo to animate (default: the bundled portrait)")
+    p.add_argument("--size", type=int, default=512, help="video width and height in pixels (multiple of 16)")
+    p.add_argument("--preset", choices=list(PRESETS), default="balanced",
+                   help="latency preset: low-latency, balanced or quality (see engine/stream/presets.py)")
+    p.add_argument("--driver", choices=("learned", "baseline"), default="learned",
+                   help="learned: the shipped generator; baseline: the hand-written driver")
+    p.add_argument("--emotion", choices=EMOTIONS, default="neutral", help="starting expression")
+    p.add_argument("--expressiveness", type=float, default=1.0, help="starting scale of face motion (0-2)")
+    p.add_argument("--head-motion", type=float, default=1.0, help="starting scale of head motion (0-3)")
+    p.add_argument("--max-sessions", type=int, default=4, help=sessions_help)
+    p.add_argument("--ice-server", action="append", default=[], metavar="URL",
+                   help="STUN/TURN server for clients beyond the LAN, e.g. stun:stun.example.org:3478 "
+                   "(repeatable; never needed on loopback or a LAN)")
+    p.add_argument("--ice-username", help="username for the TURN servers")
+    p.add_argument("--ice-credential", help="credential for the TURN servers")
+    p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
+                   help="another page origin allowed to open the websocket (e.g. https://avatar.example.org "
+                   "behind a proxy); the server's own origin is always allowed")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per session worker (1 is steadiest)")
+
+
+def _server_config(args, **extra):
+    from engine.server.app import ServerConfig
+    from engine.stream import Controls
+
+    return ServerConfig(
+        host=args.host, port=args.port, portrait=args.portrait, size=args.size, preset=args.preset,
+        driver=args.driver, controls=Controls(args.emotion, args.expressiveness, args.head_motion),
+        max_sessions=args.max_sessions, ice_servers=tuple(args.ice_server), ice_username=args.ice_username,
+        ice_credential=args.ice_credential, allow_origins=tuple(args.allow_origin), **extra,
+    )
+
+
+def _add_serve(sub) -> None:
+    p = sub.add_parser(
+        "serve", help="serve the live avatar page: each visitor talks, their avatar answers in real time",
+        description="Serve the page, the WebRTC signaling and /health on one port. Each visitor's microphone "
+        "drives their own avatar session (video and their delayed voice come back); controls and live stats "
+        "travel on a data channel. Visitors may upload their own portrait unless --no-uploads.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_server_options(p, "most concurrent visitors; more are told the server is full")
+    p.add_argument("--no-uploads", action="store_true", help="visitors may not bring their own portrait")
+    p.set_defaults(handler=_serve)
+
+
+def _add_live(sub) -> None:
+    p = sub.add_parser(
+        "live", help="broadcast: this machine's microphone drives one avatar that any number of viewers watch",
+        description="Capture a local microphone (PortAudio via sounddevice), animate one avatar from it and "
+        "stream that one generation to every viewer of the page.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_server_options(p, "most concurrent viewers; more are told the stream is full")
+    p.add_argument("--input-device", help="microphone: a PortAudio device index or part of its name "
+                   "(default: the system's default input; see --list-devices)")
+    p.add_argument("--list-devices", action="store_true", help="list the input devices and exit")
+    p.add_argument("--viewer-controls", action="store_true",
+                   help="let viewers change the emotion and sliders and interrupt (off: they only watch)")
+    p.set_defaults(handler=_live)
+
+
+def _serve(args) -> None:
+    from engine.server.run import serve
+
+    serve(_server_config(args, uploads=not args.no_uploads), threads=args.threads)
+
+
+def _live(args) -> None:
+    if args.list_devices:
+        from engine.audio.mic import format_devices, list_input_devices
+
+        print(format_devices(list_input_devices()))
+        return
+    from engine.server.run import live
+
+    live(_server_config(args, uploads=False, viewer_controls=args.viewer_controls), args.input_device,
+         threads=args.threads)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="avatar",
@@ -157,15 +248,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(sub)
     _add_train(sub)
     _add_eval(sub)
+    _add_serve(sub)
+    _add_live(sub)
+    sub.add_parser("client", help="connect to a server like the page does: stream a file or the mic, record the "
+                   "reply (avatar client --help)", add_help=False)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if tuple(argv[:2]) in DELEGATED:
-        import importlib
+    for n in (2, 1):
+        if tuple(argv[:n]) in DELEGATED:
+            import importlib
 
-        return importlib.import_module(DELEGATED[tuple(argv[:2])]).main(argv[2:])
+            return importlib.import_module(DELEGATED[tuple(argv[:n])]).main(argv[n:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s: %(message)s")

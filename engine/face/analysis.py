@@ -9,6 +9,7 @@ frame pixels; `frame_to_photo` is the paste-back transform into the original pho
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
 from dataclasses import dataclass
@@ -79,9 +80,29 @@ def load_image(path: str | Path) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise PortraitError(f"portrait {path} does not exist; pass --portrait with a JPEG or PNG photo")
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    return decode_image(path.read_bytes(), str(path))
+
+
+IMAGE_TYPES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"RIFF": "WebP"}  # magic bytes
+MAX_IMAGE_SIDE = 8192  # larger photos are refused before decoding (a small file can expand to gigabytes)
+
+
+def decode_image(data: bytes, source: str = "<upload>") -> np.ndarray:
+    """A JPEG, PNG or WebP file's bytes as RGB uint8; its type and size are checked before decoding."""
+    kind = next((name for magic, name in IMAGE_TYPES.items() if data.startswith(magic)), None)
+    if kind is None or (kind == "WebP" and data[8:12] != b"WEBP"):
+        raise PortraitError(f"{source} is not a JPEG, PNG or WebP image; use a photo in one of those formats")
+    from PIL import Image  # reads the header only: the size is known without decoding the pixels
+
+    try:
+        width, height = Image.open(io.BytesIO(data)).size
+    except Exception as err:  # PIL raises many types for broken headers
+        raise PortraitError(f"cannot read {source} as a {kind} image ({err}); use an intact photo") from None
+    if max(width, height) > MAX_IMAGE_SIDE:
+        raise PortraitError(f"{source} is {width}x{height} px; use a photo at most {MAX_IMAGE_SIDE} px on each side")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
-        raise PortraitError(f"cannot read {path} as an image; use a JPEG or PNG photo")
+        raise PortraitError(f"cannot decode {source} as a {kind} image; use an intact JPEG or PNG photo")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 

@@ -53,6 +53,15 @@ class Renderer(nn.Module):
     coefficients. Both default to engine.motion.spec's.
     """
 
+    @classmethod
+    def from_photo(cls, photo, size: int = 512) -> Renderer:
+        """The renderer of the face in a photo (path or RGB array), framed at `size` px, in eval mode.
+        PortraitError (a UserError) says what to fix when the photo has no usable face."""
+        from engine.face.analysis import analyze_portrait  # mediapipe: imported only when a photo is analysed
+        from engine.face.rig import Rig
+
+        return cls(Rig(analyze_portrait(photo, size=size))).eval()
+
     def __init__(self, rig, flow_size: int | None = None, bounds: tuple[np.ndarray, np.ndarray] | None = None,
                  head: Sequence[int] | None = None):
         super().__init__()

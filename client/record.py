@@ -1,0 +1,60 @@
+"""Recording what the server sends back: H.264 + AAC in an MP4, each stream timed from its own pts."""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+
+import av
+
+FPS = 25  # the server's frame rate
+
+
+class Recorder:
+    """Frames go in as they arrive (aiortc's decoded av frames); close() finishes the file."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._container = av.open(str(self.path), "w")
+        self._video = self._audio = None
+        self._first: dict[str, int] = {}  # first pts per kind: both streams start at 0
+        self._early: list[av.AudioFrame] = []
+        self._resampler = av.AudioResampler(format="fltp", layout="mono", rate=48000)
+
+    def add(self, frame) -> None:
+        if isinstance(frame, av.VideoFrame):
+            if self._video is None:  # both streams are made now: none can be added once muxing starts
+                self._video = self._container.add_stream("libx264", rate=FPS)
+                self._video.width, self._video.height, self._video.pix_fmt = frame.width, frame.height, "yuv420p"
+                self._video.options = {"preset": "ultrafast"}
+                self._audio = self._container.add_stream("aac", rate=48000, layout="mono")
+            first = self._first.setdefault("video", frame.pts)
+            frame.pts = round((frame.pts - first) * frame.time_base * FPS)
+            frame.time_base = Fraction(1, FPS)
+            self._mux(self._video.encode(frame.reformat(format="yuv420p")))
+            for early in self._early:
+                self._add_audio(early)
+            self._early.clear()
+        elif self._audio is None:
+            self._early.append(frame)  # audio that came before the first video frame
+        else:
+            self._add_audio(frame)
+
+    def _add_audio(self, frame) -> None:
+        pts = frame.pts - self._first.setdefault("audio", frame.pts)
+        for out in self._resampler.resample(frame):
+            out.pts, out.time_base = pts, Fraction(1, 48000)
+            pts += out.samples
+            self._mux(self._audio.encode(out))
+
+    def _mux(self, packets) -> None:
+        for packet in packets:
+            self._container.mux(packet)
+
+    def close(self) -> str:
+        for stream in (self._video, self._audio):
+            if stream is not None:
+                self._mux(stream.encode(None))
+        self._container.close()
+        return str(self.path)

@@ -1,0 +1,141 @@
+"""What the page, the Python client and the server say to each other (DESIGN.md §10).
+
+Websocket `/ws`, JSON text messages, one connection per visitor:
+
+    server -> {"type": "hello", "mode": "converse" | "broadcast", "presets": [...], "preset": "balanced",
+               "emotions": [...], "max_upload_bytes": N}
+    client -> {"type": "portrait", "data": "<base64 JPEG/PNG/WebP>"}        optional, before the offer
+    server -> {"type": "portrait", "width": W, "height": H, "notes": [...]}  or an error
+    client -> {"type": "offer", "sdp": "...", "preset": "balanced"}          ICE gathered: aiortc takes no trickle
+    server -> {"type": "answer", "sdp": "..."}
+    server -> {"type": "error", "code": "...", "message": "..."}            any time; `fatal` ones close the socket
+
+Data channel (created by the client, any label), JSON text messages:
+
+    client -> {"type": "controls", "emotion": "happy", "expressiveness": 1.2, "head_motion": 0.5}
+    client -> {"type": "interrupt"}
+    server -> {"type": "stats", "latency_ms": ..., "engine_latency_ms": ..., "fps": ..., ...} once a second
+    server -> {"type": "error", "code": "bad_message", "message": "..."}     the channel stays open
+
+Media: the client sends its microphone as an audio track (converse mode; a broadcast viewer sends
+none) and receives the avatar's video and the audio it speaks, delayed with it.
+
+Every parse here raises ProtocolError with a code the client can act on and a message a person can
+read; nothing a client sends is ever used as a file path.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+from dataclasses import dataclass
+
+MAX_MESSAGE_BYTES = 12 * 2**20  # websocket frames; a base64 portrait of MAX_UPLOAD_BYTES fits
+MAX_UPLOAD_BYTES = 8 * 2**20  # a decoded portrait upload
+MAX_SDP_CHARS = 64 * 2**10
+MAX_CHANNEL_MESSAGE_CHARS = 4096
+
+
+class ProtocolError(ValueError):
+    """A message the server cannot act on. `code` is machine-readable; str(err) says what to fix."""
+
+    def __init__(self, code: str, message: str, fatal: bool = False):
+        super().__init__(message)
+        self.code = code
+        self.fatal = fatal  # the connection is closed after this error is sent
+
+    def to_message(self) -> str:
+        return encode({"type": "error", "code": self.code, "message": str(self)})
+
+
+@dataclass(frozen=True)
+class Offer:
+    sdp: str
+    preset: str | None
+
+
+@dataclass(frozen=True)
+class PortraitUpload:
+    data: bytes
+
+
+@dataclass(frozen=True)
+class SetControls:
+    emotion: str | None = None
+    expressiveness: float | None = None
+    head_motion: float | None = None
+
+
+@dataclass(frozen=True)
+class Interrupt:
+    pass
+
+
+def encode(message: dict) -> str:
+    return json.dumps(message, separators=(",", ":"))
+
+
+def _load(text: str | bytes, limit: int) -> dict:
+    if isinstance(text, bytes):
+        raise ProtocolError("bad_message", "binary messages are not accepted; send JSON text")
+    if len(text) > limit:
+        raise ProtocolError("too_large", f"message of {len(text)} characters is over the limit of {limit}")
+    try:
+        message = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ProtocolError("bad_message", f"message is not JSON ({err.msg} at {err.pos})") from None
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise ProtocolError("bad_message", 'message must be a JSON object with a string "type"')
+    return message
+
+
+def parse_signal(text: str | bytes) -> Offer | PortraitUpload:
+    """A websocket message from a client."""
+    message = _load(text, MAX_MESSAGE_BYTES)
+    kind = message["type"]
+    if kind == "offer":
+        sdp, preset = message.get("sdp"), message.get("preset")
+        if not isinstance(sdp, str) or not sdp.startswith("v=0") or len(sdp) > MAX_SDP_CHARS:
+            raise ProtocolError("bad_offer", f'"sdp" must be an SDP offer (starting "v=0", at most {MAX_SDP_CHARS} '
+                                "characters) with its ICE candidates gathered", fatal=True)
+        if preset is not None and not isinstance(preset, str):
+            raise ProtocolError("bad_offer", '"preset" must be a preset name', fatal=True)
+        return Offer(sdp, preset)
+    if kind == "portrait":
+        data = message.get("data")
+        if not isinstance(data, str):
+            raise ProtocolError("bad_portrait", '"data" must be the image file, base64-encoded')
+        if len(data) > math.ceil(MAX_UPLOAD_BYTES / 3) * 4:
+            raise ProtocolError("too_large", f"portrait is over {MAX_UPLOAD_BYTES // 2**20} MiB; send a smaller photo")
+        try:
+            return PortraitUpload(base64.b64decode(data, validate=True))
+        except (binascii.Error, ValueError):
+            raise ProtocolError("bad_portrait", '"data" is not valid base64') from None
+    raise ProtocolError("bad_message", f'unknown message type {kind!r}; expected "offer" or "portrait"')
+
+
+def parse_channel(text: str | bytes) -> SetControls | Interrupt:
+    """A data-channel message from a client."""
+    message = _load(text, MAX_CHANNEL_MESSAGE_CHARS)
+    kind = message["type"]
+    if kind == "interrupt":
+        return Interrupt()
+    if kind != "controls":
+        raise ProtocolError("bad_message", f'unknown message type {kind!r}; expected "controls" or "interrupt"')
+    emotion = message.get("emotion")
+    if emotion is not None and not isinstance(emotion, str):
+        raise ProtocolError("bad_message", '"emotion" must be a string')
+    numbers = {}
+    for key in ("expressiveness", "head_motion"):
+        value = message.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float))
+                                  or not math.isfinite(value)):
+            raise ProtocolError("bad_message", f'"{key}" must be a number')
+        numbers[key] = None if value is None else float(value)
+    unknown = set(message) - {"type", "emotion", "expressiveness", "head_motion"}
+    if unknown:
+        raise ProtocolError("bad_message", f"unknown controls {sorted(unknown)}; "
+                            "known: emotion, expressiveness, head_motion")
+    return SetControls(emotion, **numbers)

@@ -1,0 +1,55 @@
+"""The long-running commands: `avatar serve` (a session per visitor) and `avatar live` (a local
+microphone broadcast to viewers). Both print where to point a browser and stop cleanly on Ctrl-C."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import sys
+
+from engine.server.app import AvatarServer, ServerConfig, configure_threads, generator_for
+
+
+async def _run(server: AvatarServer, banner: str) -> None:
+    await server.start()
+    print(f"{banner}: open {server.url} in a browser (health: {server.url}health); Ctrl-C stops", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        print("stopping: closing sessions", file=sys.stderr, flush=True)
+        await server.close()
+
+
+def serve(config: ServerConfig, threads: int = 1) -> None:
+    """`avatar serve`: until interrupted."""
+    configure_threads(threads)
+    asyncio.run(_run(AvatarServer(config), "avatar serve"))
+
+
+def live(config: ServerConfig, device: str | int | None, threads: int = 1) -> None:
+    """`avatar live`: the microphone `device` drives one session that every viewer of the page sees."""
+    from engine.assets import DEFAULT_PORTRAIT
+    from engine.audio.mic import Microphone, resolve_device
+    from engine.render.renderer import Renderer
+    from engine.stream import Session
+    from engine.stream.presets import get_preset
+
+    configure_threads(threads)
+    device = resolve_device(device)  # before the slow loading: a wrong device name fails at once
+    renderer = Renderer.from_photo(config.portrait or DEFAULT_PORTRAIT, config.size)
+    preset = get_preset(config.preset)
+    session = Session(renderer, generator_for(config.driver, preset), preset, config.controls)
+
+    async def main():
+        server = AvatarServer(config, broadcast=session)
+        with Microphone(session.push_audio, device=device.index) as mic:
+            print(f"avatar live: listening to {mic.device.name} at {mic.sample_rate} Hz", flush=True)
+            await _run(server, "avatar live")
+
+    with contextlib.closing(session):
+        asyncio.run(main())

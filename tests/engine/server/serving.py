@@ -1,0 +1,80 @@
+"""A real AvatarServer on a background event loop, for tests that connect real clients to it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import urllib.request
+
+import numpy as np
+
+from engine.server.app import AvatarServer, ServerConfig
+from engine.stream import Session
+
+LIPS = [0, 13, 14, 17, 61, 291, 78, 308]  # FaceMesh lip landmarks: outer/inner midpoints and corners
+
+
+class ServerThread:
+    """Starts `AvatarServer(config, broadcast)` on its own loop; `call(coro)` runs on that loop."""
+
+    def __init__(self, config: ServerConfig, broadcast: Session | None = None):
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.server = self.call(self._start(config, broadcast))
+
+    @staticmethod
+    async def _start(config, broadcast):
+        server = AvatarServer(config, broadcast)
+        await server.start()
+        return server
+
+    def call(self, coroutine, timeout: float = 120):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://127.0.0.1:{self.server.port}/ws"
+
+    def health(self) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.server.port}/health", timeout=10) as reply:
+            return json.loads(reply.read())
+
+    def close(self) -> None:
+        self.call(self.server.close())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+def mouth_box(size: int) -> tuple[slice, slice]:
+    """Rows and columns of the bundled portrait's mouth in a `size` px frame (a margin around the lips)."""
+    from engine.assets import DEFAULT_PORTRAIT
+    from engine.face.analysis import analyze_portrait
+
+    lips = analyze_portrait(DEFAULT_PORTRAIT, size=size).landmarks[LIPS, :2]
+    (x0, y0), (x1, y1) = lips.min(0), lips.max(0)
+    pad = 0.3 * (x1 - x0)
+    return slice(int(y0 - pad), int(y1 + pad)), slice(int(x0 - pad), int(x1 + pad))
+
+
+class MouthMotion:
+    """Collects per-frame mouth-region change of received frames: `on_video` for run_client."""
+
+    def __init__(self, size: int):
+        self.rows, self.cols = mouth_box(size)
+        self.times, self.change = [], []
+        self._last = None
+
+    def on_video(self, frame, arrival: float) -> None:
+        crop = frame.to_ndarray(format="gray")[self.rows, self.cols].astype(np.float32)
+        if self._last is not None:
+            self.times.append(arrival)
+            self.change.append(float(np.abs(crop - self._last).mean()))
+        self._last = crop
+
+    def between(self, start: float, end: float) -> float:
+        """Median mouth change over frames arriving in [start, end) seconds after the first frame."""
+        t = np.array(self.times) - self.times[0]
+        picked = np.array(self.change)[(t >= start) & (t < end)]
+        return float(np.median(picked)) if len(picked) else float("nan")

@@ -1,0 +1,58 @@
+"""The signaling and data-channel messages: what is accepted, and the error a client gets otherwise."""
+
+import base64
+import json
+
+import pytest
+
+from engine.server import protocol
+from engine.server.protocol import Interrupt, Offer, PortraitUpload, ProtocolError, SetControls
+
+SDP = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\n"
+
+
+def test_offers_and_portraits_parse():
+    assert protocol.parse_signal(json.dumps({"type": "offer", "sdp": SDP})) == Offer(SDP, None)
+    assert protocol.parse_signal(json.dumps({"type": "offer", "sdp": SDP, "preset": "quality"})).preset == "quality"
+    data = base64.b64encode(b"\x89PNG\r\n\x1a\n...").decode()
+    assert protocol.parse_signal(json.dumps({"type": "portrait", "data": data})) == PortraitUpload(b"\x89PNG\r\n\x1a\n...")
+
+
+@pytest.mark.parametrize("message, code, fatal", [
+    ("not json", "bad_message", False),
+    (b"\x00\x01", "bad_message", False),
+    ("[1, 2]", "bad_message", False),
+    ('{"type": "hack"}', "bad_message", False),
+    ('{"type": "offer", "sdp": "hello"}', "bad_offer", True),
+    ('{"type": "offer"}', "bad_offer", True),
+    ('{"type": "offer", "sdp": "v=0", "preset": 3}', "bad_offer", True),
+    ('{"type": "portrait", "data": "***"}', "bad_portrait", False),
+    ('{"type": "portrait", "data": 5}', "bad_portrait", False),
+])
+def test_bad_signals_get_a_code_and_a_readable_message(message, code, fatal):
+    with pytest.raises(ProtocolError) as caught:
+        protocol.parse_signal(message)
+    assert caught.value.code == code and caught.value.fatal == fatal
+    reply = json.loads(caught.value.to_message())
+    assert reply == {"type": "error", "code": code, "message": str(caught.value)} and len(reply["message"]) > 15
+
+
+def test_oversized_portraits_are_refused_before_decoding():
+    big = "A" * (protocol.MAX_UPLOAD_BYTES // 3 * 4 + 8)
+    with pytest.raises(ProtocolError, match="MiB") as caught:
+        protocol.parse_signal(json.dumps({"type": "portrait", "data": big}))
+    assert caught.value.code == "too_large"
+
+
+def test_channel_messages():
+    assert protocol.parse_channel('{"type": "interrupt"}') == Interrupt()
+    assert protocol.parse_channel('{"type": "controls", "emotion": "happy", "head_motion": 2}') == \
+        SetControls("happy", None, 2.0)
+    for bad, match in [('{"type": "controls", "expressiveness": "max"}', "must be a number"),
+                       ('{"type": "controls", "expressiveness": true}', "must be a number"),
+                       ('{"type": "controls", "volume": 3}', "unknown controls"),
+                       ('{"type": "controls", "emotion": 7}', "must be a string"),
+                       ('{"type": "dance"}', "unknown message type"),
+                       ("{" * 5000, "over the limit")]:
+        with pytest.raises(ProtocolError, match=match):
+            protocol.parse_channel(bad)

@@ -1,0 +1,143 @@
+"""`avatar serve` end to end over loopback: real aiortc peers (the Python client), real sessions,
+the learned generator, the real renderer at 128 px. Faults hit one visitor and nobody else."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import av
+import numpy as np
+import pytest
+from websockets.asyncio.client import connect
+
+from client.peer import ClientError, ClientOptions, run_client
+from engine import assets
+from engine.audio.io import load_audio
+from engine.server.app import ServerConfig
+from engine.timebase import FPS, SAMPLE_RATE
+from tests.engine.server.serving import MouthMotion, ServerThread
+
+pytestmark = pytest.mark.slow
+SIZE = 128
+PRESET = "balanced" if assets.FAST_MOTION.is_file() else "quality"  # TEMP until motion_fast lands
+
+
+@pytest.fixture(scope="module")
+def server():
+    thread = ServerThread(ServerConfig(port=0, size=SIZE, max_sessions=2, preset=PRESET))
+    yield thread
+    thread.close()
+
+
+def _speech_then_silence(path, speech_s=4.0, silence_s=4.0):
+    import wave
+
+    speech = load_audio(assets.SAMPLE_SPEECH)[: int(speech_s * SAMPLE_RATE)]
+    pcm = (np.concatenate([speech, np.zeros(int(silence_s * SAMPLE_RATE), np.float32)]) * 32767).astype(np.int16)
+    with wave.open(str(path), "wb") as f:
+        f.setnchannels(1), f.setsampwidth(2), f.setframerate(SAMPLE_RATE), f.writeframes(pcm.tobytes())
+    return path
+
+
+def _wait_for_sessions(server, count: int, timeout: float = 15.0) -> dict:
+    deadline = time.monotonic() + timeout
+    while (health := server.health())["sessions"] != count and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return health
+
+
+def test_a_client_talks_and_the_avatar_answers_in_sync(server, tmp_path):
+    wav = _speech_then_silence(tmp_path / "talk.wav")
+    mouth = MouthMotion(SIZE)
+    report = asyncio.run(run_client(server.ws_url, ClientOptions(audio=wav, tail_s=0.5, record=tmp_path / "reply.mp4"),
+                                    on_video=mouth.on_video))
+    assert report.mode == "converse" and report.frames > 7 * FPS, report.summary()
+    assert report.fps >= 24, report.summary()
+    # The returned stream: audio and video of one frame arrive together, and stay together.
+    assert abs(report.av_offset_s) <= 1 / FPS, report.summary()
+    assert abs(report.av_offset_drift_s) <= 1 / FPS, report.summary()
+    stats = report.server_stats
+    assert stats["type"] == "stats" and stats["engine_latency_ms"] >= stats["floor_ms"] > 0
+    assert report.latency_estimate_s is not None and report.latency_estimate_s >= stats["floor_ms"] / 1000 - 0.05
+    # The mouth moves while the speech plays and rests once it is over.
+    speaking, resting = mouth.between(1.0, 3.5), mouth.between(5.5, 7.5)
+    assert speaking > 3 * resting, (speaking, resting)
+    with av.open(str(tmp_path / "reply.mp4")) as recorded:
+        video, audio = recorded.streams.video[0], recorded.streams.audio[0]
+        assert (video.width, video.height) == (SIZE, SIZE)
+        assert abs(float(video.duration * video.time_base) - float(audio.duration * audio.time_base)) < 0.2
+    assert _wait_for_sessions(server, 0)["sessions"] == 0  # the visitor left: everything it held is freed
+
+
+async def _raw(url: str, *messages: dict) -> list[dict]:
+    """Send messages on a bare websocket; return everything the server says until it closes (or 5 s)."""
+    replies = []
+    async with connect(url) as ws:
+        for message in messages:
+            await ws.send(json.dumps(message))
+        try:
+            async with asyncio.timeout(5):
+                async for text in ws:
+                    replies.append(json.loads(text))
+        except TimeoutError:
+            pass
+    return replies
+
+
+def test_malformed_offers_and_unusable_portraits_get_clear_errors(server, tmp_path):
+    replies = asyncio.run(_raw(server.ws_url, {"type": "offer", "sdp": "v=0\r\nthis is not sdp\r\n"}))
+    assert replies[0]["type"] == "hello" and replies[-1]["code"] == "bad_offer"  # and the socket was closed
+
+    blank = tmp_path / "wall.png"
+    import cv2
+
+    cv2.imwrite(str(blank), np.full((256, 256, 3), 200, np.uint8))
+    with pytest.raises(ClientError, match="bad_portrait.*no face"):
+        asyncio.run(run_client(server.ws_url, ClientOptions(portrait=blank)))
+    not_an_image = tmp_path / "notes.png"
+    not_an_image.write_text("hello")
+    with pytest.raises(ClientError, match="not a JPEG, PNG or WebP"):
+        asyncio.run(run_client(server.ws_url, ClientOptions(portrait=not_an_image)))
+    assert server.health()["errors"]["bad_portrait"] >= 2
+
+
+def test_garbage_on_the_data_channel_is_answered_and_the_stream_goes_on(server):
+    report = asyncio.run(run_client(server.ws_url, ClientOptions(seconds=3, controls={"volume": 11})))
+    assert any(e.startswith("bad_message") and "unknown controls" in e for e in report.errors)
+    assert report.fps >= 24
+
+
+def test_more_visitors_than_max_sessions_are_told_it_is_full(server):
+    async def three():
+        first = asyncio.create_task(run_client(server.ws_url, ClientOptions(seconds=4)))
+        second = asyncio.create_task(run_client(server.ws_url, ClientOptions(seconds=4)))
+        await asyncio.sleep(2.0)
+        with pytest.raises(ClientError, match="full.*2 of 2"):
+            await run_client(server.ws_url, ClientOptions(seconds=1))
+        return await first, await second
+
+    for report in asyncio.run(three()):
+        assert report.frames > 2 * FPS
+    assert server.health()["refused_full"] >= 1
+
+
+def test_a_client_that_vanishes_frees_its_session(server):
+    client = subprocess.Popen([sys.executable, "-m", "client.cli", server.ws_url, "--audio", str(assets.SAMPLE_SPEECH)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while server.health()["sessions"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert server.health()["sessions"] == 1
+        time.sleep(2)  # mid-stream
+    finally:
+        client.send_signal(signal.SIGKILL)
+        client.wait()
+    assert _wait_for_sessions(server, 0)["sessions"] == 0
+    report = asyncio.run(run_client(server.ws_url, ClientOptions(seconds=2)))  # everyone else is still served
+    assert report.frames > FPS
