@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.ship", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", type=Path, required=True, help="checkpoint written by a training command")
-    parser.add_argument("--as", dest="name", required=True, choices=("motion", "sync_expert"),
+    parser.add_argument("--as", dest="name", required=True, choices=("motion", "motion_fast", "sync_expert"),
                         help="shipped name: motion (the default generator) or sync_expert")
     parser.add_argument("--command", action="append", default=[], dest="commands",
                         help="a command that reproduces it, in order (repeat the flag)")
