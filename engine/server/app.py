@@ -241,7 +241,8 @@ class Visitor:
         await self._send({"type": "hello", "mode": self.server.mode, "presets": list(PRESETS),
                           "preset": config.preset, "emotions": list(EMOTIONS),
                           "uploads": config.uploads and self.server.mode == "converse",
-                          "max_upload_bytes": protocol.MAX_UPLOAD_BYTES,
+                          "max_upload_bytes": protocol.MAX_UPLOAD_BYTES, "controls": vars(config.controls),
+                          "viewer_controls": self.server.mode == "converse" or config.viewer_controls,
                           "ice_servers": [{"urls": u} for u in config.ice_servers]})
         receiving = asyncio.create_task(self._receive())
         ended = asyncio.create_task(self._ended.wait())

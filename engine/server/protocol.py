@@ -3,7 +3,8 @@
 Websocket `/ws`, JSON text messages, one connection per visitor:
 
     server -> {"type": "hello", "mode": "converse" | "broadcast", "presets": [...], "preset": "balanced",
-               "emotions": [...], "max_upload_bytes": N}
+               "emotions": [...], "max_upload_bytes": N, "controls": {...starting values},
+               "viewer_controls": bool, "uploads": bool, "ice_servers": [{"urls": ...}]}
     client -> {"type": "portrait", "data": "<base64 JPEG/PNG/WebP>"}        optional, before the offer
     server -> {"type": "portrait", "width": W, "height": H, "notes": [...]}  or an error
     client -> {"type": "offer", "sdp": "...", "preset": "balanced"}          ICE gathered: aiortc takes no trickle
