@@ -384,6 +384,13 @@ class Session:
                 compute_p50_s=_percentile(c.compute, 50), compute_p95_s=_percentile(c.compute, 95),
             )
 
+    def latency_samples(self) -> dict[str, list[float]]:
+        """Copies of the raw samples stats() summarizes (the latest stats_window of each), oldest first,
+        in seconds: "latency" per frame shown, "ready_latency" and "compute" per chunk."""
+        c = self._counters
+        with self._cond:
+            return {"latency": list(c.latency), "ready_latency": list(c.ready_latency), "compute": list(c.compute)}
+
     @property
     def latency_floor_s(self) -> float:
         """The least a chunk's first sample can wait for its chunk's last one (before compute and headroom)."""

@@ -151,6 +151,15 @@ def test_idle_before_any_audio_then_live_speech_lands_near_floor_plus_headroom()
     assert expected - s.chunk / FPS <= shown <= expected + s.preset.jitter_s + s.chunk / FPS
 
 
+def test_latency_samples_are_the_raw_values_stats_summarize():
+    with session(None, options=SessionOptions(vad=False, stats_window=7)) as s:
+        run(s, 40, producer=Producer(s, speechlike(1.0), start=0.0))
+        samples, stats = s.latency_samples(), s.stats()
+    assert len(samples["latency"]) == 7 and len(samples["ready_latency"]) <= 7  # the latest window only
+    assert stats.latency_max_s == max(samples["latency"])
+    assert stats.latency_p50_s == pytest.approx(float(np.median(samples["latency"])))
+
+
 def test_input_drop_policy_keeps_the_newest_audio():
     audio = speechlike(3.0)
     with session(None, options=SessionOptions(vad=False, max_backlog_s=1.0)) as s:
