@@ -4,7 +4,7 @@ export PIP_ROOT_USER_ACTION := ignore
 APT_PKGS := espeak-ng festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts flite alsa-utils pulseaudio pulseaudio-utils libportaudio2 libasound2-plugins chromium chromium-driver
 STAMP := .setup-done
 
-.PHONY: setup demo test bench
+.PHONY: setup demo serve test bench
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml Makefile
@@ -24,9 +24,13 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(PY) -m engine.cli render --out out/talk.mp4
 
+serve: setup
+	$(PY) -m engine.cli serve
+
 test: setup
 	$(PY) -m pytest
 
 bench: setup
 	$(PY) benchmarks/render_bench.py
 	$(PY) benchmarks/generator_bench.py
+	$(PY) benchmarks/stream_bench.py

@@ -8,7 +8,8 @@ What it measures (ClientReport):
 - received fps over the stream, and the longest gap between frames;
 - A/V offset of the returned stream: each video frame's arrival minus the arrival of the audio with
   the same media time (both tracks stamp pts from the server's frame index, so the media times
-  line up); median over frames, and its drift (last quarter minus first quarter);
+  line up), less aiortc's extra audio buffering (RECEIVE_SKEW_S); median over frames, and its
+  drift (last quarter minus first quarter);
 - latency estimate: the audio comes back delayed with the face, so the lag that best aligns the
   energy of the audio sent with the audio received is the round trip a speaker sees;
 - the server's own stats (engine latency, drops) from the data channel.
@@ -33,6 +34,10 @@ from websockets.asyncio.client import connect
 from client.record import Recorder
 from client.tracks import FileAudioTrack, MicAudioTrack
 
+# aiortc's receivers hold audio longer than video before decoding: audio until 4 more Opus packets
+# (20 ms each) are in, video until the next frame's first packet (40 ms). Arrival times at our
+# decoders therefore show audio 40 ms late however the server sent it; the offset is corrected for it.
+RECEIVE_SKEW_S = 4 * 0.020 - 0.040
 ENVELOPE_HZ = 100  # energy envelope rate for the latency estimate
 MAX_LATENCY_S = 2.0  # the longest round trip the estimate searches
 
@@ -234,7 +239,7 @@ def _measure(report: ClientReport, video: list, audio: list, sent: FileAudioTrac
     a_arrival = np.array([t for _, t, _ in audio])
     v_media = np.array([p - video[0][0] for p, _ in video], float) / 90000
     inside = v_media <= a_media[-1]
-    offsets = arrivals[inside] - np.interp(v_media[inside], a_media, a_arrival)
+    offsets = arrivals[inside] - np.interp(v_media[inside], a_media, a_arrival - RECEIVE_SKEW_S)
     if len(offsets) >= 8:
         q = len(offsets) // 4
         report.av_offset_s = float(np.median(offsets))

@@ -24,12 +24,11 @@ from tests.engine.server.serving import MouthMotion, ServerThread
 
 pytestmark = pytest.mark.slow
 SIZE = 128
-PRESET = "balanced" if assets.FAST_MOTION.is_file() else "quality"  # TEMP until motion_fast lands
 
 
 @pytest.fixture(scope="module")
 def server():
-    thread = ServerThread(ServerConfig(port=0, size=SIZE, max_sessions=2, preset=PRESET))
+    thread = ServerThread(ServerConfig(port=0, size=SIZE, max_sessions=2))
     yield thread
     thread.close()
 
@@ -114,9 +113,11 @@ def test_garbage_on_the_data_channel_is_answered_and_the_stream_goes_on(server):
 
 def test_more_visitors_than_max_sessions_are_told_it_is_full(server):
     async def three():
-        first = asyncio.create_task(run_client(server.ws_url, ClientOptions(seconds=4)))
-        second = asyncio.create_task(run_client(server.ws_url, ClientOptions(seconds=4)))
-        await asyncio.sleep(2.0)
+        first = asyncio.create_task(run_client(server.ws_url, ClientOptions(seconds=6)))
+        second = asyncio.create_task(run_client(server.ws_url, ClientOptions(seconds=6)))
+        loop = asyncio.get_running_loop()
+        while (await loop.run_in_executor(None, server.health))["sessions"] < 2:
+            await asyncio.sleep(0.1)
         with pytest.raises(ClientError, match="full.*2 of 2"):
             await run_client(server.ws_url, ClientOptions(seconds=1))
         return await first, await second
@@ -127,6 +128,7 @@ def test_more_visitors_than_max_sessions_are_told_it_is_full(server):
 
 
 def test_a_client_that_vanishes_frees_its_session(server):
+    assert _wait_for_sessions(server, 0)["sessions"] == 0  # the earlier tests' visitors are gone
     client = subprocess.Popen([sys.executable, "-m", "client.cli", server.ws_url, "--audio", str(assets.SAMPLE_SPEECH)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
