@@ -17,3 +17,28 @@ def cpu_name() -> str:
         if line.startswith("model name"):
             return line.split(":", 1)[1].strip()
     return platform.processor()
+
+
+def run_benchmark(name: str, script: str, argv, parse_args, run, markdown) -> dict:
+    """A benchmark's command line: parse, run, write <out>.json and <out>.md, print the Markdown.
+    A UserError (a missing checkpoint, a bad option) ends it with its message, as `avatar` does."""
+    import json
+    import shlex
+    import sys
+
+    from engine.errors import UserError
+    from engine.runtime import tune_allocator
+
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    tune_allocator()  # as the `avatar` command does
+    try:
+        result = run(args, command=f"python {script} {shlex.join(argv)}".strip())
+    except UserError as err:
+        sys.exit(f"{name}: {err}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    text = markdown(result)
+    args.out.with_suffix(".md").write_text(text)
+    print(text)
+    return result

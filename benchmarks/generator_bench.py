@@ -24,11 +24,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
-import shlex
-import sys
 import time
 from collections import deque
 from datetime import UTC, datetime
@@ -38,11 +35,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from benchmarks.common import cpu_name, stats
+from benchmarks.common import cpu_name, run_benchmark, stats
 from engine import assets
 from engine.audio.frontend import AudioFeatures, AudioFrontend, extract_features
 from engine.audio.io import load_audio
-from engine.errors import UserError
 from engine.io.checkpoint import load_model
 from engine.motion import spec
 from engine.motion.cache import KVCache
@@ -50,7 +46,6 @@ from engine.motion.generator import StreamingGenerator, make_conditions
 from engine.motion.learned import LearnedOptions
 from engine.motion.model import Conditions, MotionConfig, MotionTransformer
 from engine.motion.sampler import SamplerOptions
-from engine.runtime import tune_allocator
 from engine.timebase import FPS, SAMPLES_PER_FRAME
 
 SCRIPT = "benchmarks/generator_bench.py"
@@ -423,19 +418,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
-    tune_allocator()  # as the `avatar` command does
-    try:
-        result = run(args, command=f"python {SCRIPT} {shlex.join(argv)}".strip())
-    except UserError as err:  # a bad --checkpoint: say so without a traceback, as the `avatar` command does
-        sys.exit(f"generator_bench: {err}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    text = markdown(result)
-    args.out.with_suffix(".md").write_text(text)
-    print(text)
-    return result
+    return run_benchmark("generator_bench", SCRIPT, argv, parse_args, run, markdown)
 
 
 if __name__ == "__main__":

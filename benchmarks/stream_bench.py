@@ -35,10 +35,8 @@ import contextlib
 import dataclasses
 import functools
 import itertools
-import json
 import os
 import platform
-import shlex
 import sys
 import threading
 import time
@@ -51,15 +49,13 @@ import torch
 from scipy.signal import resample_poly
 from tqdm import tqdm
 
-from benchmarks.common import cpu_name, stats
+from benchmarks.common import cpu_name, run_benchmark, stats
 from benchmarks.generator_bench import stream_bins
 from engine import assets
 from engine.audio.io import load_audio
-from engine.errors import UserError
 from engine.face.analysis import analyze_portrait
 from engine.face.rig import Rig
 from engine.render.renderer import Renderer
-from engine.runtime import tune_allocator
 from engine.stream import PRESETS, Preset, Session, SessionOptions
 from engine.stream.presets import latency_floor_s, preset_model
 from engine.timebase import FPS, SAMPLE_RATE, checked_div
@@ -435,19 +431,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    argv = sys.argv[1:] if argv is None else argv
-    args = parse_args(argv)
-    tune_allocator()  # as the `avatar` command does
-    try:
-        result = run(args, command=f"python {SCRIPT} {shlex.join(argv)}".strip())
-    except UserError as err:  # a missing checkpoint: say so without a traceback, as the `avatar` command does
-        sys.exit(f"stream_bench: {err}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
-    text = markdown(result)
-    args.out.with_suffix(".md").write_text(text)
-    print(text)
-    return result
+    return run_benchmark("stream_bench", SCRIPT, argv, parse_args, run, markdown)
 
 
 if __name__ == "__main__":
