@@ -251,7 +251,8 @@ def test_a_second_visitor_is_told_the_server_is_full(page, server):
 
 
 def test_a_broadcast_viewer_watches_without_a_microphone(browser, one_torch_thread):
-    """`avatar live`: the page is a viewer; this server takes no viewer controls and says so."""
+    """`avatar live`: the page is a viewer; this server takes no viewer controls, so none are shown
+    (tests/engine/server/test_live.py checks that the server refuses them anyway)."""
     from engine.render.renderer import Renderer
     from engine.stream import Session
 
@@ -265,11 +266,8 @@ def test_a_broadcast_viewer_watches_without_a_microphone(browser, one_torch_thre
         element(browser, "start").click()
         wait_for(browser, "return avatarState.framesDecoded > 10", "the broadcast's video", timeout=30)
         assert page_state(browser)["micOpenedMs"] is None, "a viewer opens no microphone"
-        element(browser, "interrupt").click()
-        errors = wait_for(browser, "return avatarState.errors.length && avatarState.errors", "the refusal",
-                          timeout=10)
-        assert errors[-1]["code"] == "read_only" and "viewers" in element(browser, "status").text
-        assert not element(browser, "live-controls").is_displayed(), "refused controls are hidden"
+        # hello said viewers may not steer this broadcast: the page offers no controls
+        assert not element(browser, "live-controls").is_displayed(), "a viewer gets no controls it cannot use"
         assert page_state(browser)["status"] == "live", "the stream goes on"
     finally:
         browser.get("about:blank")

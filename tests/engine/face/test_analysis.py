@@ -41,7 +41,7 @@ def test_missing_file(tmp_path):
 def test_unreadable_file(tmp_path):
     bad = tmp_path / "me.jpg"
     bad.write_bytes(b"this is not a jpeg")
-    with pytest.raises(PortraitError, match="cannot read .*me.jpg"):
+    with pytest.raises(PortraitError, match="me.jpg is not a JPEG, PNG or WebP image"):
         analyze_portrait(bad)
 
 
