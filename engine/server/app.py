@@ -43,7 +43,7 @@ from engine.motion.baseline import EMOTIONS
 from engine.render.renderer import Renderer
 from engine.server import protocol
 from engine.server.media import FrameRelay, Viewer, pump_audio
-from engine.stream import PRESETS, Controls, Preset, Session, get_preset
+from engine.stream import PRESETS, Controls, Preset, Session, SessionOptions, get_preset
 from engine.stream.presets import preset_model
 
 log = logging.getLogger("avatar.server")
@@ -53,6 +53,9 @@ STATIC = {"/": ("index.html", "text/html"), "/app.js": ("app.js", "text/javascri
           "/style.css": ("style.css", "text/css")}  # the only files served: no path comes from a request
 STATS_INTERVAL_S = 1.0
 RENDERER_CACHE = 4  # uploaded portraits kept ready (by content hash)
+# Live talkers want the newest audio: at most 0.4 s of it waits (SessionOptions' 1 s default let a worker
+# that fell behind once keep ~1 s of latency for the rest of the stream; see benchmarks/results/client_loopback.md).
+LIVE_OPTIONS = SessionOptions(max_backlog_s=0.4)
 
 
 @dataclass(frozen=True)
@@ -305,11 +308,14 @@ class Visitor:
             loop = asyncio.get_running_loop()
             model = await loop.run_in_executor(None, generator_for, server.config.driver, preset)
             session = await loop.run_in_executor(
-                None, lambda: Session(renderer, model, preset, server.config.controls))
+                None, lambda: Session(renderer, model, preset, server.config.controls, options=LIVE_OPTIONS))
             self.relay = FrameRelay(session)
         else:
             self.relay = server.relay
         self.viewer = self.relay.subscribe()
+        # The session's clock starts now, before any audio can arrive: a clock started on "connected"
+        # can start after the first packets, and the audio queued meanwhile stays as latency for good.
+        self.relay.start()
 
         self.pc = pc = RTCPeerConnection(server.ice_configuration())
         pc.on("track", self._on_track)
@@ -356,7 +362,6 @@ class Visitor:
     async def _on_state(self) -> None:
         state = self.pc.connectionState
         if state == "connected":
-            self.relay.start()
             self._spawn(self._stats())
         elif state in ("failed", "closed"):
             if state == "failed":

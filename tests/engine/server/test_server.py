@@ -112,6 +112,7 @@ def test_garbage_on_the_data_channel_is_answered_and_the_stream_goes_on(server):
 
 
 def test_more_visitors_than_max_sessions_are_told_it_is_full(server):
+    assert _wait_for_sessions(server, 0)["sessions"] == 0  # the earlier tests' visitors are gone
     async def three():
         first = asyncio.create_task(run_client(server.ws_url, ClientOptions(seconds=6)))
         second = asyncio.create_task(run_client(server.ws_url, ClientOptions(seconds=6)))
