@@ -32,7 +32,10 @@ from aiortc.mediastreams import MediaStreamError
 from websockets.asyncio.client import connect
 
 from client.record import Recorder
+from engine.audio.io import load_audio
+from engine.timebase import SAMPLE_RATE
 from client.tracks import FileAudioTrack, MicAudioTrack
+from engine.server.media import frame_samples  # imported up front: importing torch mid-stream stalled our loop 1.5 s
 
 # aiortc's receivers hold audio longer than video before decoding: audio until 4 more Opus packets
 # (20 ms each) are in, video until the next frame's first packet (40 ms). Arrival times at our
@@ -208,15 +211,10 @@ async def run_client(url: str, options: ClientOptions = ClientOptions(),
 
 def _load(path) -> tuple[np.ndarray, int]:
     """The file as 16 kHz mono (None: 5 s of silence)."""
-    from engine.audio.io import load_audio
-    from engine.timebase import SAMPLE_RATE
-
     return (np.zeros(SAMPLE_RATE * 5, np.float32) if path is None else load_audio(path)), SAMPLE_RATE
 
 
 def _mono(frame) -> np.ndarray:
-    from engine.server.media import frame_samples
-
     samples = frame_samples(frame).astype(np.float32)
     if frame.format.name.startswith("s16"):
         samples /= 32768
