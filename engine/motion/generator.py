@@ -118,13 +118,27 @@ class StreamingGenerator:
         noise = torch.as_tensor(noise, dtype=torch.float32, device=self.device)
         window = AudioFeatures.concat([self.past, features])
         cond = make_conditions(window, self.stats.vector(), emotion, ref, self.device)
-        emb = self.model.embed(cond)  # shared by the unguided sampler and the commit
-        noise = noise.reshape(1, cfg.chunk, cfg.motion_dim)
-        clean = sample(self.model, noise, cond if self.options.guided else emb, self.cache, self.options)
-        clean = clean.clamp(-1.0, 1.0)  # the spec's bounds in normalized units
-        self.cache = self.model.commit(clean, emb, self.cache)
+        clean = self._advance(cond, noise.reshape(1, cfg.chunk, cfg.motion_dim))
 
         chunk = features[: cfg.chunk]
         self.stats.update(prosody_features(chunk))
         self.past = AudioFeatures.concat([self.past, chunk])[cfg.chunk:]  # the last P frames
         return spec.clip(spec.denormalize(clean[0].cpu().numpy()))
+
+    def _advance(self, cond: Conditions, noise: torch.Tensor) -> torch.Tensor:
+        """Sample the chunk (1, L, D) from noise, clamp it to the spec's bounds and commit it to the cache.
+        A backend (export.runtime) replaces just this with its own graph."""
+        emb = self.model.embed(cond)  # shared by the unguided sampler and the commit
+        clean = sample(self.model, noise, cond if self.options.guided else emb, self.cache, self.options)
+        clean = clean.clamp(-1.0, 1.0)  # the spec's bounds in normalized units
+        self.cache = self.model.commit(clean, emb, self.cache)
+        return clean
+
+
+def streaming_generator(model, options: SamplerOptions, seed: int = 0) -> StreamingGenerator:
+    """The stream generator for `model`: torch weights, or a backend's model (export.runtime.OrtModel)
+    that makes its own."""
+    if isinstance(model, MotionTransformer):
+        return StreamingGenerator(model, options, seed)
+    return model.streaming(options, seed)
+

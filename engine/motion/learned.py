@@ -28,7 +28,7 @@ from engine.errors import UserError
 from engine.io.checkpoint import load_model
 from engine.motion import spec
 from engine.motion.baseline import EMOTIONS, BaselineOptions, BlinkProcess, frame_draws
-from engine.motion.generator import StreamingGenerator, silence
+from engine.motion.generator import silence, streaming_generator
 from engine.motion.model import MotionConfig, MotionTransformer
 from engine.motion.sampler import SamplerOptions
 
@@ -92,7 +92,7 @@ class LearnedDriver:
 
     def __init__(self, model: MotionTransformer, options: LearnedOptions = LearnedOptions()):
         self.options = options
-        self.generator = StreamingGenerator(model, options.sampler(), seed=options.seed)
+        self.generator = streaming_generator(model, options.sampler(), seed=options.seed)
         self.config = model.config
         self.reset()
 
