@@ -28,6 +28,8 @@ examples:
   avatar serve                                   # talk to the avatar: open http://127.0.0.1:8080/
   avatar live --portrait me.jpg                  # your microphone drives it; viewers open the page
   avatar client ws://127.0.0.1:8080/ws --audio speech.wav --record out/reply.mp4
+  avatar export onnx --out out/onnx               # ONNX graphs of generator and renderer, checked against torch
+  avatar render --backend onnxruntime             # the generator on ONNX Runtime (exported once, cached)
 """
 
 # Subcommands owned by other packages, which parse their own arguments (engine never imports them eagerly).
@@ -38,6 +40,8 @@ DELEGATED = {
     ("train", "sync"): "train.sync_expert",
     ("eval", "lipsync"): "train.eval_lipsync",
     ("client",): "client.cli",
+    ("export", "onnx"): "export.onnx",
+    ("export", "tensorrt"): "export.tensorrt",
 }
 
 
@@ -74,6 +78,7 @@ def _add_render(sub) -> None:
     p.add_argument("--full-photo", action="store_true", help="paste the face back into the whole photo "
                    "instead of the square head-and-shoulders frame")
     p.add_argument("--threads", type=int, default=2, help="torch threads for the renderer")
+    _add_backend(p)
     p.set_defaults(handler=_render)
 
 
@@ -98,7 +103,7 @@ def _render(args) -> None:
         audio=args.audio, portrait=args.portrait, out=args.out, size=args.size, emotion=args.emotion,
         expressiveness=args.expressiveness, head_motion=args.head_motion, seed=args.seed,
         motion_out=args.motion_out, full_photo=args.full_photo, threads=args.threads, driver=args.driver,
-        checkpoint=args.checkpoint, **sampler,
+        checkpoint=args.checkpoint, backend=args.backend, **sampler,
     ))
     print(summary)
 
@@ -147,6 +152,12 @@ def _add_eval(sub) -> None:
                "learned generator vs baseline driver.")
 
 
+def _add_backend(p) -> None:
+    p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                   help="where the generator runs: torch, or ONNX Runtime (its graph is exported on first use and "
+                   "cached; see `avatar export onnx`). The renderer runs on torch either way")
+
+
 def _add_server_options(p, sessions_help: str) -> None:
     """What `serve` and `live` share: where to listen, the avatar, the preset, the controls, ICE."""
     from engine.stream.presets import PRESETS
@@ -173,6 +184,7 @@ def _add_server_options(p, sessions_help: str) -> None:
                    help="another page origin allowed to open the websocket (e.g. https://avatar.example.org "
                    "behind a proxy); the server's own origin is always allowed")
     p.add_argument("--threads", type=int, default=1, help="torch threads per session worker (1 is steadiest)")
+    _add_backend(p)
 
 
 def _server_config(args, **extra):
@@ -181,7 +193,7 @@ def _server_config(args, **extra):
 
     return ServerConfig(
         host=args.host, port=args.port, portrait=args.portrait, size=args.size, preset=args.preset,
-        driver=args.driver, controls=Controls(args.emotion, args.expressiveness, args.head_motion),
+        driver=args.driver, backend=args.backend, controls=Controls(args.emotion, args.expressiveness, args.head_motion),
         max_sessions=args.max_sessions, ice_servers=tuple(args.ice_server), ice_username=args.ice_username,
         ice_credential=args.ice_credential, allow_origins=tuple(args.allow_origin), **extra,
     )
@@ -234,6 +246,12 @@ def _live(args) -> None:
          threads=args.threads)
 
 
+def _add_export(sub) -> None:
+    _add_group(sub, "export", "export optimized graphs (avatar export onnx --help)",
+               "Export. `avatar export onnx --help`: the generator's and renderer's graphs to ONNX, validated "
+               "against torch; `avatar export tensorrt --help`: TensorRT engines from those graphs.")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="avatar",
@@ -250,6 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval(sub)
     _add_serve(sub)
     _add_live(sub)
+    _add_export(sub)
     sub.add_parser("client", help="connect to a server like the page does: stream a file or the mic, record the "
                    "reply (avatar client --help)", add_help=False)
     return parser

@@ -45,6 +45,7 @@ class RenderRequest:
     progress: bool = True  # show a progress bar
     driver: str = "learned"  # "learned" (the flow-matching generator) or "baseline"
     checkpoint: Path | None = None  # generator weights; None = the shipped ones
+    backend: str = "torch"  # the generator's: "torch" or "onnxruntime" (export.runtime)
     steps: int = LearnedOptions.steps  # learned: Euler steps per chunk
     guidance_audio: float = LearnedOptions.guidance_audio  # learned: classifier-free guidance scales (1 = none)
     guidance_emotion: float = LearnedOptions.guidance_emotion
@@ -59,7 +60,9 @@ class RenderRequest:
             raise UserError(f"driver must be learned or baseline; got {self.driver!r}")
         options = LearnedOptions(**controls, steps=self.steps, guidance_audio=self.guidance_audio,
                                  guidance_emotion=self.guidance_emotion)
-        return LearnedDriver(load_generator(self.checkpoint), options)
+        from export.runtime import load_motion_model
+
+        return LearnedDriver(load_motion_model(self.backend, self.checkpoint, options.sampler(), self.threads), options)
 
 
 def render_file(req: RenderRequest) -> str:

@@ -66,6 +66,7 @@ class ServerConfig:
     size: int = 512  # video width and height
     preset: str = "balanced"  # default preset; a client may ask for another
     driver: str = "learned"  # or "baseline"
+    backend: str = "torch"  # the generator's: "torch" or "onnxruntime" (export.runtime)
     controls: Controls = Controls()  # initial controls of every session
     max_sessions: int = 4  # converse: sessions; broadcast: viewers
     uploads: bool = True  # visitors may bring their own portrait (converse mode)
@@ -117,7 +118,7 @@ class AvatarServer:
 
             self._default_renderer = await loop.run_in_executor(
                 None, Renderer.from_photo, portrait or DEFAULT_PORTRAIT, self.config.size)
-            await loop.run_in_executor(None, generator_for, self.config.driver, get_preset(self.config.preset))
+            await loop.run_in_executor(None, generator_for, self.config, get_preset(self.config.preset))
         else:
             self.relay.start()
         self._server = await serve(
@@ -306,7 +307,7 @@ class Visitor:
                 raise protocol.ProtocolError("bad_offer", str(err), fatal=True) from None
             renderer, _ = await server.renderer_for(self.upload)
             loop = asyncio.get_running_loop()
-            model = await loop.run_in_executor(None, generator_for, server.config.driver, preset)
+            model = await loop.run_in_executor(None, generator_for, server.config, preset)
             session = await loop.run_in_executor(
                 None, lambda: Session(renderer, model, preset, server.config.controls, options=LIVE_OPTIONS))
             self.relay = FrameRelay(session)
@@ -418,9 +419,9 @@ class Visitor:
         await self.ws.close()
 
 
-def generator_for(driver: str, preset: Preset):
+def generator_for(config: ServerConfig, preset: Preset):
     """The generator a preset runs (loaded once, shared by all its sessions), or None for the baseline."""
-    return None if driver == "baseline" else preset_model(preset.weights)
+    return None if config.driver == "baseline" else preset_model(preset.weights, config.backend, preset.steps)
 
 
 def configure_threads(threads: int) -> None:

@@ -43,7 +43,7 @@ def live(config: ServerConfig, device: str | int | None, threads: int = 1) -> No
     device = resolve_device(device)  # before the slow loading: a wrong device name fails at once
     renderer = Renderer.from_photo(config.portrait or DEFAULT_PORTRAIT, config.size)
     preset = get_preset(config.preset)
-    session = Session(renderer, generator_for(config.driver, preset), preset, config.controls, options=LIVE_OPTIONS)
+    session = Session(renderer, generator_for(config, preset), preset, config.controls, options=LIVE_OPTIONS)
 
     async def main():
         server = AvatarServer(config, broadcast=session)

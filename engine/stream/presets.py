@@ -89,10 +89,15 @@ def latency_floor_s(chunk: int, lookahead: int) -> float:
     return ((chunk + lookahead) * SAMPLES_PER_FRAME + LOOKAHEAD_SAMPLES) / SAMPLE_RATE
 
 
-@lru_cache(maxsize=4)
-def preset_model(weights: Path):
-    """The generator for a preset's weights (`get_preset(p).weights`), loaded once per process and
-    shared by every session that uses it (sessions keep their state apart; weights are read-only)."""
-    from engine.motion.learned import load_generator
+@lru_cache(maxsize=8)
+def preset_model(weights: Path, backend: str = "torch", steps: int | None = None):
+    """The generator for a preset's weights (`get_preset(p).weights`) on a backend, loaded once per
+    process and shared by every session that uses it (sessions keep their state apart). The ONNX
+    Runtime backend bakes the Euler steps into its graph, so it needs the preset's `steps`."""
+    from engine.motion.learned import LearnedOptions, load_generator
 
-    return load_generator(weights)
+    if backend == "torch":
+        return load_generator(weights)
+    from export.runtime import load_motion_model
+
+    return load_motion_model(backend, weights, LearnedOptions(steps=steps).sampler())

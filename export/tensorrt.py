@@ -1,0 +1,527 @@
+"""`avatar export tensorrt`: TensorRT engines from the graphs of `avatar export onnx` (DESIGN.md §9).
+
+    avatar export onnx --out out/onnx && avatar export tensorrt --onnx out/onnx --out out/trt
+
+Build, allocate and infer are separate steps:
+- build_engines: ONNX -> OnnxParser -> network -> build_serialized_network -> DIR/<graph>.engine and
+  DIR/manifest.json. It uses full TensorRT (`tensorrt`) where installed, else TensorRT-RTX
+  (`tensorrt_rtx`, `pip install ".[tensorrt]"`), whose builder runs without a GPU: that is how CI proves
+  every graph TensorRT-buildable on a CPU-only machine.
+- TensorRTGraph: one engine deserialized on a GPU, device buffers allocated once, one CUDA stream
+  (cuda-python); run() for host arrays, run_device() to chain graphs without host round trips.
+
+Precision: full TensorRT takes BuilderFlag.FP16. TensorRT-RTX networks are strongly typed (no FP16
+flag), so --fp16 there converts the ONNX graph to float16 first (onnxconverter-common), its inputs and
+outputs staying as exported. TensorRT-RTX ignores timing caches (its runtime JIT keeps its own cache),
+and its engines target SM75-SM121 without Hopper: an H100/H200 needs full TensorRT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+import numpy as np
+
+from engine.errors import UserError
+from engine.io import sha256_file
+
+LIBRARIES = ("tensorrt", "tensorrt_rtx")  # tried in this order: full TensorRT wins where both are installed
+INSTALL = 'pip install ".[tensorrt]" (TensorRT-RTX from PyPI: builds engines on any machine, no GPU needed)'
+INSTALL_RUNTIME = 'pip install "cuda-python>=12.6,<13"'
+
+
+class TensorRTMissing(UserError):
+    """Neither TensorRT nor TensorRT-RTX (or cuda-python, for running engines) can be imported."""
+
+
+class OnnxDirError(UserError):
+    """The ONNX directory or its manifest cannot be used; the message says what is missing."""
+
+
+class TensorRTBuildError(UserError):
+    """One graph could not become an engine; `graph` names it."""
+
+    def __init__(self, graph: str, message: str):
+        super().__init__(f"graph {graph}: {message}")
+        self.graph = graph
+
+
+@dataclass(frozen=True)
+class ParserIssue:
+    node: int  # index of the ONNX node in its graph (-1: not tied to a node)
+    node_name: str
+    operator: str
+    code: str  # the parser's ErrorCode name, e.g. UNSUPPORTED_NODE
+    message: str
+
+    def __str__(self) -> str:
+        return f"node {self.node} {self.node_name!r} ({self.operator}): {self.code}: {self.message}"
+
+
+class OnnxParseError(TensorRTBuildError):
+    """TensorRT's ONNX parser refused the graph; `issues` names each node, its operator and the reason."""
+
+    def __init__(self, graph: str, issues: Sequence[ParserIssue]):
+        self.issues = tuple(issues)
+        lines = "\n  ".join(str(i) for i in self.issues) or "(the parser gave no reason)"
+        super().__init__(graph, f"TensorRT's ONNX parser rejected it:\n  {lines}\n"
+                         "Re-export without these ops (opset <= 22, no custom domains; DESIGN.md §9).")
+
+
+class EngineBuildError(TensorRTBuildError):
+    """build_serialized_network returned no engine; `log` holds the builder's error lines."""
+
+    def __init__(self, graph: str, log: Sequence[str]):
+        self.log = tuple(log)
+        lines = "\n  ".join(self.log) or "(the builder logged no error)"
+        super().__init__(graph, f"the TensorRT builder produced no engine:\n  {lines}")
+
+
+class EngineLoadError(RuntimeError):
+    """An engine file cannot be run here (no GPU, wrong architecture, other library version)."""
+
+
+class CudaError(RuntimeError):
+    """A CUDA runtime call failed; the message names the call and CUDA's error."""
+
+
+# ---------------------------------------------------------------------------------------- library
+
+
+def load_tensorrt():
+    """The TensorRT module: `tensorrt` where installed, else `tensorrt_rtx`."""
+    for name in LIBRARIES:
+        try:
+            return importlib.import_module(name)
+        except ImportError:
+            continue
+    raise TensorRTMissing(f"neither TensorRT nor TensorRT-RTX is installed; install it with {INSTALL}")
+
+
+def _is_rtx(trt) -> bool:
+    return trt.__name__.startswith("tensorrt_rtx")
+
+
+def _recording_logger(trt):
+    """A TensorRT logger that keeps error lines (to put in exceptions) and drops the rest: TensorRT is
+    chatty, and on a CPU-only machine it logs a harmless CUDA driver error on some ops."""
+
+    class RecordingLogger(trt.ILogger):
+        def __init__(self):
+            trt.ILogger.__init__(self)
+            self.errors: list[str] = []
+
+        def log(self, severity, msg):
+            if severity in (trt.ILogger.Severity.INTERNAL_ERROR, trt.ILogger.Severity.ERROR):
+                self.errors.append(msg)
+
+    return RecordingLogger()
+
+
+def _dtype_name(trt, dtype) -> str:
+    return np.dtype(trt.nptype(dtype)).name
+
+
+# ------------------------------------------------------------------------------------------ build
+
+
+@dataclass(frozen=True)
+class OnnxGraph:
+    name: str
+    path: Path
+    inputs: dict[str, list[int]]  # shapes from the export manifest (empty without one)
+
+
+def find_graphs(onnx_dir: Path) -> tuple[list[OnnxGraph], dict]:
+    """The graphs to build (from onnx_dir/manifest.json, else every *.onnx) and the export manifest."""
+    onnx_dir = Path(onnx_dir)
+    if not onnx_dir.is_dir():
+        raise OnnxDirError(f"ONNX directory {onnx_dir} does not exist; make it with "
+                           f"`avatar export onnx --out {onnx_dir}`")
+    manifest_path = onnx_dir / "manifest.json"
+    if not manifest_path.exists():
+        graphs = [OnnxGraph(p.stem, p, {}) for p in sorted(onnx_dir.glob("*.onnx"))]
+        if not graphs:
+            raise OnnxDirError(f"{onnx_dir} has no manifest.json and no .onnx files; make them with "
+                               f"`avatar export onnx --out {onnx_dir}`")
+        return graphs, {}
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        entries = manifest["graphs"]
+        graphs = [OnnxGraph(name, onnx_dir / entry["file"],
+                            {n: list(s["shape"]) for n, s in entry.get("inputs", {}).items()})
+                  for name, entry in entries.items()]
+    except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+        raise OnnxDirError(f"{manifest_path} is not an export manifest ({type(err).__name__}: {err}); "
+                           "rerun `avatar export onnx`") from err
+    if not graphs:
+        raise OnnxDirError(f"{manifest_path} lists no graphs; rerun `avatar export onnx`")
+    if missing := [str(g.path) for g in graphs if not g.path.is_file()]:
+        raise OnnxDirError(f"{manifest_path} lists graphs whose files are missing: {', '.join(missing)}; "
+                           "rerun `avatar export onnx`")
+    return graphs, manifest
+
+
+def _parse(trt, builder, logger, graph: OnnxGraph, fp16_onnx: bool):
+    network = builder.create_network(0)
+    parser = trt.OnnxParser(network, logger)
+    if fp16_onnx:
+        ok = parser.parse(_onnx_to_fp16(graph.path), str(graph.path))
+    else:
+        ok = parser.parse_from_file(str(graph.path))
+    if not ok:
+        issues = []
+        for i in range(parser.num_errors):
+            e = parser.get_error(i)
+            issues.append(ParserIssue(e.node(), e.node_name(), e.node_operator(), e.code().name, e.desc()))
+        raise OnnxParseError(graph.name, issues)
+    return network, parser  # the parser owns weights the network points at: keep it alive until built
+
+
+def _onnx_to_fp16(path: Path) -> bytes:
+    """The graph with float32 weights and ops in float16, inputs and outputs unchanged (TensorRT-RTX's
+    way to FP16: its networks are strongly typed)."""
+    import onnx
+
+    try:
+        from onnxconverter_common import float16
+    except ImportError as err:
+        raise TensorRTMissing(f"--fp16 with TensorRT-RTX converts the ONNX graph first and needs "
+                              f"onnxconverter-common: {INSTALL}") from err
+    model = onnx.load(str(path))
+    to_float = {n.name for n in model.graph.node if n.op_type == "Cast" and _cast_to(n) == onnx.TensorProto.FLOAT}
+    model = float16.convert_float_to_float16(model, keep_io_types=True)
+    for node in model.graph.node:  # the converter leaves the graph's own casts to float32 (shape arithmetic
+        if node.name in to_float:  # such as 1 / sqrt(head_dim)), which then meet float16 tensors
+            next(a for a in node.attribute if a.name == "to").i = onnx.TensorProto.FLOAT16
+    return model.SerializeToString()
+
+
+def _cast_to(node) -> int:
+    return next(a.i for a in node.attribute if a.name == "to")
+
+
+def _profile(builder, network, graph: OnnxGraph):
+    """One optimization profile pinning every dynamic input to its manifest shape (min = opt = max),
+    or None when every input is static."""
+    profile = None
+    for i in range(network.num_inputs):
+        tensor = network.get_input(i)
+        if -1 not in tuple(tensor.shape):
+            continue
+        shape = graph.inputs.get(tensor.name)
+        if shape is None or len(shape) != len(tensor.shape) or any(s < 0 for s in shape):
+            raise TensorRTBuildError(graph.name, f"input {tensor.name} has dynamic dimensions {tuple(tensor.shape)} "
+                                     "and the export manifest gives no static shape for it; export static "
+                                     "shapes (export.specs does) or list them in manifest.json")
+        profile = profile or builder.create_optimization_profile()
+        profile.set_shape(tensor.name, shape, shape, shape)
+    return profile
+
+
+def _io(trt, network, graph: OnnxGraph) -> tuple[dict, dict]:
+    """Engine inputs and outputs: dynamic inputs at their profile shape; outputs as TensorRT infers them
+    before building (-1 where they follow a dynamic input)."""
+    def describe(tensor, pinned: dict) -> dict:
+        shape = list(tensor.shape)
+        return {"shape": pinned[tensor.name] if -1 in shape else shape, "dtype": _dtype_name(trt, tensor.dtype)}
+
+    inputs = {t.name: describe(t, graph.inputs) for t in map(network.get_input, range(network.num_inputs))}
+    outputs = {t.name: describe(t, {t.name: list(t.shape)}) for t in map(network.get_output, range(network.num_outputs))}
+    return inputs, outputs
+
+
+class EngineBuilder:
+    """One TensorRT builder, precision and timing cache for a series of graphs."""
+
+    def __init__(self, trt, fp16: bool = False, timing_cache: Path | None = None):
+        self.trt, self.fp16 = trt, fp16
+        self.logger = _recording_logger(trt)
+        self.builder = trt.Builder(self.logger)
+        self.rtx = _is_rtx(trt)
+        # full TensorRT has BuilderFlag.FP16; TensorRT-RTX is strongly typed: convert the ONNX graph instead
+        self.fp16_flag = fp16 and hasattr(trt.BuilderFlag, "FP16")
+        self.timing_cache_path, self.timing_cache = None, None
+        if timing_cache is not None and not self.rtx:  # TensorRT-RTX: timing caches are no-ops
+            self.timing_cache_path = Path(timing_cache)
+            blob = self.timing_cache_path.read_bytes() if self.timing_cache_path.exists() else b""
+            self.timing_cache = self.builder.create_builder_config().create_timing_cache(blob)
+
+    @property
+    def precision(self) -> str:
+        if not self.fp16:
+            return "fp32"
+        return "fp16: BuilderFlag.FP16" if self.fp16_flag else "fp16: ONNX converted to float16, inputs/outputs as exported"
+
+    def build(self, graph: OnnxGraph, out_dir: Path) -> dict:
+        """Parse, build and write one engine; returns its manifest entry."""
+        trt, started = self.trt, time.perf_counter()
+        self.logger.errors.clear()
+        network, _parser = _parse(trt, self.builder, self.logger, graph, fp16_onnx=self.fp16 and not self.fp16_flag)
+        config = self.builder.create_builder_config()
+        if self.fp16_flag:
+            config.set_flag(trt.BuilderFlag.FP16)
+        if self.timing_cache is not None:
+            config.set_timing_cache(self.timing_cache, ignore_mismatch=False)
+        if (profile := _profile(self.builder, network, graph)) is not None:
+            config.add_optimization_profile(profile)
+        self.logger.errors.clear()  # parse-time noise; the builder's own errors explain a failed build
+        serialized = self.builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise EngineBuildError(graph.name, self.logger.errors)
+        path = Path(out_dir) / f"{graph.name}.engine"
+        with path.open("wb") as f:
+            f.write(serialized)
+        inputs, outputs = _io(trt, network, graph)
+        return {
+            "engine": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size,
+            "onnx": graph.path.name, "onnx_sha256": sha256_file(graph.path),
+            "build_seconds": round(time.perf_counter() - started, 3), "inputs": inputs, "outputs": outputs,
+        }
+
+    def save_timing_cache(self) -> Path | None:
+        if self.timing_cache is None:
+            return None
+        self.timing_cache_path.parent.mkdir(parents=True, exist_ok=True)
+        with self.timing_cache_path.open("wb") as f:
+            f.write(self.timing_cache.serialize())
+        return self.timing_cache_path
+
+
+def build_engines(onnx_dir: Path, out_dir: Path, fp16: bool = False, timing_cache: Path | None = None,
+                  progress: bool = True) -> dict:
+    """Build an engine for every graph of `onnx_dir` into `out_dir`; returns (and writes) the manifest.
+
+    Stops at the first graph TensorRT refuses (OnnxParseError names its nodes, EngineBuildError carries
+    the builder's log). out_dir/manifest.json is written only when every graph built."""
+    from tqdm import tqdm
+
+    graphs, source = find_graphs(Path(onnx_dir))
+    out_dir = Path(out_dir)
+    builder = EngineBuilder(load_tensorrt(), fp16, timing_cache or out_dir / "timing.cache")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "manifest.json").unlink(missing_ok=True)  # never leave one describing older engines
+    built = {}
+    bar = tqdm(graphs, desc="export tensorrt", unit="graph", disable=not progress)
+    for graph in bar:
+        bar.set_postfix_str(graph.name)
+        built[graph.name] = entry = builder.build(graph, out_dir)
+        if progress:
+            bar.write(f"{graph.name}: {entry['engine']} ({entry['bytes'] / 1e6:.1f} MB) "
+                      f"in {entry['build_seconds']:.1f} s", file=sys.stderr)
+    cache_path = builder.save_timing_cache()
+    trt = builder.trt
+    manifest = {
+        "library": trt.__name__, "version": trt.__version__, "fp16": fp16, "precision": builder.precision,
+        "timing_cache": str(cache_path) if cache_path else None,
+        "onnx_dir": str(onnx_dir), "opset": source.get("opset"), "graphs": built,
+    }
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    return manifest
+
+
+# ---------------------------------------------------------------------------------------- runtime
+
+
+def load_cudart():
+    """cuda-python's CUDA runtime bindings (cuda.bindings.runtime, or cuda.cudart before 12.6)."""
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:
+            from cuda import cudart
+        except ImportError as err:
+            raise TensorRTMissing(f"running TensorRT engines needs cuda-python: {INSTALL_RUNTIME}") from err
+    return cudart
+
+
+def _cuda(cudart, call: str, result):
+    """cuda-python returns (error, *values): raise CudaError on failure, else return the value(s)."""
+    err, *values = result
+    if err != cudart.cudaError_t.cudaSuccess:
+        raise CudaError(f"{call} failed: {err.name} ({cudart.cudaGetErrorString(err)[1].decode()})")
+    return values[0] if len(values) == 1 else tuple(values) or None
+
+
+def runtime_unavailable() -> str | None:
+    """Why TensorRT engines cannot run on this machine, or None when they can (tests skip on the reason)."""
+    try:
+        trt, cudart = load_tensorrt(), load_cudart()
+    except TensorRTMissing as err:
+        return str(err)
+    err, count = cudart.cudaGetDeviceCount()
+    if err != cudart.cudaError_t.cudaSuccess or count == 0:
+        smi = shutil.which("nvidia-smi")
+        seen = smi and subprocess.run([smi, "-L"], check=False, capture_output=True, text=True).stdout.strip()
+        return f"no usable CUDA device ({err.name})" + (f"; nvidia-smi sees: {seen}" if seen else "")
+    if _is_rtx(trt):
+        major = _cuda(cudart, "cudaDeviceGetAttribute", cudart.cudaDeviceGetAttribute(
+            cudart.cudaDeviceAttr.cudaDevAttrComputeCapabilityMajor, 0))
+        minor = _cuda(cudart, "cudaDeviceGetAttribute", cudart.cudaDeviceGetAttribute(
+            cudart.cudaDeviceAttr.cudaDevAttrComputeCapabilityMinor, 0))
+        targets = {int(v) for k, v in trt.ComputeCapability.__members__.items() if k.startswith("SM")}
+        if 10 * major + minor not in targets:
+            return (f"TensorRT-RTX engines do not run on sm_{major}{minor} (it targets sm_"
+                    f"{', sm_'.join(map(str, sorted(targets)))}); install full TensorRT for this GPU")
+    return None
+
+
+@dataclass(frozen=True)
+class DeviceTensor:
+    name: str
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    is_input: bool
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+
+class TensorRTGraph:
+    """One engine on the GPU: device buffers for every input and output allocated once, one stream.
+
+        embed = TensorRTGraph("out/trt/embed.engine")
+        outputs = embed.run({"mel": mel, ...})                  # host arrays in, host arrays out
+        denoise = TensorRTGraph("out/trt/denoise.engine", stream=embed.stream)
+        embed.run_device()                                      # inputs already in embed.buffers
+        velocity = denoise.run_device({"levels": embed.buffers["levels"], "static": embed.buffers["static"]})
+
+    run_device returns this graph's output buffers (device pointers), overwritten by its next call; graphs
+    chained on device must share one stream so CUDA orders their work. Static shapes only (export.specs)."""
+
+    def __init__(self, path: str | Path, stream=None):
+        self.trt, self.cudart = trt, cudart = load_tensorrt(), load_cudart()
+        self._logger = _recording_logger(trt)
+        self._runtime = trt.Runtime(self._logger)
+        self.engine = self._runtime.deserialize_cuda_engine(Path(path).read_bytes())
+        if self.engine is None:
+            raise EngineLoadError(f"{path} cannot be deserialized with {trt.__name__} {trt.__version__} on this "
+                                  "GPU (built by another version or for another architecture?): "
+                                  + " | ".join(self._logger.errors))
+        self.context = self.engine.create_execution_context()
+        self._own_stream = stream is None
+        self.stream = _cuda(cudart, "cudaStreamCreate", cudart.cudaStreamCreate()) if stream is None else stream
+        self.tensors: dict[str, DeviceTensor] = {}
+        self.buffers: dict[str, int] = {}  # name -> device pointer, allocated once
+        for i in range(self.engine.num_io_tensors):
+            name = self.engine.get_tensor_name(i)
+            shape = tuple(self.engine.get_tensor_shape(name))
+            if -1 in shape:
+                self.close()
+                raise EngineLoadError(f"{path}: tensor {name} has dynamic shape {shape}; build engines from "
+                                      "static-shape graphs (export.specs)")
+            is_input = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
+            spec = DeviceTensor(name, shape, np.dtype(trt.nptype(self.engine.get_tensor_dtype(name))), is_input)
+            self.tensors[name] = spec
+            self.buffers[name] = int(_cuda(cudart, "cudaMalloc", cudart.cudaMalloc(max(spec.nbytes, 1))))
+            self.context.set_tensor_address(name, self.buffers[name])
+
+    @property
+    def inputs(self) -> dict[str, DeviceTensor]:
+        return {n: t for n, t in self.tensors.items() if t.is_input}
+
+    @property
+    def outputs(self) -> dict[str, DeviceTensor]:
+        return {n: t for n, t in self.tensors.items() if not t.is_input}
+
+    def _copy(self, dst: int, src: int, nbytes: int, kind) -> None:
+        _cuda(self.cudart, "cudaMemcpyAsync", self.cudart.cudaMemcpyAsync(dst, src, nbytes, kind, self.stream))
+
+    def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Host arrays in (every input, its exact shape), host arrays out; synchronizes the stream."""
+        cudart = self.cudart
+        if missing := set(self.inputs) ^ set(inputs):
+            raise ValueError(f"inputs must be exactly {sorted(self.inputs)}; mismatched: {sorted(missing)}")
+        staged = []  # host copies kept alive until the stream is synchronized
+        for name, spec in self.inputs.items():
+            host = np.ascontiguousarray(inputs[name], dtype=spec.dtype)
+            if host.shape != spec.shape:
+                raise ValueError(f"input {name} must have shape {spec.shape}, got {host.shape}")
+            staged.append(host)
+            self._copy(self.buffers[name], host.ctypes.data, host.nbytes, cudart.cudaMemcpyKind.cudaMemcpyHostToDevice)
+        self.run_device()
+        results = {name: np.empty(spec.shape, spec.dtype) for name, spec in self.outputs.items()}
+        for name, host in results.items():
+            self._copy(host.ctypes.data, self.buffers[name], host.nbytes, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost)
+        _cuda(cudart, "cudaStreamSynchronize", cudart.cudaStreamSynchronize(self.stream))
+        return results
+
+    def run_device(self, inputs: Mapping[str, int] | None = None) -> dict[str, int]:
+        """Enqueue one execution on the stream reading `inputs` (device pointers, e.g. another graph's
+        outputs; unnamed inputs read this graph's own buffers); returns the output device pointers."""
+        inputs = inputs or {}
+        if unknown := set(inputs) - set(self.inputs):
+            raise ValueError(f"unknown inputs {sorted(unknown)}; this engine takes {sorted(self.inputs)}")
+        for name in self.inputs:
+            self.context.set_tensor_address(name, int(inputs.get(name, self.buffers[name])))
+        if not self.context.execute_async_v3(int(self.stream)):
+            raise CudaError("execute_async_v3 failed: " + " | ".join(self._logger.errors))
+        return {name: self.buffers[name] for name in self.outputs}
+
+    def download(self, name: str) -> np.ndarray:
+        """A copy of one of this graph's buffers on the host, once the stream's work so far is done."""
+        spec, cudart = self.tensors[name], self.cudart
+        host = np.empty(spec.shape, spec.dtype)
+        self._copy(host.ctypes.data, self.buffers[name], host.nbytes, cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost)
+        _cuda(cudart, "cudaStreamSynchronize", cudart.cudaStreamSynchronize(self.stream))
+        return host
+
+    def close(self) -> None:
+        for ptr in self.buffers.values():
+            _cuda(self.cudart, "cudaFree", self.cudart.cudaFree(ptr))
+        self.buffers = {}
+        if self._own_stream and self.stream is not None:
+            _cuda(self.cudart, "cudaStreamDestroy", self.cudart.cudaStreamDestroy(self.stream))
+            self.stream = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+# -------------------------------------------------------------------------------------------- cli
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="avatar export tensorrt",
+        description="Build a TensorRT engine for every ONNX graph of `avatar export onnx` (the graphs its "
+        "manifest.json lists, else every *.onnx in the directory). Uses full TensorRT where installed, else "
+        "TensorRT-RTX, which builds without a GPU (running engines needs one). Writes DIR/<graph>.engine and "
+        "DIR/manifest.json (library, version, precision, per-graph hashes, sizes, build times, inputs/outputs).",
+        epilog="Example: avatar export onnx --out out/onnx && avatar export tensorrt --onnx out/onnx --out out/trt\n"
+        f"Install the builder with: {INSTALL}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--onnx", type=Path, required=True, metavar="DIR", help="directory of `avatar export onnx`")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="directory for engines + manifest.json")
+    parser.add_argument("--fp16", action="store_true", help="float16 engines (float32 by default)")
+    parser.add_argument("--timing-cache", type=Path, metavar="PATH",
+                        help="timing cache to reuse and update (default: OUT/timing.cache; TensorRT-RTX has none)")
+    args = parser.parse_args(argv)
+    try:
+        manifest = build_engines(args.onnx, args.out, fp16=args.fp16, timing_cache=args.timing_cache)
+    except UserError as err:
+        print(f"avatar export tensorrt: error: {err}", file=sys.stderr)
+        return 1
+    total = sum(g["build_seconds"] for g in manifest["graphs"].values())
+    print(f"built {len(manifest['graphs'])} engines with {manifest['library']} {manifest['version']} "
+          f"({manifest['precision']}) in {total:.1f} s; wrote {args.out}/manifest.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

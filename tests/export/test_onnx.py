@@ -1,0 +1,80 @@
+"""ONNX export: every graph exports, passes onnx.checker and matches torch; a mismatch is a typed
+error; the ONNX Runtime generator streams the same motion as torch."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from engine.audio.frontend import extract_features
+from engine.audio.io import load_audio
+from engine import assets
+from engine.errors import UserError
+from engine.io.checkpoint import save_checkpoint
+from engine.motion.baseline import EMOTIONS
+from engine.motion.learned import LearnedDriver, LearnedOptions
+from engine.motion.model import MotionConfig, MotionTransformer
+from export.onnx import ExportMismatch, export_all, max_error, ort_session
+from export.runtime import OrtModel, load_motion_model
+from export.specs import generator_specs
+
+pytestmark = pytest.mark.slow  # exports five graphs (~50 s on 2 cores)
+OPTIONS = LearnedOptions(steps=2, guidance_audio=2.0, guidance_emotion=1.5)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory):
+    torch.manual_seed(0)
+    config = MotionConfig.tiny()
+    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
+    return save_checkpoint(path, MotionTransformer(config), config, emotions=list(EMOTIONS))
+
+
+@pytest.fixture(scope="module")
+def exported(checkpoint, tmp_path_factory):
+    out = tmp_path_factory.mktemp("onnx")
+    return out, export_all(checkpoint, out, OPTIONS.sampler(), size=128, progress=False)
+
+
+def test_every_graph_exports_checks_and_matches_torch(exported):
+    out, manifest = exported
+    assert set(manifest["graphs"]) == {"embed", "denoise", "commit", "chunk", "renderer"}
+    assert manifest["opset"] <= 22  # TensorRT rejects opset 23's Attention
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    for name, graph in manifest["graphs"].items():
+        assert (out / graph["file"]).stat().st_size == graph["bytes"] > 0
+        for kind in ("random", "real"):
+            assert max(graph["max_error"][kind].values()) <= graph["tolerance"]["atol"], (name, kind)
+
+
+def test_a_graph_that_computes_something_else_is_refused(checkpoint, exported):
+    out, _ = exported
+    torch.manual_seed(1)
+    other = MotionTransformer(MotionConfig.tiny()).eval()  # same shapes, different weights
+    spec = {s.name: s for s in generator_specs(other, OPTIONS.sampler())}["denoise"]
+    with pytest.raises(ExportMismatch, match="graph denoise: output velocity is off by"):
+        max_error(spec, ort_session(out / "denoise.onnx"), spec.dummy())
+
+
+def test_the_onnxruntime_generator_streams_the_torch_motion(checkpoint, exported, monkeypatch, tmp_path):
+    out, _ = exported
+    features = extract_features(load_audio(assets.SAMPLE_SPEECH)[:48000])
+    torch_motion = LearnedDriver(load_motion_model("torch", checkpoint, OPTIONS.sampler()), OPTIONS).drive(features)
+    ort_motion = LearnedDriver(OrtModel(out), OPTIONS).drive(features)
+    assert torch_motion.shape == ort_motion.shape
+    np.testing.assert_allclose(ort_motion, torch_motion, atol=1e-4)
+    # load_motion_model exports on first use into its cache and reuses it after
+    monkeypatch.setattr("export.runtime.CACHE_DIR", tmp_path)
+    first = load_motion_model("onnxruntime", checkpoint, OPTIONS.sampler())
+    assert (first.dir / "chunk.onnx").is_file() and load_motion_model(
+        "onnxruntime", checkpoint, OPTIONS.sampler()).dir == first.dir
+
+
+def test_an_export_serves_only_the_sampler_it_was_made_for(exported):
+    out, _ = exported
+    driver = LearnedDriver(OrtModel(out), OPTIONS)
+    with pytest.raises(UserError, match="needs its own export"):
+        driver.set_options(LearnedOptions(steps=4))
+    with pytest.raises(UserError, match="holds no exported generator"):
+        OrtModel(out / "nowhere")
