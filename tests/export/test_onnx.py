@@ -78,3 +78,18 @@ def test_an_export_serves_only_the_sampler_it_was_made_for(exported):
         driver.set_options(LearnedOptions(steps=4))
     with pytest.raises(UserError, match="holds no exported generator"):
         OrtModel(out / "nowhere")
+
+
+def test_render_on_onnxruntime_gives_the_torch_motion(checkpoint, monkeypatch, tmp_path, sample_clip):
+    from engine.offline import RenderRequest, render_file
+
+    monkeypatch.setattr("export.runtime.CACHE_DIR", tmp_path / "cache")
+    clip = sample_clip(2.0)
+    motions = {}
+    for backend in ("torch", "onnxruntime"):
+        out = tmp_path / backend
+        render_file(RenderRequest(audio=clip, out=out.with_suffix(".mp4"), size=128, checkpoint=checkpoint,
+                                  backend=backend, motion_out=out.with_suffix(".npz"), steps=2,
+                                  guidance_audio=2.0, guidance_emotion=1.5))
+        motions[backend] = np.load(out.with_suffix(".npz"))["coeffs"]
+    np.testing.assert_allclose(motions["onnxruntime"], motions["torch"], atol=1e-4)
