@@ -196,12 +196,20 @@ def keeps_up(s: dict) -> bool:
                 and s["frames_dropped"] == 0 and s["audio_dropped_s"] == 0)
 
 
+BACKEND = {"name": "torch"}  # the generator's backend for this run (--backend), set once by run()
+
+
+def generator(preset: Preset):
+    """The preset's generator on the run's backend (loaded once, shared by its sessions)."""
+    return preset_model(preset.weights, BACKEND["name"], preset.steps)
+
+
 def measure(renderer: Renderer, preset: Preset, seconds: float, sessions: int = 1,
             bin_ends: list[int] | None = None) -> tuple[list[dict], list[Trace], dict]:
     """`sessions` sessions at once for `seconds` of video: a summary and a trace per session, and CPU use."""
     frames = round(seconds * FPS)
     started, cpu = time.monotonic(), time.process_time()
-    opened = [Session(renderer, preset_model(preset.weights), preset, options=OPTIONS) for _ in range(sessions)]
+    opened = [Session(renderer, generator(preset), preset, options=OPTIONS) for _ in range(sessions)]
     mic = Mic(opened, mic_audio())
     try:
         with tqdm(total=frames, desc=f"{preset.name} x{sessions}", unit="frame", leave=False, mininterval=1) as bar:
@@ -231,7 +239,7 @@ def bench_preset(renderer: Renderer, preset: Preset, args: argparse.Namespace) -
     targets.append({"target": f"fps >= {FPS} sustained (held real time)", "preset": preset.name, "value": run["fps"],
                     "limit": FPS, "met": keeps_up(run)})
     progress(f"{preset.name}: " + ", ".join(f"{t['target']} {fmt(t['value'], '.1f')}" for t in targets))
-    cfg = preset_model(preset.weights).config
+    cfg = generator(preset).config
     return {"preset": preset.name, "weights": preset.weights.name, "chunk": cfg.chunk, "lookahead": cfg.lookahead,
             "steps": preset.steps, "render_batch": preset.render_batch, "headroom_ms": preset.headroom_s * 1000,
             "jitter_ms": preset.jitter_s * 1000, "floor_ms": latency_floor_s(cfg.chunk, cfg.lookahead) * 1000,
@@ -288,15 +296,16 @@ def progress(line: str) -> None:
 
 
 def run(args: argparse.Namespace, command: str) -> dict:
+    BACKEND["name"] = args.backend
     ramps = [] if args.long or not args.max_sessions else args.concurrency
     for name in dict.fromkeys([*args.preset, *ramps]):
-        preset_model(PRESETS[name].weights)  # a missing checkpoint fails now, not minutes in
+        generator(PRESETS[name])  # a missing checkpoint fails now, not minutes in
     renderer = Renderer(Rig(analyze_portrait(assets.DEFAULT_PORTRAIT, size=args.size))).eval()
     torch.set_num_threads(args.threads)
     result = {
         "command": command, "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": args.threads,
-                    "torch": torch.__version__, "python": platform.python_version(),
+                    "torch": torch.__version__, "python": platform.python_version(), "backend": args.backend,
                     "load_average_at_start": os.getloadavg()[0]},
         "renderer_px": args.size, "audio": AUDIO_SOURCE,
     }
@@ -389,7 +398,8 @@ def markdown(result: dict) -> str:
         f"Command: `{result['command']}`  ", f"Date: {result['date']}  ",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, torch {m['torch']}, "
         f"load average {m['load_average_at_start']:.2f} at start  ",
-        f"Renderer: {result['renderer_px']} px. Audio: {result['audio']}.", "",
+        f"Generator backend: {m.get('backend', 'torch')}. Renderer: {result['renderer_px']} px (torch). "
+        f"Audio: {result['audio']}.", "",
     ]
     if "long" in result:
         return "\n".join(lines + [line for g in result["long"] for line in long_section(g)])
@@ -417,6 +427,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (default 1: real-time workers run one each, DESIGN.md §13)")
     parser.add_argument("--size", type=int, default=512, help="renderer resolution in px (default 512)")
+    parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+                        help="where the generator runs (default torch; the renderer is torch either way)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="writes OUT.json and OUT.md (default benchmarks/results/stream_bench)")
     args = parser.parse_args(argv)
