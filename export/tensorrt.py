@@ -11,8 +11,8 @@ Build, allocate and infer are separate steps:
   (cuda-python); run() for host arrays, run_device() to chain graphs without host round trips.
 
 Precision: full TensorRT takes BuilderFlag.FP16. TensorRT-RTX networks are strongly typed (no FP16
-flag), so --fp16 there converts the ONNX graph to float16 first (onnxconverter-common), its inputs and
-outputs staying as exported. TensorRT-RTX ignores timing caches (its runtime JIT keeps its own cache),
+flag), so --fp16 there converts the ONNX graph to float16 first (onnx_to_fp16), its inputs and outputs
+staying as exported. TensorRT-RTX ignores timing caches (its runtime JIT keeps its own cache),
 and its engines target SM75-SM121 without Hopper: an H100/H200 needs full TensorRT.
 """
 
@@ -75,7 +75,7 @@ class OnnxParseError(TensorRTBuildError):
         self.issues = tuple(issues)
         lines = "\n  ".join(str(i) for i in self.issues) or "(the parser gave no reason)"
         super().__init__(graph, f"TensorRT's ONNX parser rejected it:\n  {lines}\n"
-                         "Re-export without these ops (opset <= 22, no custom domains; DESIGN.md §9).")
+                         "TensorRT takes standard ONNX ops up to opset 22, no custom domains (DESIGN.md §9).")
 
 
 class EngineBuildError(TensorRTBuildError):
@@ -176,7 +176,11 @@ def _parse(trt, builder, logger, graph: OnnxGraph, fp16_onnx: bool):
     network = builder.create_network(0)
     parser = trt.OnnxParser(network, logger)
     if fp16_onnx:
-        ok = parser.parse(_onnx_to_fp16(graph.path), str(graph.path))
+        try:
+            model = _onnx_to_fp16(graph.path)
+        except ValueError as err:
+            raise TensorRTBuildError(graph.name, str(err)) from err
+        ok = parser.parse(model, str(graph.path))
     else:
         ok = parser.parse_from_file(str(graph.path))
     if not ok:
@@ -188,27 +192,84 @@ def _parse(trt, builder, logger, graph: OnnxGraph, fp16_onnx: bool):
     return network, parser  # the parser owns weights the network points at: keep it alive until built
 
 
+# Ops that stay float32 under --fp16 on TensorRT-RTX: their float inputs are coordinates or counts
+KEEP_FP32_OPS = frozenset({"Resize", "Upsample", "Range", "TopK", "CumSum", "RoiAlign", "NonMaxSuppression"})
+
+
+def onnx_to_fp16(model):
+    """A float16 copy of an ONNX model for TensorRT-RTX, whose networks are strongly typed (no FP16 flag).
+
+    A node runs in float16 when one of its float inputs is an activation (derived from a float graph input),
+    except KEEP_FP32_OPS. Float arithmetic derived only from integers and constants (positions, shape maths
+    such as 1 / sqrt(head_dim)) stays float32, so positions past 2048 keep their precision. Casts go in
+    where the two meet; weights used in float16 are stored in float16; graph inputs and outputs keep their
+    exported types."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    FLOAT, HALF = TensorProto.FLOAT, TensorProto.FLOAT16
+    model = onnx.shape_inference.infer_shapes(model)
+    graph = model.graph
+    if any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS) for n in graph.node for a in n.attribute):
+        raise ValueError("fp16 conversion does not handle control flow (If/Loop/Scan); export without it")
+    types = {v.name: v.type.tensor_type.elem_type for v in (*graph.input, *graph.value_info, *graph.output)}
+    types |= {t.name: t.data_type for t in graph.initializer}
+    initializers = {t.name: t for t in graph.initializer}
+    active = {v.name for v in graph.input if types[v.name] == FLOAT}  # float tensors downstream of float inputs
+    half_out: set[str] = set()  # float tensors produced in float16
+    casts: dict[tuple[str, int], str] = {}  # (tensor, type) -> name of its cast
+    nodes = []
+
+    def as_type(name: str, to: int) -> str:
+        """`name` in type `to`, through one shared Cast (or a float16 copy of an initializer)."""
+        if (name, to) not in casts:
+            new = f"{name}__{'fp16' if to == HALF else 'fp32'}"
+            if name in initializers and to == HALF:
+                array = numpy_helper.to_array(initializers[name]).astype(np.float16)
+                graph.initializer.append(numpy_helper.from_array(array, new))
+            else:
+                nodes.append(helper.make_node("Cast", [name], [new], name=f"{new}_cast", to=to))
+            casts[name, to] = new
+        return casts[name, to]
+
+    for node in graph.node:
+        floats = [i for i, name in enumerate(node.input) if name and types.get(name) == FLOAT]
+        is_active = any(node.input[i] in active for i in floats)
+        half = is_active and node.op_type not in KEEP_FP32_OPS
+        for i in floats:
+            name = node.input[i]
+            is_half = name in half_out
+            if half and not is_half:
+                node.input[i] = as_type(name, HALF)
+            elif not half and is_half:
+                node.input[i] = as_type(name, FLOAT)
+        if half:
+            for attribute in node.attribute:  # Cast(to=float), EyeLike(dtype=float), ...
+                if attribute.name in ("to", "dtype") and attribute.i == FLOAT:
+                    attribute.i = HALF
+            half_out.update(o for o in node.output if types.get(o) == FLOAT)
+        if is_active:
+            active.update(node.output)
+        nodes.append(node)
+    for output in graph.output:  # outputs keep their exported type
+        if output.name in half_out:
+            inner = f"{output.name}__fp16"
+            for node in nodes:
+                node.output[:] = [inner if o == output.name else o for o in node.output]
+                node.input[:] = [inner if i == output.name else i for i in node.input]
+            nodes.append(helper.make_node("Cast", [inner], [output.name], name=f"{output.name}_cast", to=FLOAT))
+    for name in {n for n, to in casts if to == HALF} & set(initializers):  # weights used in float16 only
+        if all(i != name for node in nodes for i in node.input):
+            graph.initializer.remove(initializers[name])
+    del graph.node[:], graph.value_info[:]
+    graph.node.extend(nodes)
+    return model
+
+
 def _onnx_to_fp16(path: Path) -> bytes:
-    """The graph with float32 weights and ops in float16, inputs and outputs unchanged (TensorRT-RTX's
-    way to FP16: its networks are strongly typed)."""
     import onnx
 
-    try:
-        from onnxconverter_common import float16
-    except ImportError as err:
-        raise TensorRTMissing(f"--fp16 with TensorRT-RTX converts the ONNX graph first and needs "
-                              f"onnxconverter-common: {INSTALL}") from err
-    model = onnx.load(str(path))
-    to_float = {n.name for n in model.graph.node if n.op_type == "Cast" and _cast_to(n) == onnx.TensorProto.FLOAT}
-    model = float16.convert_float_to_float16(model, keep_io_types=True)
-    for node in model.graph.node:  # the converter leaves the graph's own casts to float32 (shape arithmetic
-        if node.name in to_float:  # such as 1 / sqrt(head_dim)), which then meet float16 tensors
-            next(a for a in node.attribute if a.name == "to").i = onnx.TensorProto.FLOAT16
-    return model.SerializeToString()
-
-
-def _cast_to(node) -> int:
-    return next(a.i for a in node.attribute if a.name == "to")
+    return onnx_to_fp16(onnx.load(str(path))).SerializeToString()
 
 
 def _profile(builder, network, graph: OnnxGraph):
@@ -230,15 +291,16 @@ def _profile(builder, network, graph: OnnxGraph):
 
 
 def _io(trt, network, graph: OnnxGraph) -> tuple[dict, dict]:
-    """Engine inputs and outputs: dynamic inputs at their profile shape; outputs as TensorRT infers them
-    before building (-1 where they follow a dynamic input)."""
+    """Engine inputs (dynamic ones at their profile shape) and outputs (as TensorRT infers them before
+    building: -1 where they follow a dynamic input)."""
     def describe(tensor, pinned: dict) -> dict:
         shape = list(tensor.shape)
-        return {"shape": pinned[tensor.name] if -1 in shape else shape, "dtype": _dtype_name(trt, tensor.dtype)}
+        return {"shape": pinned.get(tensor.name, shape) if -1 in shape else shape,
+                "dtype": _dtype_name(trt, tensor.dtype)}
 
-    inputs = {t.name: describe(t, graph.inputs) for t in map(network.get_input, range(network.num_inputs))}
-    outputs = {t.name: describe(t, {t.name: list(t.shape)}) for t in map(network.get_output, range(network.num_outputs))}
-    return inputs, outputs
+    inputs = [network.get_input(i) for i in range(network.num_inputs)]
+    outputs = [network.get_output(i) for i in range(network.num_outputs)]
+    return {t.name: describe(t, graph.inputs) for t in inputs}, {t.name: describe(t, {}) for t in outputs}
 
 
 class EngineBuilder:
@@ -402,6 +464,8 @@ class TensorRTGraph:
 
     def __init__(self, path: str | Path, stream=None):
         self.trt, self.cudart = trt, cudart = load_tensorrt(), load_cudart()
+        if reason := runtime_unavailable():
+            raise EngineLoadError(f"cannot run {path} here: {reason}")
         self._logger = _recording_logger(trt)
         self._runtime = trt.Runtime(self._logger)
         self.engine = self._runtime.deserialize_cuda_engine(Path(path).read_bytes())
@@ -498,17 +562,18 @@ class TensorRTGraph:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="avatar export tensorrt",
-        description="Build a TensorRT engine for every ONNX graph of `avatar export onnx` (the graphs its "
-        "manifest.json lists, else every *.onnx in the directory). Uses full TensorRT where installed, else "
-        "TensorRT-RTX, which builds without a GPU (running engines needs one). Writes DIR/<graph>.engine and "
-        "DIR/manifest.json (library, version, precision, per-graph hashes, sizes, build times, inputs/outputs).",
+        description="Build a TensorRT engine for every ONNX graph of `avatar export onnx` (the graphs its\n"
+        "manifest.json lists, else every *.onnx in the directory). Uses full TensorRT where installed, else\n"
+        "TensorRT-RTX, which builds without a GPU (running the engines needs one). Writes DIR/<graph>.engine\n"
+        "and DIR/manifest.json (library, version, precision, per-graph hashes, sizes, build times, I/O).",
         epilog="Example: avatar export onnx --out out/onnx && avatar export tensorrt --onnx out/onnx --out out/trt\n"
         f"Install the builder with: {INSTALL}",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--onnx", type=Path, required=True, metavar="DIR", help="directory of `avatar export onnx`")
     parser.add_argument("--out", type=Path, required=True, metavar="DIR", help="directory for engines + manifest.json")
-    parser.add_argument("--fp16", action="store_true", help="float16 engines (float32 by default)")
+    parser.add_argument("--fp16", action="store_true", help="float16 engines (default float32); TensorRT-RTX: the graph is converted "
+                        "to float16 first, integer-derived maths and inputs/outputs staying float32")
     parser.add_argument("--timing-cache", type=Path, metavar="PATH",
                         help="timing cache to reuse and update (default: OUT/timing.cache; TensorRT-RTX has none)")
     args = parser.parse_args(argv)
