@@ -1,9 +1,9 @@
 """Backends for the generator: `--backend torch` (the module itself) or `--backend onnxruntime`
 (the exported chunk graph: one ONNX Runtime call per chunk, its Euler steps unrolled inside).
 
-The renderer stays on torch for every CPU backend: ONNX Runtime's CPU GridSample made the 256 px
-renderer 1.75x slower than torch here, while the chunk graph ran 4.1x faster (see
-benchmarks/backend_bench.py for the measured numbers).
+The renderer stays on torch for every CPU backend: ONNX Runtime's CPU GridSample makes the 512 px
+renderer 2.5x slower than torch here, while the generator runs 3.4x faster on ONNX Runtime
+(benchmarks/results/backend_bench.md).
 """
 
 from __future__ import annotations
