@@ -323,7 +323,8 @@ class Visitor:
         pc.on("datachannel", self._on_channel)
         pc.on("connectionstatechange", self._on_state)
         try:
-            await pc.setRemoteDescription(RTCSessionDescription(offer.sdp, "offer"))
+            sdp = resolve_mdns_candidates(offer.sdp, self.ws.remote_address[0])
+            await pc.setRemoteDescription(RTCSessionDescription(sdp, "offer"))
             for track in self.viewer.tracks():
                 pc.addTrack(track)
             await pc.setLocalDescription(await pc.createAnswer())
@@ -417,6 +418,32 @@ class Visitor:
             log.info("%s: left after %.0f s; %d in use", self.name, time.monotonic() - self.started,
                      len(self.server.visitors))
         await self.ws.close()
+
+
+def resolve_mdns_candidates(sdp: str, peer: str) -> str:
+    """Give the offer's mDNS host candidates ("<uuid>.local", which Firefox and Chrome use to hide
+    local addresses) addresses aiortc can reach: aioice cannot resolve them and fails at once.
+
+    A browser's host candidate lives on the interface it reached us from, so a remote peer's
+    candidates get the address its websocket came from. A peer on this machine (loopback) may sit
+    on any of our interfaces: each candidate is offered once per local address, and ICE's checks
+    keep the pair that answers."""
+    import ipaddress
+
+    from aioice.ice import get_host_addresses
+
+    loopback = ipaddress.ip_address(peer).is_loopback
+    addresses = get_host_addresses(use_ipv4=True, use_ipv6=False) if loopback else [peer]
+    lines = []
+    for line in sdp.splitlines():
+        fields = line.split()
+        if line.startswith("a=candidate:") and len(fields) > 5 and fields[4].endswith(".local"):
+            for n, address in enumerate(addresses):
+                foundation = fields[0] if n == 0 else f"{fields[0]}{n}"  # one foundation per address
+                lines.append(" ".join([foundation, *fields[1:4], address, *fields[5:]]))
+        else:
+            lines.append(line)
+    return "\r\n".join(lines) + "\r\n"
 
 
 def generator_for(config: ServerConfig, preset: Preset):

@@ -144,3 +144,50 @@ def test_a_client_that_vanishes_frees_its_session(server):
     assert _wait_for_sessions(server, 0)["sessions"] == 0
     report = asyncio.run(run_client(server.ws_url, ClientOptions(seconds=2)))  # everyone else is still served
     assert report.frames > FPS
+
+
+def test_mdns_host_candidates_are_resolved(server):
+    """Browsers hide their addresses behind "<uuid>.local" host candidates, which aiortc's ICE cannot
+    resolve: the server must still connect (here a real aiortc peer whose offer hides them the same way)."""
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+    async def hidden_peer() -> int:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTransceiver("audio", direction="recvonly")
+        pc.addTransceiver("video", direction="recvonly")
+        frames = []
+
+        @pc.on("track")
+        def on_track(track):
+            async def take():
+                while len(frames) < 10:
+                    frames.append(await track.recv())
+            if track.kind == "video":
+                asyncio.ensure_future(take())
+
+        await pc.setLocalDescription(await pc.createOffer())
+        sdp = "\r\n".join(
+            " ".join([*f[:4], f"{i:08x}-host.local", *f[5:]]) if (f := line.split()) and line.startswith("a=candidate:")
+            else line for i, line in enumerate(pc.localDescription.sdp.splitlines())) + "\r\n"
+        assert ".local" in sdp
+        async with connect(server.ws_url) as ws:
+            await ws.recv()  # hello
+            await ws.send(json.dumps({"type": "offer", "sdp": sdp}))
+            answer = json.loads(await ws.recv())
+            await pc.setRemoteDescription(RTCSessionDescription(answer["sdp"], "answer"))
+            async with asyncio.timeout(20):
+                while len(frames) < 10:
+                    await asyncio.sleep(0.1)
+        await pc.close()
+        return len(frames)
+
+    assert asyncio.run(hidden_peer()) == 10
+
+
+def test_mdns_rewrite_uses_the_peers_address_for_remote_browsers():
+    from engine.server.app import resolve_mdns_candidates
+
+    offer = "v=0\r\na=candidate:1 1 udp 2122 3b1f.local 5000 typ host\r\na=candidate:2 1 udp 1 10.0.0.9 6 typ host\r\n"
+    rewritten = resolve_mdns_candidates(offer, "192.168.1.20")
+    assert "a=candidate:1 1 udp 2122 192.168.1.20 5000 typ host" in rewritten and "10.0.0.9 6" in rewritten
+    assert ".local" not in rewritten
