@@ -34,9 +34,8 @@ import numpy as np
 import onnxruntime
 import torch
 
-from benchmarks.common import cpu_name, run_benchmark, stats
+from benchmarks.common import cpu_name, fmt, percentiles, progress, run_benchmark, stats, table
 from benchmarks.generator_bench import EMOTION
-from benchmarks.stream_bench import fmt, percentiles, progress, table
 from engine import assets
 from engine.audio.frontend import AudioFeatures, AudioFrontend, extract_features
 from engine.audio.io import load_audio

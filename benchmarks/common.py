@@ -42,3 +42,32 @@ def run_benchmark(name: str, script: str, argv, parse_args, run, markdown) -> di
     args.out.with_suffix(".md").write_text(text)
     print(text)
     return result
+
+
+def percentiles(seconds: list[float]) -> dict | None:
+    """p50/p95/p99/max in milliseconds of durations given in seconds (None for none)."""
+    import numpy as np
+
+    if not seconds:
+        return None
+    ms = np.asarray(seconds) * 1000
+    return {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
+            "p99": float(np.percentile(ms, 99)), "max": float(ms.max())}
+
+
+def progress(line: str) -> None:
+    """A progress line on stderr that does not break a running tqdm bar."""
+    import sys
+
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stderr)
+
+
+def fmt(value: float | None, spec: str = ".0f") -> str:
+    return "–" if value is None else format(value, spec)
+
+
+def table(header: list[str], rows: list[list]) -> list[str]:
+    """A Markdown table."""
+    return [f"| {' | '.join(header)} |", "|---" * len(header) + "|", *(f"| {' | '.join(map(str, r))} |" for r in rows)]

@@ -37,7 +37,6 @@ import functools
 import itertools
 import os
 import platform
-import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -49,7 +48,7 @@ import torch
 from scipy.signal import resample_poly
 from tqdm import tqdm
 
-from benchmarks.common import cpu_name, run_benchmark, stats
+from benchmarks.common import cpu_name, fmt, percentiles, progress, run_benchmark, stats, table
 from benchmarks.generator_bench import stream_bins
 from engine import assets
 from engine.audio.io import load_audio
@@ -163,14 +162,6 @@ async def drive(sessions: list[Session], frames: int, mic: Mic, bin_ends: list[i
     finally:
         mic.stop()
     return traces
-
-
-def percentiles(seconds: list[float]) -> dict | None:
-    if not seconds:
-        return None
-    ms = np.asarray(seconds) * 1000
-    return {"p50": float(np.percentile(ms, 50)), "p95": float(np.percentile(ms, 95)),
-            "p99": float(np.percentile(ms, 99)), "max": float(ms.max())}
 
 
 def summarize(session: Session, trace: Trace, mic: Mic, started: float) -> dict:
@@ -288,10 +279,6 @@ def bench_long(renderer: Renderer, preset: Preset, seconds: float) -> dict:
             "drift_slope_ms_per_hour": slope}
 
 
-def progress(line: str) -> None:
-    tqdm.write(line, file=sys.stderr)
-
-
 # --- report ----------------------------------------------------------------------------------------
 
 
@@ -319,16 +306,8 @@ def run(args: argparse.Namespace, command: str) -> dict:
     return result
 
 
-def fmt(value: float | None, spec: str = ".0f") -> str:
-    return "–" if value is None else format(value, spec)
-
-
 def spread(d: dict | None, keys: tuple[str, ...] = ("p50", "p95", "p99")) -> str:
     return "–" if d is None else " / ".join(fmt(d[k]) for k in keys)
-
-
-def table(header: list[str], rows: list[list]) -> list[str]:
-    return [f"| {' | '.join(header)} |", "|---" * len(header) + "|", *(f"| {' | '.join(map(str, r))} |" for r in rows)]
 
 
 def cpu_cell(c: dict) -> str:
