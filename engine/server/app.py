@@ -166,6 +166,12 @@ class AvatarServer:
         self._renderers.move_to_end(key)
         return self._renderers[key]
 
+    def ice_for_clients(self) -> list[dict]:
+        """The same STUN/TURN servers as the browser's RTCIceServer dicts (TURN needs the credentials too)."""
+        c = self.config
+        auth = {"username": c.ice_username, "credential": c.ice_credential} if c.ice_username else {}
+        return [{"urls": url, **(auth if url.startswith("turn") else {})} for url in c.ice_servers]
+
     def ice_configuration(self) -> RTCConfiguration:
         """Only the configured servers: aiortc's default is a public STUN host, useless on loopback."""
         c = self.config
@@ -247,7 +253,7 @@ class Visitor:
                           "uploads": config.uploads and self.server.mode == "converse",
                           "max_upload_bytes": protocol.MAX_UPLOAD_BYTES, "controls": vars(config.controls),
                           "viewer_controls": self.server.mode == "converse" or config.viewer_controls,
-                          "ice_servers": [{"urls": u} for u in config.ice_servers]})
+                          "ice_servers": self.server.ice_for_clients()})
         receiving = asyncio.create_task(self._receive())
         ended = asyncio.create_task(self._ended.wait())
         await asyncio.wait({receiving, ended}, return_when=asyncio.FIRST_COMPLETED)
