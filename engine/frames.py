@@ -58,6 +58,15 @@ class VideoFrame:
 
 
 @dataclass(frozen=True)
+class LiveFrame(VideoFrame):
+    """A live session's frame with what it was made from: its motion and the program audio it covers
+    (the server sends that audio with the frame, so the voice stays in sync with the face)."""
+
+    motion: np.ndarray | None = None  # (spec.D,) raw coefficients shown (for a data channel / 3D clients)
+    audio: np.ndarray | None = None  # (SAMPLES_PER_FRAME,) float32 program audio of this frame (silence filled in)
+
+
+@dataclass(frozen=True)
 class Control:
     """Live controls; None leaves a setting unchanged."""
 

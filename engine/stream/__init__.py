@@ -6,11 +6,11 @@ presets.py (low-latency / balanced / quality), resample.py (stateful resampling 
 clock.py (monotonic and simulated clocks).
 """
 
+from engine.frames import LiveFrame
 from engine.stream.clock import MonotonicClock, SimulatedClock
 from engine.stream.drivers import Controls
 from engine.stream.presets import PRESETS, Preset, get_preset
 from engine.stream.resample import StreamResampler
-from engine.stream.scheduler import LiveFrame
 from engine.stream.session import Session, SessionError, SessionOptions, SessionStats
 
 __all__ = ["PRESETS", "Controls", "LiveFrame", "MonotonicClock", "Preset", "Session", "SessionError",

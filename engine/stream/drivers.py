@@ -20,6 +20,7 @@ from engine.motion.baseline import BaselineDriver, BaselineOptions
 from engine.motion.learned import LearnedDriver, LearnedOptions
 from engine.motion.model import MotionTransformer
 
+
 @dataclass(frozen=True)
 class Controls:
     """What a viewer may change live (engine.frames.Control carries changes to it)."""

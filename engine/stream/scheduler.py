@@ -26,21 +26,13 @@ import numpy as np
 import torch
 
 from engine.audio.frontend import LOOKAHEAD_SAMPLES, AudioFeatures, AudioFrontend
-from engine.frames import VideoFrame
+from engine.frames import LiveFrame
 from engine.render.renderer import to_uint8
 from engine.stream.drivers import MotionStream
 from engine.timebase import FPS, SAMPLES_PER_FRAME, checked_div
 
 INTERRUPT_EASE_MS = 200  # an interrupt brings the face back to rest within this
 EASE_FRAMES = checked_div(INTERRUPT_EASE_MS * FPS, 1000)  # 5 frames
-
-
-@dataclass(frozen=True)
-class LiveFrame(VideoFrame):
-    """A VideoFrame with what it was made from: its motion and the program audio it covers."""
-
-    motion: np.ndarray | None = None  # (spec.D,) raw coefficients shown (for a data channel / 3D clients)
-    audio: np.ndarray | None = None  # (SAMPLES_PER_FRAME,) float32 program audio of this frame (silence filled in)
 
 
 @dataclass(frozen=True)

@@ -55,12 +55,13 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from engine.frames import LiveFrame
 from engine.motion.model import MotionTransformer
 from engine.stream.clock import Clock, MonotonicClock
 from engine.stream.drivers import Controls, motion_stream
 from engine.stream.presets import Preset, get_preset, latency_floor_s
 from engine.stream.resample import StreamResampler
-from engine.stream.scheduler import Chunk, ChunkScheduler, LiveFrame
+from engine.stream.scheduler import Chunk, ChunkScheduler
 from engine.timebase import FPS, SAMPLE_RATE
 
 LATE_TOLERANCE_S = 0.01  # a frame released later than this after its slot counts as late
