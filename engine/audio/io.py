@@ -52,20 +52,25 @@ def load_audio(path: str | Path) -> np.ndarray:
     return samples
 
 
-def to_mono_16k(samples: np.ndarray, sample_rate: int) -> np.ndarray:
-    """(n,) or (n, channels) samples at any rate -> (m,) float32 mono at SAMPLE_RATE.
-
-    Integer PCM is scaled to [-1, 1). Resampling is stateless (each call is a whole signal):
-    a live source cut into blocks should resample with a stateful resampler first.
-    """
+def to_mono(samples: np.ndarray) -> np.ndarray:
+    """(n,) or (n, channels) samples -> (n,) float32 mono; integer PCM is scaled to [-1, 1)."""
     samples = np.asarray(samples)
     if samples.ndim not in (1, 2):
         raise AudioInputError(f"audio must be (n,) or (n, channels), got shape {samples.shape}")
-    if sample_rate <= 0:
-        raise AudioInputError(f"sample_rate must be positive, got {sample_rate}")
     if np.issubdtype(samples.dtype, np.integer):
         samples = samples / float(-np.iinfo(samples.dtype).min)
-    mono = samples.astype(np.float32).mean(axis=1) if samples.ndim == 2 else samples.astype(np.float32)
+    return samples.astype(np.float32).mean(axis=1) if samples.ndim == 2 else samples.astype(np.float32)
+
+
+def to_mono_16k(samples: np.ndarray, sample_rate: int) -> np.ndarray:
+    """(n,) or (n, channels) samples at any rate -> (m,) float32 mono at SAMPLE_RATE.
+
+    Resampling is stateless (each call is a whole signal): a live source cut into blocks should
+    resample with a stateful resampler first (engine.stream.resample).
+    """
+    if sample_rate <= 0:
+        raise AudioInputError(f"sample_rate must be positive, got {sample_rate}")
+    mono = to_mono(samples)
     if sample_rate == SAMPLE_RATE:
         return mono
     g = gcd(SAMPLE_RATE, sample_rate)

@@ -16,7 +16,7 @@ from math import gcd
 import numpy as np
 from scipy.signal import firwin, upfirdn
 
-from engine.audio.io import AudioInputError, to_mono_16k
+from engine.audio.io import AudioInputError, to_mono
 from engine.timebase import SAMPLE_RATE
 
 
@@ -48,7 +48,7 @@ class StreamResampler:
 
     def push(self, samples: np.ndarray) -> np.ndarray:
         """A block of input -> (m,) float32 mono output samples newly computable (m may be 0)."""
-        mono = to_mono_16k(samples, SAMPLE_RATE)  # at the engine's own rate this only downmixes and scales
+        mono = to_mono(samples)
         if self.up == self.down:
             return mono
         self._buffer = np.concatenate([self._buffer, mono])
