@@ -22,7 +22,7 @@ from engine.face.rig import Rig
 from engine.io.video import Mp4Writer
 from engine.motion import spec
 from engine.motion.baseline import BaselineDriver, BaselineOptions
-from engine.motion.learned import LearnedDriver, LearnedOptions, load_generator
+from engine.motion.learned import LearnedDriver, LearnedOptions
 from engine.render.renderer import Renderer, to_uint8
 from engine.timebase import FPS, SAMPLE_RATE
 
