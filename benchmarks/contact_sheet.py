@@ -21,7 +21,7 @@ import torch
 from engine.face.analysis import analyze_portrait, load_image
 from engine.face.rig import Rig
 from engine.motion import spec
-from engine.render.renderer import Renderer, to_uint8
+from engine.render.renderer import Renderer
 
 POSES: list[tuple[str, dict[str, float]]] = [
     ("rest", {}),
@@ -92,7 +92,7 @@ def main() -> None:
     setup = time.perf_counter() - start
     coeffs = torch.from_numpy(np.stack([spec.from_dict(values) for _, values in POSES]))
     with torch.inference_mode():
-        frames = dict(zip([name for name, _ in POSES], to_uint8(renderer(coeffs))))
+        frames = dict(zip([name for name, _ in POSES], renderer.frames(coeffs)))
 
     half = [label(cv2.resize(f, (256, 256), interpolation=cv2.INTER_AREA), name) for name, f in frames.items()]
     sheet = grid(half, 4)

@@ -24,6 +24,8 @@ LOWER_BAND = (0.015, 0.04)  # and the lower lid's below the lower lid
 LASH_BAND = (0.0, 0.015)  # and the lashes' colour, right above the upper lid
 FADE = 5.0  # px over which the painted lid fades in below its rest position
 OPACITY = 0.85  # how much of the swept strip becomes painted skin (the warp's texture shows through)
+SEAM_OPACITY, LASH_OPACITY = 0.9, 0.35  # the closed seam's cover, the lash line's
+UNSEEN = 0.25 / 255  # a lid changing no pixel by more than this (a quarter grey level) is left out
 BLUR = 4  # px: half-width of the horizontal blur that removes the stretched lid's vertical streaks
 
 
@@ -80,16 +82,27 @@ class Eyelid(nn.Module):
         palette = torch.as_tensor(np.stack([lid_colour, seam, lash_colour]), dtype=torch.float32)  # (3 layers, RGB)
         self.register_buffer("palette", palette.T.contiguous().view(3, 3, 1, 1))  # a 1x1 convolution: layers -> RGB
 
-    def _lids(self, coeffs: torch.Tensor):
+    def _lids(self, coeffs: torch.Tensor, lower: bool = True):
+        """Per column: upper lid height, slope factor and span, then the lower lid's (if `lower`)."""
         points = (self.rest + coeffs @ self.basis).view(-1, 2 * self.n, 2)
-        up = contour_height(points[:, : self.n], self.xs)
-        lo = contour_height(points[:, self.n :], self.xs)
-        return [v[:, None, None, :] for v in (*up, *lo)]  # each (B, 1, 1, w)
+        heights = contour_height(points[:, : self.n], self.xs)
+        if lower:
+            heights += contour_height(points[:, self.n :], self.xs)
+        return [v[:, None, None, :] for v in heights]  # each (B, 1, 1, w)
+
+    def visible(self, coeffs: torch.Tensor) -> bool:
+        """Whether this lid changes any pixel of any frame of `coeffs` by more than UNSEEN. Every
+        layer's weight is at most smoothstep(moved / 3 lash) and a pixel moves by at most twice
+        their sum, so a lid within a hair of its open position leaves the eye as the warp drew
+        it; the eager CPU path (Renderer.frames) skips such a lid (4 frames in 5 of speech)."""
+        y_up, y_open = self._lids(coeffs, lower=False)[0], self._lids(coeffs * self.head_mask, lower=False)[0]
+        weight = smoothstep((y_up - y_open).clamp(min=0.0).max() / (3 * self.lash))
+        return bool(2 * (OPACITY + SEAM_OPACITY + LASH_OPACITY) * weight > UNSEEN)
 
     def forward(self, canvas: torch.Tensor, coeffs: torch.Tensor, origin: tuple[int, int] = (0, 0)) -> torch.Tensor:
         """Composite into `canvas` (B, 3, h, w), a crop of the frames whose top-left is `origin` (y, x)."""
         y_up, _, in_up, y_lo, _, in_lo = self._lids(coeffs)
-        y_open = self._lids(coeffs * self.head_mask)[0]  # where the upper lid would be, lids at rest
+        y_open = self._lids(coeffs * self.head_mask, lower=False)[0]  # where the upper lid would be, lids at rest
         y = self.ys
         # The strip the upper lid swept over the eye: lid skin fading in below the lid's rest
         # position, a lash line at its edge, darker toward the lashes.
@@ -108,7 +121,7 @@ class Eyelid(nn.Module):
         smooth = _blur_rows(roi, BLUR)
         # Layers, back to front: the lid (half its skin colour, half the warp blurred along the
         # lid: its shading without the streaks), the seam, the lash line; as per-pixel weights.
-        a_strip, a_seam, a_lash = OPACITY * strip, 0.9 * seam, 0.35 * lashes
+        a_strip, a_seam, a_lash = OPACITY * strip, SEAM_OPACITY * seam, LASH_OPACITY * lashes
         over_lid = (1 - a_seam) * (1 - a_lash)
         k_smooth = 0.5 * a_strip * over_lid
         weights = torch.cat([k_smooth * shade, a_seam * (1 - a_lash), a_lash], 1)  # lid colour, seam, lashes

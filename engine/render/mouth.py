@@ -10,6 +10,8 @@ and exportable; the lips themselves come from the warp.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -54,13 +56,34 @@ class MouthInterior(nn.Module):
 
     def opening(self, coeffs: torch.Tensor) -> torch.Tensor:
         """(B, 1, h, w) fraction of each ROI pixel between the parted lips."""
-        return self._geometry(coeffs)[0]
+        return self._geometry(coeffs, self.xs, self.ys)[0]
 
-    def _geometry(self, coeffs: torch.Tensor):
+    def window(self, coeffs: torch.Tensor) -> tuple[int, int, int, int] | None:
+        """y0, y1, x0, x1 (frame pixels, within the ROI) outside which no frame of `coeffs` shows
+        any interior, or None where the lips touch in every frame. Painting just this window
+        changes exactly the pixels a whole-ROI paint does (every term is per pixel), so the
+        eager CPU path (Renderer.frames) paints a thin band instead of the whole ROI; the
+        exported graph keeps the static ROI."""
         upper, lower = self.contours(coeffs)
-        y_up, k_up, in_up = (v[:, None, None, :] for v in contour_height(upper, self.xs))  # (B, 1, 1, w)
-        y_lo, k_lo, in_lo = (v[:, None, None, :] for v in contour_height(lower, self.xs))
-        y = self.ys  # (1, 1, h, 1)
+        y_up, k_up, in_up = contour_height(upper, self.xs)  # (B, w): per column, cheap
+        y_lo, k_lo, in_lo = contour_height(lower, self.xs)
+        # a pixel is covered only where both contours span its column, the lips part, and it
+        # lies within half a pixel (measured across the edge's slope) of the gap
+        open_ = (y_lo > y_up) & (in_up * in_lo > 0)
+        if not bool(open_.any()):
+            return None
+        cols = torch.nonzero(open_.any(0)).flatten()
+        top = float((y_up - 0.5 / k_up)[open_].min())
+        bottom = float((y_lo + 0.5 / k_lo)[open_].max())
+        y0, y1, x0, _ = self.box
+        y0, y1 = max(y0, math.floor(top) - 1), min(y1, math.ceil(bottom) + 2)
+        return (y0, y1, x0 + int(cols[0]), x0 + int(cols[-1]) + 1) if y0 < y1 else None  # None: all outside the ROI
+
+    def _geometry(self, coeffs: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor):
+        upper, lower = self.contours(coeffs)
+        y_up, k_up, in_up = (v[:, None, None, :] for v in contour_height(upper, xs))  # (B, 1, 1, w)
+        y_lo, k_lo, in_lo = (v[:, None, None, :] for v in contour_height(lower, xs))
+        y = ys  # (1, 1, h, 1)
         # Coverage of a pixel by the opening: distance to each lip edge (box-filtered, so a thin
         # gap gives a faint line and touching lips nothing).
         inside = torch.minimum((y - y_up) * k_up, (y_lo - y) * k_lo) + 0.5
@@ -70,16 +93,22 @@ class MouthInterior(nn.Module):
         half = ((right - left) / 2).clamp(min=1.0).view(-1, 1, 1, 1)
         return cover, y_up, y_lo, centre, half
 
-    def paint(self, coeffs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, h, w) interior colour premultiplied by coverage, and (B, 1, h, w) coverage, over the ROI.
+    def paint(self, coeffs: torch.Tensor, window: tuple[int, int, int, int] | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, h, w) interior colour premultiplied by coverage, and (B, 1, h, w) coverage, over the
+        ROI (or a `window` of it: y0, y1, x0, x1 in frame pixels).
 
         Each layer (cavity back and front, tongue, lower teeth, upper teeth) gets a scalar
         weight per pixel (shading included); one 1x1 convolution with the palette turns the
         weights into colour, so the per-pixel work is mostly single-channel.
         """
-        cover, y_up, y_lo, centre, half = self._geometry(coeffs)
+        xs, ys = self.xs, self.ys
+        if window is not None:
+            y0, _, x0, _ = self.box
+            xs, ys = xs[window[2] - x0:window[3] - x0], ys[:, :, window[0] - y0:window[1] - y0]
+        cover, y_up, y_lo, centre, half = self._geometry(coeffs, xs, ys)
         width = 2 * half
-        x, y = self.xs.view(1, 1, 1, -1), self.ys
+        x, y = xs.view(1, 1, 1, -1), ys
         u = (x - centre) / half  # -1 .. 1 from corner to corner; (B, 1, 1, w) like every x-only term
         u2 = u * u
         gap = (y_lo - y_up).clamp(min=0.0)
@@ -122,10 +151,12 @@ class MouthInterior(nn.Module):
         weights = torch.cat(layers, 1)
         return F.conv2d(weights, self.palette), cover
 
-    def forward(self, canvas: torch.Tensor, coeffs: torch.Tensor, origin: tuple[int, int] = (0, 0)) -> torch.Tensor:
+    def forward(self, canvas: torch.Tensor, coeffs: torch.Tensor, origin: tuple[int, int] = (0, 0),
+                window: tuple[int, int, int, int] | None = None) -> torch.Tensor:
         """Composite the interior into `canvas` (B, 3, h, w), a crop of the frames whose top-left
-        pixel is `origin` (y, x) in the frame, for (B, D) coefficients."""
-        y0, y1, x0, x1 = self.box
+        pixel is `origin` (y, x) in the frame, for (B, D) coefficients; only over `window` (see
+        `window`) if given."""
+        y0, y1, x0, x1 = self.box if window is None else window
         y0, y1, x0, x1 = y0 - origin[0], y1 - origin[0], x0 - origin[1], x1 - origin[1]
-        colour, cover = self.paint(coeffs)
+        colour, cover = self.paint(coeffs, window)
         return paste(canvas, canvas[:, :, y0:y1, x0:x1] * (1 - cover) + colour, y0, x0)

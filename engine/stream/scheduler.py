@@ -27,7 +27,6 @@ import torch
 
 from engine.audio.frontend import LOOKAHEAD_SAMPLES, AudioFeatures, AudioFrontend
 from engine.frames import LiveFrame
-from engine.render.renderer import to_uint8
 from engine.stream.drivers import MotionStream
 from engine.timebase import FPS, SAMPLES_PER_FRAME, checked_div
 
@@ -129,6 +128,6 @@ class ChunkScheduler:
         """The chunk's frames, render_batch at a time (the caller may stop early, e.g. on an interrupt)."""
         for s in range(0, len(chunk.motion), self.render_batch):
             motion = chunk.motion[s : s + self.render_batch]
-            images = to_uint8(self.renderer(torch.from_numpy(np.ascontiguousarray(motion, np.float32))))
+            images = self.renderer.frames(torch.from_numpy(np.ascontiguousarray(motion, np.float32)))
             yield [LiveFrame(chunk.pts + s + i, image, motion=motion[i], audio=chunk.audio[s + i])
                    for i, image in enumerate(images)]

@@ -125,7 +125,8 @@ def _percentile(values: deque[float], q: float) -> float | None:
 class Session:
     """One live stream: owns its audio frontend, driver state and queues; shares renderer and model.
 
-    renderer: an engine.render.renderer.Renderer (or any module (B, D) motion -> (B, 3, H, W) in [0, 1]).
+    renderer: an engine.render.renderer.Renderer (anything whose `frames` takes (B, D) motion to
+    (B, H, W, 3) uint8 RGB).
     model: the generator weights for the learned driver, or None for the signal-processing baseline.
     preset: a name in engine.stream.presets.PRESETS, or a Preset.
     """

@@ -140,6 +140,52 @@ def test_to_uint8_gives_rgb_frames(renderer):
     assert frames.shape == (2, renderer.size, renderer.size, 3) and frames.dtype == np.uint8
 
 
+# Poses that exercise every part of the uint8 path: rest, speech, a blink, a turned head, a smile.
+POSES = [{}, {"jawOpen": 0.3}, {"jawOpen": 0.8, "mouthFunnel": 0.4}, {"eyeBlink_L": 1.0, "eyeBlink_R": 0.6},
+         {"jawOpen": 0.5, "headYaw": 0.3, "headPitch": -0.2}, {"mouthSmile_L": 0.7, "mouthSmile_R": 0.7}]
+
+
+def test_frames_match_the_float_graph_rounded(renderer):
+    coeffs = torch.from_numpy(np.stack([spec.from_dict(p) for p in POSES]))
+    with torch.no_grad():
+        want, got = to_uint8(renderer(coeffs)).astype(int), renderer.frames(coeffs).astype(int)
+    assert got.shape == want.shape and renderer.frames(coeffs).dtype == np.uint8
+    diff = np.abs(got - want)
+    # remap places samples to 1/32 px: a level or so at sharp edges, nothing on average
+    assert diff.max() <= 6 and diff.mean() < 0.1, (diff.max(), diff.mean())
+    assert (diff > 2).mean() < 1e-3
+
+
+def test_mouth_window_paints_exactly_what_the_whole_roi_does(renderer):
+    mouth = renderer.mouth
+    canvas = torch.rand(1, 3, renderer.size, renderer.size)
+    with torch.no_grad():
+        for pose in POSES:
+            coeffs = torch.from_numpy(spec.from_dict(pose))[None]
+            window, whole = mouth.window(coeffs), mouth(canvas, coeffs)
+            if window is None:  # lips touch everywhere: the whole-ROI paint changes nothing
+                assert torch.equal(whole, canvas), pose
+            else:
+                assert torch.allclose(mouth(canvas, coeffs, window=window), whole, atol=1e-6), pose
+                assert (window[1] - window[0]) * (window[3] - window[2]) < 0.6 * mouth.xs.numel() * mouth.ys.numel()
+    assert mouth.window(torch.from_numpy(spec.from_dict({"jawOpen": 0.3}))[None]) is not None
+
+
+def test_a_lid_left_out_would_change_nothing_visible(renderer):
+    canvas = torch.rand(1, 3, renderer.size, renderer.size)
+    with torch.no_grad():
+        for value in (0.0, *np.geomspace(1e-4, 0.3, 14), 1.0):  # through the threshold
+            coeffs = torch.from_numpy(spec.from_dict({"eyeBlink_L": value, "eyeBlink_R": value}))[None]
+            for eyelid in renderer.eyelids:
+                change = (eyelid(canvas, coeffs) - canvas).abs().max().item()
+                if eyelid.visible(coeffs):
+                    assert value > 0
+                else:
+                    assert change <= 0.25 / 255, (value, change)
+        shut = torch.from_numpy(spec.from_dict({"eyeBlink_L": 1.0, "eyeBlink_R": 1.0}))[None]
+        assert all(eyelid.visible(shut) for eyelid in renderer.eyelids)
+
+
 def test_rejects_a_flow_size_that_does_not_divide_the_frame(rig):
     with pytest.raises(ValueError, match="flow_size"):
         Renderer(rig, flow_size=100)

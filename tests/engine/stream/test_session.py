@@ -61,8 +61,11 @@ def test_odd_sized_pushes_give_the_motion_of_one_push(tiny, driver):
             many.push_audio(piece)
         pieces = run(many, 60)
     np.testing.assert_allclose(motion_of(pieces), motion_of(whole), atol=1e-5)
-    # Motion equal to float rounding may flip a pixel's last uint8 step, never more.
-    assert all(np.abs(a.image.astype(int) - b.image).max() <= 1 for (a, _), (b, _) in zip(pieces, whole))
+    # Motion equal to float rounding may flip a pixel's last uint8 step, or move a remap sample
+    # across one of its 1/32 px steps (a few levels at a sharp edge): never more, nowhere else.
+    for (a, _), (b, _) in zip(pieces, whole):
+        diff = np.abs(a.image.astype(int) - b.image)
+        assert diff.max() <= 8 and (diff > 1).mean() < 1e-3
 
 
 def test_the_learned_stream_is_the_offline_learned_driver(tiny):
@@ -236,7 +239,7 @@ def test_close_joins_the_worker_and_ends_the_stream(tiny):
 
 def test_a_failing_renderer_surfaces_in_the_consumer():
     class Broken(torch.nn.Module):
-        def forward(self, motion):
+        def frames(self, motion):
             raise RuntimeError("renderer exploded")
 
     with Session(Broken(), None, clock=SimulatedClock(), options=FAST) as s:
