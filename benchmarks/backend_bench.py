@@ -44,6 +44,7 @@ from engine.io import sha256_file
 from engine.motion.generator import silence, streaming_generator
 from engine.motion.learned import LearnedDriver, LearnedOptions, load_generator
 from engine.render.renderer import Renderer, to_uint8
+from engine.runtime import set_threads
 from engine.timebase import SAMPLES_PER_FRAME
 from export.onnx import export_all, export_graph, ort_session
 from export.runtime import OrtModel
@@ -57,7 +58,7 @@ RENDER_FRAMES = 48  # frames of the clip's motion per renderer repeat
 GRAPH_CALLS = 20  # calls per repeat of each exported generator graph
 # end-to-end rows: (generator backend, renderer backend)
 PIPELINES = {"torch eager": ("torch", "torch"), "onnxruntime": ("onnxruntime", "torch"),
-             "ORT everything": ("onnxruntime", "onnxruntime"), "torch CUDA eager": ("torch CUDA", "torch CUDA"),
+             "ORT everything": ("onnxruntime", "onnxruntime"), "torch CUDA graph": ("torch CUDA", "torch CUDA"),
              "TensorRT": ("TensorRT", "TensorRT")}
 NO_CUDA = "not run: no CUDA device on this machine"
 
@@ -76,15 +77,16 @@ def interleaved(calls: dict[str, Callable], inputs: list, repeats: int) -> dict[
     return {name: stats(ms) for name, ms in times.items()}
 
 
-def torch_render(renderer: Renderer) -> Callable[[np.ndarray], torch.Tensor]:
-    """(B, D) raw motion -> (B, 3, S, S) frames in [0, 1], on the renderer's device."""
+def torch_render(renderer: Renderer) -> Callable[[np.ndarray], np.ndarray]:
+    """(B, D) raw motion -> (B, S, S, 3) uint8 frames (`Renderer.frames`: OpenCV's remap on CPU)."""
     device = renderer.image.device
-    return torch.inference_mode()(lambda motion: renderer(torch.from_numpy(motion).to(device)))
+    return torch.inference_mode()(lambda motion: renderer.frames(torch.from_numpy(motion).to(device)))
 
 
-def ort_render(sessions: dict) -> Callable[[np.ndarray], torch.Tensor]:
+def ort_render(sessions: dict) -> Callable[[np.ndarray], np.ndarray]:
     """The same with the renderer's exported graphs, one per batch size (their shapes are static)."""
-    return lambda motion: torch.from_numpy(sessions[len(motion)].run(None, {"coeffs": motion.astype(np.float32)})[0])
+    return lambda motion: to_uint8(torch.from_numpy(
+        sessions[len(motion)].run(None, {"coeffs": motion.astype(np.float32)})[0]))
 
 
 def exported(onnx_dir: Path, checkpoint: Path, renderer: Renderer, chunk: int) -> dict[int, Path]:
@@ -116,17 +118,18 @@ def clip_windows(features: AudioFeatures, chunk: int, lookahead: int) -> list[Au
 
 def equality(drivers: dict, renders: dict, windows: list) -> tuple[dict, np.ndarray]:
     """One untimed pass over the clip, every row in lockstep: max |row - torch eager| of its motion
-    and float frames; and torch eager's motion."""
-    diffs, motion = {name: {"motion": 0.0, "frames": 0.0} for name in drivers}, []
+    and uint8 frames, and the frames' mean; and torch eager's motion."""
+    diffs, motion = {name: {"motion": 0.0, "frames": 0, "frames_mean": 0.0} for name in drivers}, []
     for driver in drivers.values():
         driver.reset()
     for w in windows:
         out = {name: driver.step(w) for name, driver in drivers.items()}
-        frames = {name: renders[PIPELINES[name][1]](m).cpu() for name, m in out.items()}
+        frames = {name: renders[PIPELINES[name][1]](m).astype(np.int16) for name, m in out.items()}
         for name in drivers:
+            diff = np.abs(frames[name] - frames["torch eager"])
             diffs[name]["motion"] = max(diffs[name]["motion"], float(np.abs(out[name] - out["torch eager"]).max()))
-            diffs[name]["frames"] = max(diffs[name]["frames"],
-                                        float((frames[name] - frames["torch eager"]).abs().max()))
+            diffs[name]["frames"] = max(diffs[name]["frames"], int(diff.max()))
+            diffs[name]["frames_mean"] += float(diff.mean()) / len(windows)
         motion.append(out["torch eager"])
     return diffs, np.concatenate(motion)
 
@@ -141,7 +144,7 @@ def end_to_end(drivers: dict, renders: dict, windows: list, repeats: int) -> dic
             start = time.perf_counter()
             for w in windows:
                 t = time.perf_counter()
-                frames += len(to_uint8(render(driver.step(w))))
+                frames += len(render(driver.step(w)))
                 chunk_s[name].append(time.perf_counter() - t)
             fps[name].append(frames / (time.perf_counter() - start))
     return {name: {"frames_per_s": stats(fps[name]), "chunk_latency_ms": percentiles(chunk_s[name])}
@@ -154,27 +157,13 @@ def gpu_status() -> dict:
 
     cuda, trt = torch.cuda.is_available(), runtime_unavailable()
     return {"cuda": cuda, "device": torch.cuda.get_device_name() if cuda else None,
-            "torch CUDA eager": "run" if cuda else NO_CUDA,
+            "torch CUDA graph": "run" if cuda else NO_CUDA,
             "TensorRT": "run" if trt is None else f"not run: {trt}" if cuda else NO_CUDA}
-
-
-class TrtSession:
-    """A TensorRT engine behind ONNX Runtime's `run(None, feed) -> outputs`, so that the ORT generator
-    (OrtStreamingGenerator) and ort_render run it unchanged."""
-
-    def __init__(self, path: Path, outputs: list[str]):
-        from export.tensorrt import TensorRTGraph
-
-        self.graph, self.outputs = TensorRTGraph(path), outputs
-
-    def run(self, _, feed: dict) -> list[np.ndarray]:
-        out = self.graph.run(feed)
-        return [out[name] for name in self.outputs]
 
 
 def tensorrt_backend(ort_model: OrtModel, onnx_dir: Path, chunk: int) -> tuple[OrtModel, Callable]:
     """The chunk graph and the renderers (1 and L frames a call) as TensorRT engines in onnx_dir/tensorrt."""
-    from export.tensorrt import EngineBuilder, OnnxGraph, load_tensorrt
+    from export.tensorrt import EngineBuilder, EngineSession, OnnxGraph, load_tensorrt
 
     out, builder = onnx_dir / "tensorrt", EngineBuilder(load_tensorrt())
     out.mkdir(exist_ok=True)
@@ -183,8 +172,8 @@ def tensorrt_backend(ort_model: OrtModel, onnx_dir: Path, chunk: int) -> tuple[O
         progress(f"building the TensorRT engine of {name} ...")
         builder.build(OnnxGraph(name, onnx_dir / f"{name}.onnx", {}), out)
     model = copy.copy(ort_model)  # the same config, sampler and manifest; another session
-    model.session = TrtSession(out / "chunk.engine", ort_model.manifest["graphs"]["chunk"]["outputs"])
-    return model, ort_render({b: TrtSession(out / f"{name}.engine", ["frames"]) for b, name in batches.items()})
+    model.session = EngineSession(out / "chunk.engine", ort_model.manifest["graphs"]["chunk"]["outputs"])
+    return model, ort_render({b: EngineSession(out / f"{name}.engine", ["frames"]) for b, name in batches.items()})
 
 
 def stage(frames_per_call: int, ms: dict[str, dict]) -> dict:
@@ -203,7 +192,7 @@ def bench_stages(samples: np.ndarray, models: dict, renders: dict, motion: np.nd
     for batch in dict.fromkeys((1, chunk)):
         calls = [motion[i : i + batch] for i in range(0, RENDER_FRAMES - batch + 1, batch)]
         stages[f"renderer, {batch} a call"] = stage(batch, interleaved(
-            {b: (lambda m, r=r: to_uint8(r(m))) for b, r in renders.items()}, calls, repeats))
+            renders, calls, repeats))
     return stages
 
 
@@ -223,7 +212,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
     load = os.getloadavg()[0]
     samples = load_audio(assets.SAMPLE_SPEECH)
     features = extract_features(samples)
-    torch.set_num_threads(args.threads)  # after the frontend: importing silero-vad sets 1 thread process-wide
+    set_threads(args.threads)  # after the frontend: importing silero-vad sets 1 thread process-wide
     model, gpu = load_generator(args.checkpoint), gpu_status()
     renderer = Renderer.from_photo(assets.DEFAULT_PORTRAIT, args.size)
     cfg = model.config
@@ -236,7 +225,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
                   for s in generator_specs(model, LEARNED.sampler())}
         models = {"torch": model, "onnxruntime": OrtModel(onnx_dir, args.threads)}
         renders = {"torch": torch_render(renderer), "onnxruntime": ort_render(sessions)}
-        if gpu["torch CUDA eager"] == "run":
+        if gpu["torch CUDA graph"] == "run":
             models["torch CUDA"] = copy.deepcopy(model).to("cuda")
             renders["torch CUDA"] = torch_render(copy.deepcopy(renderer).to("cuda"))
         if gpu["TensorRT"] == "run":
@@ -293,8 +282,8 @@ def markdown(result: dict) -> str:
     e2e_rows = [[name, *PIPELINES[name], cell(r["frames_per_s"], ".1f"), f"{r['frames_per_s_with_frontend']:.1f}",
                  " / ".join(fmt(r["chunk_latency_ms"][k], ".1f") for k in ("p50", "p95", "max")),
                  f"**{r['vs_torch_eager']:.2f}x**", f"{r['max_abs_diff']['motion']:.1e}",
-                 f"{r['max_abs_diff']['frames']:.1e}"] for name, r in result["end_to_end"].items()]
-    e2e_rows += [[name, *PIPELINES[name], gpu[name], *["–"] * 5] for name in ("torch CUDA eager", "TensorRT")
+                 f"{r['max_abs_diff']['frames']} ({r['max_abs_diff']['frames_mean']:.3f})"] for name, r in result["end_to_end"].items()]
+    e2e_rows += [[name, *PIPELINES[name], gpu[name], *["–"] * 5] for name in ("torch CUDA graph", "TensorRT")
                  if gpu[name] != "run"]
     return "\n".join([
         "# Backend benchmark", "",
@@ -313,9 +302,10 @@ def markdown(result: dict) -> str:
          f"L frames in one renderer call). frames/s: median (range) over {reps} pass(es), then with the audio "
          "frontend's cost per frame added. Chunk latency: features -> frames, every chunk of every pass. Max "
          "|difference| from torch eager over the whole clip (a first, untimed pass): motion in raw units, frames in "
-         "[0, 1] (one 8-bit grey level is 3.9e-3)."), "",
+         "8-bit grey levels (mean in brackets). The torch renderer's uint8 path (`Renderer.frames`) samples with OpenCV's remap; ONNX "
+         "Runtime runs the float graph (`Renderer.forward`) and rounds."), "",
         *table(["row", "generator", "renderer", "frames/s", "with frontend", "chunk latency p50 / p95 / max ms",
-                "vs torch eager", "max motion diff", "max frame diff"], e2e_rows), "",
+                "vs torch eager", "max motion diff", "max frame diff (mean)"], e2e_rows), "",
         "## Stages", "",
         (f"Audio frontend (streaming, {frontend['frames_per_call']} frames a push; any backend): "
          f"{cell(fe)} ms per frame, {frontend['frames_per_s']['any']:.0f} frames/s."), "",

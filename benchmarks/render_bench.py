@@ -34,8 +34,8 @@ from engine.face.analysis import analyze_portrait
 from engine.face.rig import Rig
 from engine.motion.baseline import BaselineDriver, BaselineOptions
 from engine.offline import RenderRequest, render_file
-from engine.render.renderer import Renderer, to_uint8
-from engine.runtime import tune_allocator
+from engine.render.renderer import Renderer
+from engine.runtime import set_threads, tune_allocator
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -50,17 +50,17 @@ def bench_analysis(repeats: int) -> dict:
 
 
 def bench_renderer(motion: np.ndarray, size: int, threads: int, batch: int, repeats: int) -> dict:
-    torch.set_num_threads(threads)
+    set_threads(threads)
     renderer = Renderer(Rig(analyze_portrait(assets.DEFAULT_PORTRAIT, size=size))).eval()
     chunks = [torch.from_numpy(motion[i : i + batch]) for i in range(0, len(motion) - batch + 1, batch)]
     fps = []
     with torch.inference_mode():
         for c in chunks[:3]:  # warm-up
-            to_uint8(renderer(c))
+            renderer.frames(c)
         for _ in range(repeats):
             t = time.perf_counter()
             for c in chunks:
-                to_uint8(renderer(c))
+                renderer.frames(c)
             fps.append(len(chunks) * batch / (time.perf_counter() - t))
     return stats(fps)
 

@@ -55,6 +55,7 @@ from engine.audio.io import load_audio
 from engine.face.analysis import analyze_portrait
 from engine.face.rig import Rig
 from engine.render.renderer import Renderer
+from engine.runtime import set_threads
 from engine.stream import PRESETS, Preset, Session, SessionOptions
 from engine.stream.presets import latency_floor_s, preset_model
 from engine.timebase import FPS, SAMPLE_RATE, checked_div
@@ -187,12 +188,12 @@ def keeps_up(s: dict) -> bool:
                 and s["frames_dropped"] == 0 and s["audio_dropped_s"] == 0)
 
 
-BACKEND = {"name": "torch"}  # the generator's backend for this run (--backend), set once by run()
+BACKEND = {"name": "torch", "device": "cpu"}  # --backend and --device of this run, set once by run()
 
 
 def generator(preset: Preset):
     """The preset's generator on the run's backend (loaded once, shared by its sessions)."""
-    return preset_model(preset.weights, BACKEND["name"], preset.steps)
+    return preset_model(preset.weights, BACKEND["name"], preset.steps, BACKEND["device"])
 
 
 def measure(renderer: Renderer, preset: Preset, seconds: float, sessions: int = 1,
@@ -283,16 +284,17 @@ def bench_long(renderer: Renderer, preset: Preset, seconds: float) -> dict:
 
 
 def run(args: argparse.Namespace, command: str) -> dict:
-    BACKEND["name"] = args.backend
+    BACKEND.update(name=args.backend, device=args.device)
     ramps = [] if args.long or not args.max_sessions else args.concurrency
     for name in dict.fromkeys([*args.preset, *ramps]):
         generator(PRESETS[name])  # a missing checkpoint fails now, not minutes in
-    renderer = Renderer(Rig(analyze_portrait(assets.DEFAULT_PORTRAIT, size=args.size))).eval()
-    torch.set_num_threads(args.threads)
+    renderer = Renderer(Rig(analyze_portrait(assets.DEFAULT_PORTRAIT, size=args.size))).eval().to(args.device)
+    set_threads(args.threads)
     result = {
         "command": command, "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": args.threads,
                     "torch": torch.__version__, "python": platform.python_version(), "backend": args.backend,
+                    "device": args.device, "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
                     "load_average_at_start": os.getloadavg()[0]},
         "renderer_px": args.size, "audio": AUDIO_SOURCE,
     }
@@ -377,7 +379,8 @@ def markdown(result: dict) -> str:
         f"Command: `{result['command']}`  ", f"Date: {result['date']}  ",
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['torch_threads']} torch threads, torch {m['torch']}, "
         f"load average {m['load_average_at_start']:.2f} at start  ",
-        f"Generator backend: {m.get('backend', 'torch')}. Renderer: {result['renderer_px']} px (torch). "
+        f"Generator backend: {m.get('backend', 'torch')}. Renderer: {result['renderer_px']} px (torch, "
+        f"{m.get('gpu') or m.get('device', 'cpu')}). "
         f"Audio: {result['audio']}.", "",
     ]
     if "long" in result:
@@ -406,8 +409,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (default 1: real-time workers run one each, DESIGN.md §13)")
     parser.add_argument("--size", type=int, default=512, help="renderer resolution in px (default 512)")
-    parser.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
+    parser.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"), default="torch",
                         help="where the generator runs (default torch; the renderer is torch either way)")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="torch's device for the renderer and a torch generator (default cpu)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
                         help="writes OUT.json and OUT.md (default benchmarks/results/stream_bench)")
     args = parser.parse_args(argv)

@@ -30,6 +30,8 @@ examples:
   avatar client ws://127.0.0.1:8080/ws --audio speech.wav --record out/reply.mp4
   avatar export onnx --out out/onnx               # ONNX graphs of generator and renderer, checked against torch
   avatar render --backend onnxruntime             # the generator on ONNX Runtime (exported once, cached)
+  avatar serve --device cuda                      # on an NVIDIA GPU: torch, the chunk step as a CUDA graph
+  avatar export tensorrt --onnx out/onnx --out out/trt   # TensorRT engines (builds on a CPU too)
 """
 
 # Subcommands owned by other packages, which parse their own arguments (engine never imports them eagerly).
@@ -77,7 +79,7 @@ def _add_render(sub) -> None:
     p.add_argument("--motion-out", type=Path, help="also save the motion coefficients (.jsonl or .npz)")
     p.add_argument("--full-photo", action="store_true", help="paste the face back into the whole photo "
                    "instead of the square head-and-shoulders frame")
-    p.add_argument("--threads", type=int, default=2, help="torch threads for the renderer")
+    p.add_argument("--threads", type=int, default=2, help="torch and OpenCV threads")
     _add_backend(p)
     p.set_defaults(handler=_render)
 
@@ -103,7 +105,7 @@ def _render(args) -> None:
         audio=args.audio, portrait=args.portrait, out=args.out, size=args.size, emotion=args.emotion,
         expressiveness=args.expressiveness, head_motion=args.head_motion, seed=args.seed,
         motion_out=args.motion_out, full_photo=args.full_photo, threads=args.threads, driver=args.driver,
-        checkpoint=args.checkpoint, backend=args.backend, **sampler,
+        checkpoint=args.checkpoint, backend=args.backend, device=args.device, **sampler,
     ))
     print(summary)
 
@@ -153,9 +155,13 @@ def _add_eval(sub) -> None:
 
 
 def _add_backend(p) -> None:
-    p.add_argument("--backend", choices=("torch", "onnxruntime"), default="torch",
-                   help="where the generator runs: torch, or ONNX Runtime (its graph is exported on first use and "
-                   "cached; see `avatar export onnx`). The renderer runs on torch either way")
+    p.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"), default="torch",
+                   help="where the generator runs: torch; ONNX Runtime, the fastest on a CPU (its graph is exported "
+                   "on first use and cached; see `avatar export onnx`); or TensorRT on an NVIDIA GPU (the same "
+                   "graph built into an engine on first use). The renderer runs on torch")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="torch's device for the renderer and a torch generator; on cuda the generator's "
+                   "per-chunk step is replayed from a CUDA graph")
 
 
 def _add_server_options(p, sessions_help: str) -> None:
@@ -183,7 +189,7 @@ def _add_server_options(p, sessions_help: str) -> None:
     p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                    help="another page origin allowed to open the websocket (e.g. https://avatar.example.org "
                    "behind a proxy); the server's own origin is always allowed")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per session worker (1 is steadiest)")
+    p.add_argument("--threads", type=int, default=1, help="torch and OpenCV threads per session worker (1 is steadiest)")
     _add_backend(p)
 
 
@@ -193,7 +199,7 @@ def _server_config(args, **extra):
 
     return ServerConfig(
         host=args.host, port=args.port, portrait=args.portrait, size=args.size, preset=args.preset,
-        driver=args.driver, backend=args.backend, controls=Controls(args.emotion, args.expressiveness, args.head_motion),
+        driver=args.driver, backend=args.backend, device=args.device, controls=Controls(args.emotion, args.expressiveness, args.head_motion),
         max_sessions=args.max_sessions, ice_servers=tuple(args.ice_server), ice_username=args.ice_username,
         ice_credential=args.ice_credential, allow_origins=tuple(args.allow_origin), **extra,
     )

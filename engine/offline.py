@@ -23,7 +23,8 @@ from engine.io.video import Mp4Writer
 from engine.motion import spec
 from engine.motion.baseline import BaselineDriver, BaselineOptions
 from engine.motion.learned import LearnedDriver, LearnedOptions
-from engine.render.renderer import Renderer, to_uint8
+from engine.render.renderer import Renderer
+from engine.runtime import resolve_device, set_threads
 from engine.timebase import FPS, SAMPLE_RATE
 
 BATCH = 4  # frames per renderer call: measured fastest on 2 cores (benchmarks/render_bench.py)
@@ -45,7 +46,8 @@ class RenderRequest:
     progress: bool = True  # show a progress bar
     driver: str = "learned"  # "learned" (the flow-matching generator) or "baseline"
     checkpoint: Path | None = None  # generator weights; None = the shipped ones
-    backend: str = "torch"  # the generator's: "torch" or "onnxruntime" (export.runtime)
+    backend: str = "torch"  # the generator's: "torch", "onnxruntime" or "tensorrt" (export.runtime)
+    device: str = "cpu"  # torch's (generator and renderer): "cpu" or "cuda"
     steps: int = LearnedOptions.steps  # learned: Euler steps per chunk
     guidance_audio: float = LearnedOptions.guidance_audio  # learned: classifier-free guidance scales (1 = none)
     guidance_emotion: float = LearnedOptions.guidance_emotion
@@ -62,7 +64,8 @@ class RenderRequest:
                                  guidance_emotion=self.guidance_emotion)
         from export.runtime import load_motion_model
 
-        return LearnedDriver(load_motion_model(self.backend, self.checkpoint, options.sampler(), self.threads), options)
+        model = load_motion_model(self.backend, self.checkpoint, options.sampler(), self.threads, self.device)
+        return LearnedDriver(model, options)
 
 
 def render_file(req: RenderRequest) -> str:
@@ -72,12 +75,16 @@ def render_file(req: RenderRequest) -> str:
         raise UserError(f"--out {req.out} should end in .mp4")
     if req.motion_out is not None and req.motion_out.suffix not in (".jsonl", ".npz"):
         raise UserError(f"--motion-out {req.motion_out} should end in .jsonl or .npz")
-    torch.set_num_threads(max(1, req.threads))
+    set_threads(req.threads)
+    if req.driver == "learned":
+        from export.runtime import check_backend
+
+        check_backend(req.backend, req.device)  # before the slow work: a backend that cannot run fails at once
 
     audio_path = req.audio or assets.SAMPLE_SPEECH
     samples = load_audio(audio_path)
     portrait = analyze_portrait(req.portrait or assets.DEFAULT_PORTRAIT, size=req.size)
-    renderer = Renderer(Rig(portrait)).eval()
+    renderer = Renderer(Rig(portrait)).eval().to(resolve_device(req.device))
 
     motion = req.make_driver().drive(extract_features(samples))
     if req.motion_out is not None:
@@ -92,7 +99,7 @@ def render_file(req: RenderRequest) -> str:
     with Mp4Writer(req.out, size=size, audio=samples) as writer, torch.inference_mode():
         for start in range(0, frames, BATCH):
             batch = torch.from_numpy(motion[start : start + BATCH])
-            for image in to_uint8(renderer(batch)):
+            for image in renderer.frames(batch):
                 writer.write(paste(image) if paste else image)
             bar.update(len(batch))
     bar.close()

@@ -6,6 +6,13 @@ import ctypes
 import ctypes.util
 import sys
 
+import cv2
+import torch
+
+from engine.errors import UserError
+
+DEVICES = ("cpu", "cuda")
+
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc mallopt parameters
 
 
@@ -27,3 +34,20 @@ def tune_allocator() -> bool:
         return False
     # 32 MiB is glibc's ceiling for the mmap threshold on 64-bit, above any per-frame tensor here.
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, 32 << 20)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 256 << 20))
+
+
+def set_threads(threads: int) -> None:
+    """Intra-op threads for torch and OpenCV alike (the renderer's CPU path runs on both)."""
+    torch.set_num_threads(max(1, threads))
+    cv2.setNumThreads(max(1, threads))
+
+
+def resolve_device(name: str) -> torch.device:
+    """`--device`: cpu, or cuda (the GPU torch sees first). A UserError says why cuda cannot be used."""
+    if name not in DEVICES:
+        raise UserError(f"--device must be one of {', '.join(DEVICES)}; got {name!r}")
+    if name == "cuda" and not torch.cuda.is_available():
+        build = "a CPU-only build" if torch.version.cuda is None else f"built for CUDA {torch.version.cuda}"
+        raise UserError(f"--device cuda: torch {torch.__version__} ({build}) sees no CUDA GPU here; "
+                        "use --device cpu, or install a CUDA build of torch on a machine with an NVIDIA GPU")
+    return torch.device(name)

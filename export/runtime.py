@@ -1,8 +1,11 @@
-"""Backends for the generator: `--backend torch` (the module itself) or `--backend onnxruntime`
-(the exported chunk graph: one ONNX Runtime call per chunk, its Euler steps unrolled inside).
+"""Backends for the generator: `--backend torch` (the module itself, on CPU or, with `--device cuda`,
+replayed from a CUDA graph: engine.motion.cuda), `--backend onnxruntime` (the exported chunk graph:
+one ONNX Runtime call per chunk, its Euler steps unrolled inside) or `--backend tensorrt` (that graph
+built into a TensorRT engine, run with cuda-python: export.tensorrt.TensorRTGraph).
 
-The renderer stays on torch for every CPU backend: ONNX Runtime's CPU GridSample makes the 512 px
-renderer 2.5x slower than torch here, while the generator runs 3.4x faster on ONNX Runtime
+The renderer runs on torch for every backend, on the CPU through `Renderer.frames` (OpenCV's remap),
+on a GPU as its float graph: the exported renderer on ONNX Runtime's CPU GridSample is 5x slower
+than `frames` at 512 px here, while the generator runs 3.5x faster on ONNX Runtime
 (benchmarks/results/backend_bench.md).
 """
 
@@ -11,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
+import tempfile
 from pathlib import Path
 
 import torch
@@ -22,7 +27,7 @@ from engine.motion.generator import StreamingGenerator
 from engine.motion.model import Conditions, MotionConfig
 from engine.motion.sampler import SamplerOptions
 
-BACKENDS = ("torch", "onnxruntime")
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
 CACHE_DIR = Path(os.environ.get("AVATAR_CACHE", Path.home() / ".cache" / "avatar-engine")) / "onnx"
 
 
@@ -30,7 +35,9 @@ class OrtModel:
     """A generator exported by `avatar export onnx`, run by ONNX Runtime; stands in for the torch
     MotionTransformer wherever a driver takes one (it has `.config` and makes stream generators)."""
 
-    def __init__(self, onnx_dir: str | Path, threads: int = 1):
+    def __init__(self, onnx_dir: str | Path, threads: int = 1, session=None):
+        """session: what runs the chunk graph (default: an ONNX Runtime session of it; tensorrt_session
+        gives a TensorRT engine of it)."""
         from export.onnx import ort_session
 
         onnx_dir = Path(onnx_dir)
@@ -42,7 +49,7 @@ class OrtModel:
         self.dir, self.manifest = onnx_dir, manifest
         self.config = MotionConfig.from_dict(manifest["config"])
         self.sampler = SamplerOptions(**manifest["sampler"])
-        self.session = ort_session(onnx_dir / manifest["graphs"]["chunk"]["file"], threads)
+        self.session = session or ort_session(onnx_dir / manifest["graphs"]["chunk"]["file"], threads)
 
     def streaming(self, options: SamplerOptions, seed: int = 0) -> OrtStreamingGenerator:
         return OrtStreamingGenerator(self, options, seed)
@@ -76,16 +83,38 @@ class OrtStreamingGenerator(StreamingGenerator):
         return torch.from_numpy(clean)
 
 
-def load_motion_model(backend: str, checkpoint: str | Path | None, options: SamplerOptions, threads: int = 1):
-    """The generator for a backend: torch weights, or their ONNX export (made once and cached under
-    CACHE_DIR, keyed by the weights' hash and the sampler options)."""
+def check_backend(backend: str, device: str = "cpu") -> None:
+    """A UserError naming the fix when `backend` (with torch on `device`) cannot run here."""
+    if backend not in BACKENDS:
+        raise UserError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    if backend == "onnxruntime" and device != "cpu":
+        raise UserError("--backend onnxruntime runs on the CPU; on a GPU use --backend torch --device cuda "
+                        "or --backend tensorrt")
+    if backend == "tensorrt":
+        from export.tensorrt import runtime_unavailable
+
+        if reason := runtime_unavailable():
+            raise UserError(f"--backend tensorrt cannot run here: {reason}. On a CPU use --backend onnxruntime")
+
+
+def load_motion_model(backend: str, checkpoint: str | Path | None, options: SamplerOptions, threads: int = 1,
+                      device: str = "cpu"):
+    """The generator for a backend: torch weights (on `device`: cpu, or cuda with its chunk step
+    captured as a CUDA graph), their ONNX export on ONNX Runtime (CPU), or that export built into a
+    TensorRT engine (GPU). Exports and engines are made once and cached under CACHE_DIR, keyed by the
+    weights' hash and the sampler options."""
     from engine import assets
     from engine.motion.learned import load_generator
+    from engine.runtime import resolve_device
 
+    check_backend(backend, device)
     if backend == "torch":
-        return load_generator(checkpoint)
-    if backend != "onnxruntime":
-        raise UserError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+        model = load_generator(checkpoint).to(resolve_device(device))
+        if device == "cuda":
+            from engine.motion.cuda import warm_up
+
+            warm_up(model, options)  # its CUDA graph, captured before any stream runs beside it
+        return model
     checkpoint = Path(checkpoint or assets.DEFAULT_MOTION)
     load_generator(checkpoint)  # a missing or foreign checkpoint fails here, with the usual message
     key = hashlib.sha256(f"{sha256_file(checkpoint)}{options}".encode()).hexdigest()[:16]
@@ -94,4 +123,22 @@ def load_motion_model(backend: str, checkpoint: str | Path | None, options: Samp
         from export.onnx import export_all
 
         export_all(checkpoint, onnx_dir, options, renderer=False)
-    return OrtModel(onnx_dir, threads)
+    if backend == "onnxruntime":
+        return OrtModel(onnx_dir, threads)
+    return OrtModel(onnx_dir, session=tensorrt_session(onnx_dir, "chunk"))
+
+
+def tensorrt_session(onnx_dir: Path, graph: str):
+    """The TensorRT engine of onnx_dir/<graph>.onnx (built into onnx_dir/tensorrt on first use) behind
+    ONNX Runtime's `run(None, feed)`, so OrtModel and OrtStreamingGenerator run it unchanged."""
+    from export.tensorrt import EngineBuilder, EngineSession, OnnxGraph, load_tensorrt
+
+    engine = onnx_dir / "tensorrt" / f"{graph}.engine"
+    if not engine.is_file():
+        print(f"building the TensorRT engine of {graph} (once; cached in {engine.parent}) ...", file=sys.stderr)
+        engine.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=engine.parent) as tmp:  # an interrupted build leaves no engine
+            EngineBuilder(load_tensorrt()).build(OnnxGraph(graph, onnx_dir / f"{graph}.onnx", {}), Path(tmp))
+            os.replace(Path(tmp) / engine.name, engine)
+    manifest = json.loads((onnx_dir / "manifest.json").read_text())
+    return EngineSession(engine, manifest["graphs"][graph]["outputs"])

@@ -127,7 +127,7 @@ class ChunkGraph(nn.Module):
             emb3, cache3 = model.embed(guidance_batch(cond)), cache.repeat(3)
         x, dt = noise, 1.0 / options.steps
         for i in range(options.steps):  # unrolled: steps is fixed per exported graph
-            t = torch.full((x.shape[0],), i * dt)
+            t = torch.full((x.shape[0],), i * dt, device=x.device)
             if options.guided:
                 v0, va, vae = model(x.repeat(3, 1, 1), t.repeat(3), emb3, cache3).chunk(3)
                 u = v0 + options.guidance_audio * (va - v0) + options.guidance_emotion * (vae - va)

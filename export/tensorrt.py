@@ -556,6 +556,18 @@ class TensorRTGraph:
         self.close()
 
 
+class EngineSession:
+    """A TensorRT engine behind ONNX Runtime's `run(None, feed) -> outputs`, so that code written for an
+    ORT session (export.runtime.OrtStreamingGenerator, the benchmarks' renderers) runs it unchanged."""
+
+    def __init__(self, path: str | Path, outputs: Sequence[str]):
+        self.graph, self.outputs = TensorRTGraph(path), list(outputs)
+
+    def run(self, _, feed: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        out = self.graph.run(feed)
+        return [out[name] for name in self.outputs]
+
+
 # -------------------------------------------------------------------------------------------- cli
 
 

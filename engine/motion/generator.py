@@ -127,18 +127,31 @@ class StreamingGenerator:
 
     def _advance(self, cond: Conditions, noise: torch.Tensor) -> torch.Tensor:
         """Sample the chunk (1, L, D) from noise, clamp it to the spec's bounds and commit it to the cache.
-        A backend (export.runtime) replaces just this with its own graph."""
-        emb = self.model.embed(cond)  # shared by the unguided sampler and the commit
-        clean = sample(self.model, noise, cond if self.options.guided else emb, self.cache, self.options)
-        clean = clean.clamp(-1.0, 1.0)  # the spec's bounds in normalized units
-        self.cache = self.model.commit(clean, emb, self.cache)
+        A backend (export.runtime, engine.motion.cuda) replaces just this with its own graph."""
+        clean, self.cache = self._chunk(cond, noise, self.cache)
         return clean
+
+    def _chunk(self, cond: Conditions, noise: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, KVCache]:
+        return chunk_step(self.model, self.options, cond, noise, cache)
+
+
+def chunk_step(model: MotionTransformer, options: SamplerOptions, cond: Conditions, noise: torch.Tensor,
+               cache: KVCache) -> tuple[torch.Tensor, KVCache]:
+    """A chunk's tensor work, a pure function of tensors with static shapes: (clean (1, L, D), new cache)."""
+    emb = model.embed(cond)  # shared by the unguided sampler and the commit
+    clean = sample(model, noise, cond if options.guided else emb, cache, options)
+    clean = clean.clamp(-1.0, 1.0)  # the spec's bounds in normalized units
+    return clean, model.commit(clean, emb, cache)
 
 
 def streaming_generator(model, options: SamplerOptions, seed: int = 0) -> StreamingGenerator:
-    """The stream generator for `model`: torch weights, or a backend's model (export.runtime.OrtModel)
-    that makes its own."""
+    """The stream generator for `model`: torch weights (on a CUDA device, the per-chunk step runs as a
+    captured CUDA graph), or a backend's model (export.runtime.OrtModel) that makes its own."""
     if isinstance(model, MotionTransformer):
+        if next(model.parameters()).device.type == "cuda":
+            from engine.motion.cuda import CudaGraphGenerator
+
+            return CudaGraphGenerator(model, options, seed)
         return StreamingGenerator(model, options, seed)
     return model.streaming(options, seed)
 

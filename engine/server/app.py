@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import torch
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.datastructures import Headers
@@ -41,6 +40,7 @@ from engine.errors import UserError
 from engine.face.analysis import decode_image
 from engine.motion.baseline import EMOTIONS
 from engine.render.renderer import Renderer
+from engine.runtime import resolve_device, set_threads
 from engine.server import protocol
 from engine.server.media import FrameRelay, Viewer, pump_audio
 from engine.stream import PRESETS, Controls, Preset, Session, SessionOptions, get_preset
@@ -66,7 +66,8 @@ class ServerConfig:
     size: int = 512  # video width and height
     preset: str = "balanced"  # default preset; a client may ask for another
     driver: str = "learned"  # or "baseline"
-    backend: str = "torch"  # the generator's: "torch" or "onnxruntime" (export.runtime)
+    backend: str = "torch"  # the generator's: "torch", "onnxruntime" or "tensorrt" (export.runtime)
+    device: str = "cpu"  # torch's (generator and renderer): "cpu" or "cuda"
     controls: Controls = Controls()  # initial controls of every session
     max_sessions: int = 4  # converse: sessions; broadcast: viewers
     uploads: bool = True  # visitors may bring their own portrait (converse mode)
@@ -117,7 +118,7 @@ class AvatarServer:
             from engine.assets import DEFAULT_PORTRAIT
 
             self._default_renderer = await loop.run_in_executor(
-                None, Renderer.from_photo, portrait or DEFAULT_PORTRAIT, self.config.size)
+                None, Renderer.from_photo, portrait or DEFAULT_PORTRAIT, self.config.size, self.config.device)
             await loop.run_in_executor(None, generator_for, self.config, get_preset(self.config.preset))
         else:
             self.relay.start()
@@ -157,7 +158,7 @@ class AvatarServer:
         if key not in self._renderers:
             def build():
                 image = decode_image(upload, "the uploaded portrait")
-                return Renderer.from_photo(image, self.config.size), {"height": image.shape[0],
+                return Renderer.from_photo(image, self.config.size, self.config.device), {"height": image.shape[0],
                                                                       "width": image.shape[1]}
 
             self._renderers[key] = await asyncio.get_running_loop().run_in_executor(None, build)
@@ -454,9 +455,16 @@ def resolve_mdns_candidates(sdp: str, peer: str) -> str:
 
 def generator_for(config: ServerConfig, preset: Preset):
     """The generator a preset runs (loaded once, shared by all its sessions), or None for the baseline."""
-    return None if config.driver == "baseline" else preset_model(preset.weights, config.backend, preset.steps)
+    return (None if config.driver == "baseline"
+            else preset_model(preset.weights, config.backend, preset.steps, config.device))
 
 
-def configure_threads(threads: int) -> None:
-    """Torch intra-op threads for every session worker (DESIGN.md §13: 1 per real-time worker is stable)."""
-    torch.set_num_threads(threads)
+def configure(config: ServerConfig, threads: int) -> None:
+    """Before anything slow: torch and OpenCV intra-op threads for every session worker (DESIGN.md §13:
+    1 per real-time worker is stable), and a UserError if the backend or device cannot run here."""
+    from export.runtime import check_backend
+
+    set_threads(threads)
+    resolve_device(config.device)
+    if config.driver == "learned":
+        check_backend(config.backend, config.device)

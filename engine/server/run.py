@@ -8,7 +8,7 @@ import contextlib
 import signal
 import sys
 
-from engine.server.app import LIVE_OPTIONS, AvatarServer, ServerConfig, configure_threads, generator_for
+from engine.server.app import LIVE_OPTIONS, AvatarServer, ServerConfig, configure, generator_for
 
 
 async def _run(server: AvatarServer, banner: str) -> None:
@@ -27,27 +27,27 @@ async def _run(server: AvatarServer, banner: str) -> None:
 
 def serve(config: ServerConfig, threads: int = 1) -> None:
     """`avatar serve`: until interrupted."""
-    configure_threads(threads)
+    configure(config, threads)
     asyncio.run(_run(AvatarServer(config), "avatar serve"))
 
 
-def live(config: ServerConfig, device: str | int | None, threads: int = 1) -> None:
-    """`avatar live`: the microphone `device` drives one session that every viewer of the page sees."""
+def live(config: ServerConfig, input_device: str | int | None, threads: int = 1) -> None:
+    """`avatar live`: the microphone `input_device` drives one session that every viewer of the page sees."""
     from engine.assets import DEFAULT_PORTRAIT
     from engine.audio.mic import Microphone, resolve_device
     from engine.render.renderer import Renderer
     from engine.stream import Session
     from engine.stream.presets import get_preset
 
-    configure_threads(threads)
-    device = resolve_device(device)  # before the slow loading: a wrong device name fails at once
-    renderer = Renderer.from_photo(config.portrait or DEFAULT_PORTRAIT, config.size)
+    configure(config, threads)
+    mic_device = resolve_device(input_device)  # before the slow loading: a wrong device name fails at once
+    renderer = Renderer.from_photo(config.portrait or DEFAULT_PORTRAIT, config.size, config.device)
     preset = get_preset(config.preset)
     session = Session(renderer, generator_for(config, preset), preset, config.controls, options=LIVE_OPTIONS)
 
     async def main():
         server = AvatarServer(config, broadcast=session)
-        with Microphone(session.push_audio, device=device.index) as mic:
+        with Microphone(session.push_audio, device=mic_device.index) as mic:
             print(f"avatar live: listening to {mic.device.name} at {mic.sample_rate} Hz", flush=True)
             await _run(server, "avatar live")
 

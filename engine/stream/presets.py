@@ -90,14 +90,11 @@ def latency_floor_s(chunk: int, lookahead: int) -> float:
 
 
 @lru_cache(maxsize=8)
-def preset_model(weights: Path, backend: str = "torch", steps: int | None = None):
-    """The generator for a preset's weights (`get_preset(p).weights`) on a backend, loaded once per
-    process and shared by every session that uses it (sessions keep their state apart). The ONNX
-    Runtime backend bakes the Euler steps into its graph, so it needs the preset's `steps`."""
-    from engine.motion.learned import LearnedOptions, load_generator
-
-    if backend == "torch":
-        return load_generator(weights)
+def preset_model(weights: Path, backend: str = "torch", steps: int | None = None, device: str = "cpu"):
+    """The generator for a preset's weights (`get_preset(p).weights`) on a backend and device, loaded
+    once per process and shared by every session that uses it (sessions keep their state apart). The
+    exported backends bake the Euler steps into their graph, so they need the preset's `steps`."""
+    from engine.motion.learned import LearnedOptions
     from export.runtime import load_motion_model
 
-    return load_motion_model(backend, weights, LearnedOptions(steps=steps).sampler())
+    return load_motion_model(backend, weights, LearnedOptions(steps=steps).sampler(), device=device)

@@ -33,7 +33,7 @@ def test_small_run_writes_every_table_and_backends_agree(tmp_path):
     assert clip["chunks"] == math.ceil(clip["frames"] / cfg["chunk"]) and clip["frames"] > 200  # the ~9 s sample
 
     gpu = result["machine"]["gpu"]
-    ran = [name for name in ("torch CUDA eager", "TensorRT") if gpu[name] == "run"]  # none without a GPU
+    ran = [name for name in ("torch CUDA graph", "TensorRT") if gpu[name] == "run"]  # none without a GPU
     rows = ["torch eager", "onnxruntime", "ORT everything", *ran]
     assert list(result["end_to_end"]) == rows
     for name, row in result["end_to_end"].items():
@@ -42,14 +42,15 @@ def test_small_run_writes_every_table_and_backends_agree(tmp_path):
         lat = row["chunk_latency_ms"]
         assert 0 < lat["p50"] <= lat["p95"] <= lat["max"]
         diff = row["max_abs_diff"]
-        # correctness: the exported graphs give torch's motion and frames (frames in [0, 1])
-        assert diff["motion"] < 1e-4 and diff["frames"] < 2e-3, name
-    assert result["end_to_end"]["torch eager"]["max_abs_diff"] == {"motion": 0.0, "frames": 0.0}
+        # correctness: the exported graphs give torch's motion and frames (uint8 levels: remap's 1/32 px
+        # sample positions against the float graph rounded, a few levels at sharp edges, ~0 on average)
+        assert diff["motion"] < 1e-4 and diff["frames"] <= 8 and diff["frames_mean"] < 0.25, name
+    assert result["end_to_end"]["torch eager"]["max_abs_diff"] == {"motion": 0.0, "frames": 0, "frames_mean": 0.0}
     assert result["end_to_end"]["torch eager"]["vs_torch_eager"] == 1.0
     t = result["target"]
     assert t["ratio"] == result["end_to_end"]["onnxruntime"]["vs_torch_eager"] > 0 and isinstance(t["met"], bool)
     if not gpu["cuda"]:
-        assert gpu["torch CUDA eager"] == gpu["TensorRT"] == bench.NO_CUDA
+        assert gpu["torch CUDA graph"] == gpu["TensorRT"] == bench.NO_CUDA
 
     stages = result["stages"]
     L = cfg["chunk"]

@@ -84,3 +84,15 @@ def test_portrait_check_draws_the_mesh(tmp_path):
     out = avatar("portrait", str(assets.DEFAULT_PORTRAIT), "--out", str(tmp_path / "check.png"))
     assert out.returncode == 0, out.stderr
     assert "face" in out.stdout and (tmp_path / "check.png").stat().st_size > 10_000
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="this machine has a CUDA device")
+def test_gpu_options_without_a_gpu_say_why_and_what_to_use(tmp_path):
+    out = avatar("render", "--device", "cuda", "--out", str(tmp_path / "x.mp4"))
+    assert out.returncode == 1 and "--device cpu" in out.stderr and "Traceback" not in out.stderr
+    out = avatar("render", "--backend", "tensorrt", "--out", str(tmp_path / "x.mp4"))
+    assert out.returncode == 1 and "--backend tensorrt cannot run here" in out.stderr
+    assert "--backend onnxruntime" in out.stderr and "Traceback" not in out.stderr
+    out = avatar("render", "--backend", "onnxruntime", "--device", "cuda", "--out", str(tmp_path / "x.mp4"))
+    assert out.returncode == 1 and "runs on the CPU" in out.stderr
+    assert not (tmp_path / "x.mp4").exists()

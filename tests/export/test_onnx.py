@@ -107,3 +107,33 @@ def test_every_exported_graph_builds_into_a_tensorrt_engine(exported, tmp_path):
     assert set(built["graphs"]) == set(manifest["graphs"])
     for graph in built["graphs"].values():
         assert (tmp_path / "engines" / graph["engine"]).stat().st_size == graph["bytes"] > 0
+
+
+NO_TENSORRT = __import__("export.tensorrt", fromlist=["runtime_unavailable"]).runtime_unavailable()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(NO_TENSORRT is not None, reason=f"cannot run TensorRT engines here: {NO_TENSORRT}")
+def test_the_tensorrt_generator_streams_the_torch_motion(checkpoint, monkeypatch, tmp_path):
+    monkeypatch.setattr("export.runtime.CACHE_DIR", tmp_path)
+    features = extract_features(load_audio(assets.SAMPLE_SPEECH)[:48000])
+    torch_motion = LearnedDriver(load_motion_model("torch", checkpoint, OPTIONS.sampler()), OPTIONS).drive(features)
+    trt = load_motion_model("tensorrt", checkpoint, OPTIONS.sampler())  # exports, then builds the engine
+    assert (trt.dir / "tensorrt" / "chunk.engine").is_file()
+    np.testing.assert_allclose(LearnedDriver(trt, OPTIONS).drive(features), torch_motion, atol=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA device here")
+def test_render_on_cuda_gives_the_cpu_motion_and_frames(checkpoint, tmp_path, sample_clip):
+    from engine.io.video import read_frames
+    from engine.offline import RenderRequest, render_file
+
+    clip, out = sample_clip(2.0), {}
+    for device in ("cpu", "cuda"):
+        render_file(RenderRequest(audio=clip, out=tmp_path / f"{device}.mp4", size=128, checkpoint=checkpoint,
+                                  device=device, motion_out=tmp_path / f"{device}.npz", steps=2,
+                                  guidance_audio=2.0, guidance_emotion=1.5))
+        out[device] = np.load(tmp_path / f"{device}.npz")["coeffs"], np.stack(list(read_frames(tmp_path / f"{device}.mp4")))
+    np.testing.assert_allclose(out["cuda"][0], out["cpu"][0], atol=1e-3)
+    assert np.abs(out["cuda"][1].astype(int) - out["cpu"][1]).mean() < 1.0  # through H.264, both

@@ -9,7 +9,7 @@ import urllib.request
 
 import numpy as np
 
-from engine.server.app import AvatarServer, ServerConfig, configure_threads
+from engine.server.app import AvatarServer, ServerConfig, configure
 from engine.stream import Session
 
 LIPS = [0, 13, 14, 17, 61, 291, 78, 308]  # FaceMesh lip landmarks: outer/inner midpoints and corners
@@ -19,10 +19,11 @@ class ServerThread:
     """Starts `AvatarServer(config, broadcast)` on its own loop; `call(coro)` runs on that loop."""
 
     def __init__(self, config: ServerConfig, broadcast: Session | None = None):
+        import cv2
         import torch
 
-        self._threads = torch.get_num_threads()
-        configure_threads(1)  # as `avatar serve` runs its session workers (restored by close())
+        self._threads = torch.get_num_threads(), cv2.getNumThreads()
+        configure(config, 1)  # as `avatar serve` runs its session workers (restored by close())
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
@@ -49,7 +50,11 @@ class ServerThread:
         self.call(self.server.close())
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
-        configure_threads(self._threads)
+        import cv2
+        import torch
+
+        torch.set_num_threads(self._threads[0])
+        cv2.setNumThreads(self._threads[1])
 
 
 def mouth_box(size: int) -> tuple[slice, slice]:
