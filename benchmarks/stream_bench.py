@@ -55,7 +55,7 @@ from engine.audio.io import load_audio
 from engine.face.analysis import analyze_portrait
 from engine.face.rig import Rig
 from engine.render.renderer import Renderer
-from engine.runtime import set_threads
+from engine.runtime import resolve_device, set_threads
 from engine.stream import PRESETS, Preset, Session, SessionOptions
 from engine.stream.presets import latency_floor_s, preset_model
 from engine.timebase import FPS, SAMPLE_RATE, checked_div
@@ -284,6 +284,7 @@ def bench_long(renderer: Renderer, preset: Preset, seconds: float) -> dict:
 
 
 def run(args: argparse.Namespace, command: str) -> dict:
+    resolve_device(args.device)  # no GPU fails now, with what to use instead
     BACKEND.update(name=args.backend, device=args.device)
     ramps = [] if args.long or not args.max_sessions else args.concurrency
     for name in dict.fromkeys([*args.preset, *ramps]):

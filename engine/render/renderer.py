@@ -214,7 +214,7 @@ class Renderer(nn.Module):
         On CPU the rest image is sampled by OpenCV's remap straight into uint8 (about 3x torch's
         float grid_sample at 512 px on one thread, with no conversion pass after): the coarse
         field is upsampled to pixel coordinates by cv2.resize (the same half-pixel bilinear
-        rule), the frame box's detailed grid written over it, one remap a frame. The mouth and
+        rule), the full-resolution detail added over the frame box, one remap a frame. The mouth and
         eyelids are composited on the frame box as in `forward`. remap places samples to 1/32 px,
         so frames differ from `forward`'s by a grey level or so at sharp edges; the mouth is painted
         only where the lips part, a lid only where it shows. Elsewhere (CUDA) this is `forward`
