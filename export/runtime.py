@@ -28,6 +28,8 @@ from engine.motion.model import Conditions, MotionConfig
 from engine.motion.sampler import SamplerOptions
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
+# what the chunk graph is traced from: the model, its cache and sampler, the export wrappers
+GRAPH_CODE = ("engine.motion.model", "engine.motion.cache", "engine.motion.sampler", "export.specs", "export.onnx")
 CACHE_DIR = Path(os.environ.get("AVATAR_CACHE", Path.home() / ".cache" / "avatar-engine")) / "onnx"
 
 
@@ -83,6 +85,23 @@ class OrtStreamingGenerator(StreamingGenerator):
         return torch.from_numpy(clean)
 
 
+def export_dir(checkpoint: Path, options: SamplerOptions) -> Path:
+    """Where the export of these weights, sampler options and graph code is cached."""
+    key = f"{sha256_file(checkpoint)}{options}{code_digest()}"
+    return CACHE_DIR / hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+def code_digest(modules: tuple[str, ...] = GRAPH_CODE) -> str:
+    """sha256 over the source of the modules an exported generator graph is traced from: a cached
+    export (and its TensorRT engine) is reused only while that code is unchanged."""
+    import importlib.util
+
+    digest = hashlib.sha256()
+    for name in modules:
+        digest.update(Path(importlib.util.find_spec(name).origin).read_bytes())
+    return digest.hexdigest()
+
+
 def check_backend(backend: str, device: str = "cpu") -> None:
     """A UserError naming the fix when `backend` (with torch on `device`) cannot run here."""
     if backend not in BACKENDS:
@@ -102,7 +121,7 @@ def load_motion_model(backend: str, checkpoint: str | Path | None, options: Samp
     """The generator for a backend: torch weights (on `device`: cpu, or cuda with its chunk step
     captured as a CUDA graph), their ONNX export on ONNX Runtime (CPU), or that export built into a
     TensorRT engine (GPU). Exports and engines are made once and cached under CACHE_DIR, keyed by the
-    weights' hash and the sampler options."""
+    weights' hash, the sampler options and the graph code's (code_digest)."""
     from engine import assets
     from engine.motion.learned import load_generator
     from engine.runtime import resolve_device
@@ -117,8 +136,7 @@ def load_motion_model(backend: str, checkpoint: str | Path | None, options: Samp
         return model
     checkpoint = Path(checkpoint or assets.DEFAULT_MOTION)
     load_generator(checkpoint)  # a missing or foreign checkpoint fails here, with the usual message
-    key = hashlib.sha256(f"{sha256_file(checkpoint)}{options}".encode()).hexdigest()[:16]
-    onnx_dir = CACHE_DIR / key
+    onnx_dir = export_dir(checkpoint, options)
     if not (onnx_dir / "manifest.json").is_file():
         from export.onnx import export_all
 
