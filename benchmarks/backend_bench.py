@@ -282,7 +282,8 @@ def markdown(result: dict) -> str:
     e2e_rows = [[name, *PIPELINES[name], cell(r["frames_per_s"], ".1f"), f"{r['frames_per_s_with_frontend']:.1f}",
                  " / ".join(fmt(r["chunk_latency_ms"][k], ".1f") for k in ("p50", "p95", "max")),
                  f"**{r['vs_torch_eager']:.2f}x**", f"{r['max_abs_diff']['motion']:.1e}",
-                 f"{r['max_abs_diff']['frames']} ({r['max_abs_diff']['frames_mean']:.3f})"] for name, r in result["end_to_end"].items()]
+                 f"{r['max_abs_diff']['frames']} ({r['max_abs_diff']['frames_mean']:.3f})"]
+                for name, r in result["end_to_end"].items()]
     e2e_rows += [[name, *PIPELINES[name], gpu[name], *["–"] * 5] for name in ("torch CUDA graph", "TensorRT")
                  if gpu[name] != "run"]
     return "\n".join([
@@ -302,8 +303,8 @@ def markdown(result: dict) -> str:
          f"L frames in one renderer call). frames/s: median (range) over {reps} pass(es), then with the audio "
          "frontend's cost per frame added. Chunk latency: features -> frames, every chunk of every pass. Max "
          "|difference| from torch eager over the whole clip (a first, untimed pass): motion in raw units, frames in "
-         "8-bit grey levels (mean in brackets). The torch renderer's uint8 path (`Renderer.frames`) samples with OpenCV's remap; ONNX "
-         "Runtime runs the float graph (`Renderer.forward`) and rounds."), "",
+         "8-bit grey levels (mean in brackets). The torch renderer's uint8 path (`Renderer.frames`) samples with "
+         "OpenCV's remap; ONNX Runtime runs the float graph (`Renderer.forward`) and rounds."), "",
         *table(["row", "generator", "renderer", "frames/s", "with frontend", "chunk latency p50 / p95 / max ms",
                 "vs torch eager", "max motion diff", "max frame diff (mean)"], e2e_rows), "",
         "## Stages", "",

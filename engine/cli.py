@@ -189,7 +189,8 @@ def _add_server_options(p, sessions_help: str) -> None:
     p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                    help="another page origin allowed to open the websocket (e.g. https://avatar.example.org "
                    "behind a proxy); the server's own origin is always allowed")
-    p.add_argument("--threads", type=int, default=1, help="torch and OpenCV threads per session worker (1 is steadiest)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch and OpenCV threads per session worker (1 is steadiest)")
     _add_backend(p)
 
 
@@ -199,7 +200,8 @@ def _server_config(args, **extra):
 
     return ServerConfig(
         host=args.host, port=args.port, portrait=args.portrait, size=args.size, preset=args.preset,
-        driver=args.driver, backend=args.backend, device=args.device, controls=Controls(args.emotion, args.expressiveness, args.head_motion),
+        driver=args.driver, backend=args.backend, device=args.device,
+        controls=Controls(args.emotion, args.expressiveness, args.head_motion),
         max_sessions=args.max_sessions, ice_servers=tuple(args.ice_server), ice_username=args.ice_username,
         ice_credential=args.ice_credential, allow_origins=tuple(args.allow_origin), **extra,
     )

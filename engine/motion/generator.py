@@ -128,11 +128,8 @@ class StreamingGenerator:
     def _advance(self, cond: Conditions, noise: torch.Tensor) -> torch.Tensor:
         """Sample the chunk (1, L, D) from noise, clamp it to the spec's bounds and commit it to the cache.
         A backend (export.runtime, engine.motion.cuda) replaces just this with its own graph."""
-        clean, self.cache = self._chunk(cond, noise, self.cache)
+        clean, self.cache = chunk_step(self.model, self.options, cond, noise, self.cache)
         return clean
-
-    def _chunk(self, cond: Conditions, noise: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, KVCache]:
-        return chunk_step(self.model, self.options, cond, noise, cache)
 
 
 def chunk_step(model: MotionTransformer, options: SamplerOptions, cond: Conditions, noise: torch.Tensor,
