@@ -29,7 +29,8 @@ from engine.motion.sampler import SamplerOptions
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 # what the chunk graph is traced from: the model, its cache and sampler, the export wrappers
-GRAPH_CODE = ("engine.motion.model", "engine.motion.cache", "engine.motion.sampler", "export.specs", "export.onnx")
+GRAPH_CODE = ("engine.motion.model", "engine.motion.cache", "engine.motion.sampler", "engine.motion.generator",
+              "export.specs", "export.onnx")
 CACHE_DIR = Path(os.environ.get("AVATAR_CACHE", Path.home() / ".cache" / "avatar-engine")) / "onnx"
 
 

@@ -23,8 +23,9 @@ import torch
 from torch import Tensor, nn
 
 from engine.motion.cache import KVCache
+from engine.motion.generator import chunk_step
 from engine.motion.model import NO_EMOTION, Conditions, Embedded, MotionTransformer
-from engine.motion.sampler import SamplerOptions, guidance_batch
+from engine.motion.sampler import SamplerOptions
 
 CACHE = ("keys", "values", "valid", "pos")
 
@@ -119,23 +120,9 @@ class ChunkGraph(nn.Module):
         self.model, self.options = model, options
 
     def forward(self, mel, prosody, stats, emotion, ref, noise, keys, values, valid, pos):
-        model, options = self.model, self.options
         cond = Conditions(mel, prosody, stats, torch.ones_like(emotion, dtype=torch.bool), emotion, ref)
-        cache = _cache(keys, values, valid, pos)
-        emb = model.embed(cond)
-        if options.guided:
-            emb3, cache3 = model.embed(guidance_batch(cond)), cache.repeat(3)
-        x, dt = noise, 1.0 / options.steps
-        for i in range(options.steps):  # unrolled: steps is fixed per exported graph
-            t = torch.full((x.shape[0],), i * dt, device=x.device)
-            if options.guided:
-                v0, va, vae = model(x.repeat(3, 1, 1), t.repeat(3), emb3, cache3).chunk(3)
-                u = v0 + options.guidance_audio * (va - v0) + options.guidance_emotion * (vae - va)
-            else:
-                u = model(x, t, emb, cache)
-            x = x + u * dt
-        clean = x.clamp(-1.0, 1.0)
-        return (clean, *model.commit(clean, emb, cache))
+        clean, cache = chunk_step(self.model, self.options, cond, noise, _cache(keys, values, valid, pos))
+        return (clean, *cache)  # the Euler steps unrolled: `steps` is fixed per exported graph
 
 
 class RendererGraph(nn.Module):

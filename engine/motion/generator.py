@@ -16,8 +16,8 @@ from engine.audio.frontend import AudioFeatures
 from engine.motion import spec
 from engine.motion.baseline import EMOTIONS
 from engine.motion.cache import KVCache
-from engine.motion.model import NO_EMOTION, N_PROSODY, Conditions, MotionTransformer
-from engine.motion.sampler import SamplerOptions, sample
+from engine.motion.model import NO_EMOTION, N_PROSODY, Conditions, Embedded, MotionTransformer
+from engine.motion.sampler import SamplerOptions, guidance_batch, sample
 from engine.timebase import FPS, MELS_PER_FRAME, N_MELS
 
 STATS_HORIZON = 2 * FPS  # speech frames the utterance statistics average over before they turn into an EMA
@@ -135,8 +135,12 @@ class StreamingGenerator:
 def chunk_step(model: MotionTransformer, options: SamplerOptions, cond: Conditions, noise: torch.Tensor,
                cache: KVCache) -> tuple[torch.Tensor, KVCache]:
     """A chunk's tensor work, a pure function of tensors with static shapes: (clean (1, L, D), new cache)."""
-    emb = model.embed(cond)  # shared by the unguided sampler and the commit
-    clean = sample(model, noise, cond if options.guided else emb, cache, options)
+    if options.guided:  # the commit's conditions are the guidance batch's last copy: encoded once, not twice
+        emb = model.embed(guidance_batch(cond))
+        clean, emb = sample(model, noise, emb, cache, options), Embedded(*(e[-noise.shape[0]:] for e in emb))
+    else:
+        emb = model.embed(cond)
+        clean = sample(model, noise, emb, cache, options)
     clean = clean.clamp(-1.0, 1.0)  # the spec's bounds in normalized units
     return clean, model.commit(clean, emb, cache)
 

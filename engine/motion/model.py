@@ -114,8 +114,20 @@ def timestep_embedding(t: Tensor, dim: int) -> Tensor:
     return torch.cat([torch.cos(angles), torch.sin(angles)], dim=-1)
 
 
-def modulate(x: Tensor, shift: Tensor, scale: Tensor) -> Tensor:
-    return x * (1 + scale) + shift
+def modulate(x: Tensor, shift: Tensor, gain: Tensor) -> Tensor:
+    """AdaLN's x (1 + scale) + shift, with gain = 1 + scale already out of `adaln` below."""
+    return x * gain + shift
+
+
+def adaln(layer: nn.Linear, c: Tensor, ones: Tensor) -> Tensor:
+    """The AdaLN layer's output with 1 added to its scale rows (`ones`: 1 there, 0 elsewhere): added
+    to the bias, one constant per layer in an exported graph, not an add per token and modulation."""
+    return F.linear(c, layer.weight, layer.bias + ones)
+
+
+def _ones_at(parts: int, at: tuple[int, ...], d: int) -> Tensor:
+    """(parts * d,) ones in the `at` parts of a modulation vector, zeros elsewhere."""
+    return torch.zeros(parts, d).index_fill_(0, torch.tensor(at), 1.0).flatten()
 
 
 class LocalAudioEncoder(nn.Module):
@@ -130,7 +142,12 @@ class LocalAudioEncoder(nn.Module):
 
     def forward(self, feats: Tensor) -> Tensor:  # (B, A, in_dim)
         h = self.frame(feats)  # (B, A, d)
-        return self.window(h.transpose(1, 2)).transpose(1, 2)  # (B, L, d)
+        # The convolution as one matrix product over each output frame's window of frames (the
+        # same sums; a fraction of the time of ONNX Runtime's and torch's Conv at these sizes).
+        B, A, d = h.shape
+        k = self.window.kernel_size[0]
+        windows = h.unfold(1, k, 1).reshape(B, A - k + 1, d * k)  # (B, L, d k): channel-major, as the weight
+        return F.linear(windows, self.window.weight.flatten(1), self.window.bias)  # (B, L, d)
 
 
 class Block(nn.Module):
@@ -144,6 +161,7 @@ class Block(nn.Module):
         self.adaln = nn.Linear(d, 6 * d)  # per-frame condition -> shift/scale/gate for attention and MLP
         nn.init.zeros_(self.adaln.weight)
         nn.init.zeros_(self.adaln.bias)
+        self.register_buffer("gain_ones", _ones_at(6, (1, 4), d), persistent=False)  # scale1, scale2
         self.norm1 = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.qkv = nn.Linear(d, 3 * d)
         self.proj = nn.Linear(d, d)
@@ -158,23 +176,28 @@ class Block(nn.Module):
 
     def forward(self, x: Tensor, levels: Tensor, shared: Tensor, dist: Tensor, valid: Tensor,
                 past_k: Tensor, past_v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        B, L, d = x.shape
-        h = self.n_heads
+        """x (B*L, d): the chunk's tokens, flat (see MotionTransformer._run); levels (B*L, 3, d) and
+        shared (B*L, d) per token; dist (B, L, W+L), valid (B, W+L), past_k/v (B, h, W, hd)."""
+        B, h = past_k.shape[0], self.n_heads
+        T, d = x.shape
+        L = T // B
         # Per-frame condition: this block's mix of the audio levels plus emotion/reference/time.
-        audio = torch.einsum("blnd,n->bld", levels, self.level_logits.softmax(0))  # (B, L, d)
-        c = F.silu(audio + shared)  # (B, L, d)
-        shift1, scale1, gate1, shift2, scale2, gate2 = self.adaln(c).chunk(6, dim=-1)  # each (B, L, d)
+        audio = torch.einsum("tnd,n->td", levels, self.level_logits.softmax(0))  # (B*L, d)
+        c = F.silu(audio + shared)  # (B*L, d)
+        shift1, gain1, gate1, shift2, gain2, gate2 = adaln(self.adaln, c, self.gain_ones).chunk(6, dim=-1)
 
-        q, k, v = self.qkv(modulate(self.norm1(x), shift1, scale1)).split(d, dim=-1)
-        q, k, v = (z.view(B, L, h, d // h).transpose(1, 2) for z in (q, k, v))  # (B, h, L, hd)
+        # q, k, v (B, h, L, hd) each: one head split of the three (qkv's columns are q | k | v, head by head)
+        qkv = self.qkv(modulate(self.norm1(x), shift1, gain1))
+        q, k, v = qkv.view(B, L, 3 * h, d // h).transpose(1, 2).split(h, dim=1)
         keys = torch.cat([past_k, k], dim=2)  # (B, h, W+L, hd)
         values = torch.cat([past_v, v], dim=2)
+        # the distance bias, with the invisible keys at -inf
         bias = self.rel_bias[:, dist + self.offset].transpose(0, 1)  # (B, h, L, W+L)
-        att = (q @ keys.transpose(-2, -1)) / math.sqrt(d // h) + bias  # (B, h, L, W+L)
-        att = att.masked_fill(~valid[:, None, None, :], float("-inf")).softmax(dim=-1)
-        y = (att @ values).transpose(1, 2).reshape(B, L, d)  # (B, L, d)
+        bias = bias.masked_fill(~valid[:, None, None, :], float("-inf"))
+        att = ((q @ keys.transpose(-2, -1)) / math.sqrt(d // h) + bias).softmax(dim=-1)  # (B, h, L, W+L)
+        y = (att @ values).transpose(1, 2).reshape(T, d)  # (B*L, d)
         x = x + gate1 * self.proj(y)
-        x = x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
+        x = x + gate2 * self.mlp(modulate(self.norm2(x), shift2, gain2))
         return x, k, v
 
 
@@ -195,6 +218,7 @@ class MotionTransformer(nn.Module):
         self.final_adaln = nn.Linear(d, 2 * d)  # per-frame shift/scale before the output layer
         nn.init.zeros_(self.final_adaln.weight)
         nn.init.zeros_(self.final_adaln.bias)
+        self.register_buffer("gain_ones", _ones_at(2, (1,), d), persistent=False)
         self.norm_out = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
         self.out = nn.Linear(d, config.motion_dim)
 
@@ -221,7 +245,11 @@ class MotionTransformer(nn.Module):
         if L != cfg.chunk:
             raise ValueError(f"expected a chunk of {cfg.chunk} frames; got {L}")
         levels, static = cond if isinstance(cond, Embedded) else self.embed(cond)
-        shared = (static + self.time_mlp(timestep_embedding(t, cfg.d_model)))[:, None]  # (B, 1, d): every frame
+        # The blocks see the chunk's B*L tokens as one flat batch: every linear is then a plain 2-D
+        # matrix product, which ONNX Runtime runs without reshaping in and out of each one.
+        levels = levels.flatten(0, 1)  # (B*L, 3, d)
+        shared = static + self.time_mlp(timestep_embedding(t, cfg.d_model))  # (B, d): every frame
+        shared = shared[:, None].expand(B, L, cfg.d_model).reshape(B * L, cfg.d_model)  # (B*L, d)
 
         # Relative frame distances query - key over [cache slots, chunk frames], and which keys are visible.
         q_pos = cache.next_frame() + torch.arange(L, device=x.device)  # (B, L)
@@ -229,15 +257,15 @@ class MotionTransformer(nn.Module):
         dist = (q_pos[:, :, None] - k_pos[:, None, :]).clamp(-(L - 1), cfg.context + L - 1)  # (B, L, W+L)
         valid = torch.cat([cache.valid, torch.ones_like(q_pos, dtype=torch.bool)], dim=1)  # (B, W+L)
 
-        h = self.x_in(x)  # (B, L, d)
+        h = self.x_in(x.reshape(B * L, -1))  # (B*L, d)
         new_k, new_v = [], []
         for i, block in enumerate(self.blocks):
             h, k, v = block(h, levels, shared, dist, valid, cache.keys[i], cache.values[i])
             new_k.append(k)
             new_v.append(v)
-        shift, scale = self.final_adaln(F.silu(levels.mean(2) + shared)).chunk(2, dim=-1)  # (B, L, d) each
-        out = self.out(modulate(self.norm_out(h), shift, scale))  # (B, L, D)
-        return out, torch.stack(new_k), torch.stack(new_v)
+        shift, gain = adaln(self.final_adaln, F.silu(levels.mean(1) + shared), self.gain_ones).chunk(2, dim=-1)
+        out = self.out(modulate(self.norm_out(h), shift, gain))  # (B*L, D)
+        return out.view(B, L, -1), torch.stack(new_k), torch.stack(new_v)
 
     def forward(self, x_t: Tensor, t: Tensor, cond: Conditions | Embedded, cache: KVCache) -> Tensor:
         """Velocity (B, L, D) of the noisy chunk x_t (B, L, D) at flow times t (B,); `cond` raw or embedded."""

@@ -77,11 +77,14 @@ def sample(model: MotionTransformer, noise: Tensor, cond: Conditions | Embedded,
     """Euler ODE from noise (B, L, D) at t = 0 to the clean chunk (B, L, D) at t = 1.
 
     The conditions are encoded once per chunk, not once per step. Without guidance (both scales 1) each
-    step is one plain conditional call on B rows, not 3B, and `cond` may come already embedded."""
+    step is one plain conditional call on B rows, not 3B, and `cond` may come already embedded. Guided,
+    `cond` is raw, or its guidance batch already embedded (model.embed(guidance_batch(cond)): 3B rows)."""
     if options.guided:
-        if isinstance(cond, Embedded):
-            raise TypeError("guided sampling needs the raw Conditions (it drops audio and emotion per copy)")
-        emb, cache = model.embed(guidance_batch(cond)), cache.repeat(3)
+        if isinstance(cond, Embedded) and cond.static.shape[0] != 3 * noise.shape[0]:
+            raise ValueError(f"guided sampling needs the raw Conditions or their embedded guidance batch "
+                             f"(3 x {noise.shape[0]} rows); got {cond.static.shape[0]} embedded rows")
+        emb = cond if isinstance(cond, Embedded) else model.embed(guidance_batch(cond))
+        cache = cache.repeat(3)
     else:
         emb = cond if isinstance(cond, Embedded) else model.embed(cond)
     x, dt = noise, 1.0 / options.steps

@@ -3,12 +3,13 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from engine.audio.frontend import AudioFeatures
 from engine.motion import spec
 from engine.motion.cache import KVCache
-from engine.motion.generator import StreamingGenerator, UtteranceStats, prosody_features
-from engine.motion.model import NO_EMOTION, Conditions, MotionConfig, MotionTransformer
+from engine.motion.generator import StreamingGenerator, UtteranceStats, chunk_step, prosody_features
+from engine.motion.model import NO_EMOTION, Conditions, LocalAudioEncoder, MotionConfig, MotionTransformer, adaln
 from engine.motion.sampler import SamplerOptions, sample
 
 CFG = MotionConfig.tiny()
@@ -223,3 +224,40 @@ def test_embedded_conditions_give_the_same_velocity_and_commit(model):
     assert all(torch.equal(p, q) for p, q in zip(a, b))
     with pytest.raises(ValueError, match="audio frames"):
         model.embed(random_conditions(1, frames=CFG.audio_frames + 1))
+
+
+def test_audio_window_is_the_convolution():
+    """LocalAudioEncoder's window, one matrix product over unfolded frames, is its Conv1d's sums."""
+    torch.manual_seed(0)
+    config = replace(CFG, audio_past=2, lookahead=1)
+    encoder = LocalAudioEncoder(5, config).eval()
+    feats = torch.randn(3, config.audio_frames, 5)
+    with torch.no_grad():
+        h = encoder.frame(feats).transpose(1, 2)
+        reference = F.conv1d(h, encoder.window.weight, encoder.window.bias).transpose(1, 2)
+        assert torch.allclose(encoder(feats), reference, atol=1e-6)
+
+
+def test_adaln_gain_is_one_plus_scale(model):
+    """The scale rows leave `adaln` with their 1 added (the gain); shift and gate rows as the layer gives them."""
+    block, d = model.blocks[0], CFG.d_model
+    c = torch.randn(5, d)
+    with torch.no_grad():
+        plain = block.adaln(c).chunk(6, dim=-1)
+        folded = adaln(block.adaln, c, block.gain_ones).chunk(6, dim=-1)
+        final = adaln(model.final_adaln, c, model.gain_ones).chunk(2, dim=-1)
+    for i, (p, f) in enumerate(zip(plain, folded)):
+        assert torch.allclose(f, p + 1 if i in (1, 4) else p, atol=1e-6)  # scale1 (1) and scale2 (4)
+    assert torch.allclose(final[1], model.final_adaln(c).chunk(2, dim=-1)[1] + 1, atol=1e-6)
+
+
+@torch.no_grad()
+def test_chunk_step_commits_what_the_raw_conditions_commit(model):
+    """Guided, the chunk step encodes the conditions once (the guidance batch) and commits with its
+    last copy: the same clean chunk and cache as sampling the raw conditions and embedding them anew."""
+    noise, cond, cache = torch.randn(1, CFG.chunk, CFG.motion_dim), random_conditions(1), KVCache.empty(CFG)
+    clean, new_cache = chunk_step(model, OPTIONS, cond, noise, cache)
+    reference = sample(model, noise, cond, cache, OPTIONS).clamp(-1, 1)
+    assert torch.allclose(clean, reference, atol=1e-5)
+    for got, want in zip(new_cache, model.commit(reference, model.embed(cond), cache)):
+        assert torch.allclose(got.float(), want.float(), atol=1e-5)

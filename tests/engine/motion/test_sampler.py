@@ -59,6 +59,18 @@ def test_unguided_sampling_makes_one_plain_call_per_step(model):
     assert torch.allclose(plain, x, atol=1e-5)
 
 
+@torch.no_grad()
+def test_guided_sampling_takes_the_embedded_guidance_batch(model):
+    """The guidance batch embedded beforehand (as the chunk step does, to reuse it for the commit)
+    samples what the raw conditions sample; an embedding of the plain batch is refused."""
+    options = SamplerOptions(3, 2.0, 1.5)
+    noise, cond, cache = torch.randn(2, CFG.chunk, CFG.motion_dim), random_conditions(2), KVCache.empty(CFG, 2)
+    raw = sample(model, noise, cond, cache, options)
+    assert torch.allclose(sample(model, noise, model.embed(guidance_batch(cond)), cache, options), raw, atol=1e-6)
+    with pytest.raises(ValueError, match="guidance batch"):
+        sample(model, noise, model.embed(cond), cache, options)
+
+
 class ConstantVelocity(nn.Module):
     """A velocity field with a known ODE solution (the sampler's arithmetic, not a network's)."""
 
