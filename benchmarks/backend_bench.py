@@ -47,7 +47,7 @@ from engine.render.renderer import Renderer, to_uint8
 from engine.runtime import set_threads
 from engine.timebase import SAMPLES_PER_FRAME
 from export.onnx import export_all, export_graph, ort_session
-from export.runtime import OrtModel
+from export.runtime import OrtModel, code_digest
 from export.specs import generator_specs, renderer_spec
 
 SCRIPT = "benchmarks/backend_bench.py"
@@ -93,12 +93,13 @@ def exported(onnx_dir: Path, checkpoint: Path, renderer: Renderer, chunk: int) -
     """Export every graph into `onnx_dir` unless an export of the same weights, sampler and size is
     there; the renderer at batch `chunk` too. Returns the renderer graph of each batch size."""
     manifest, want = onnx_dir / "manifest.json", {"checkpoint_sha256": sha256_file(checkpoint),
+                                                  "graph_code_sha256": code_digest(),
                                                   "sampler": asdict(LEARNED.sampler()), "renderer_size": renderer.size}
     if manifest.is_file():
         have = {k: json.loads(manifest.read_text()).get(k) for k in want}
         if have != want:
-            raise UserError(f"{onnx_dir} holds an export of other weights, sampler or size ({have}, this run needs "
-                            f"{want}); pass an empty --onnx directory or leave --onnx out")
+            raise UserError(f"{onnx_dir} holds an export of other weights, graph code, sampler or size ({have}, this "
+                            f"run needs {want}); pass an empty --onnx directory or leave --onnx out")
     else:
         progress(f"exporting the graphs to {onnx_dir} ...")
         export_all(checkpoint, onnx_dir, LEARNED.sampler(), size=renderer.size)

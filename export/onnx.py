@@ -25,6 +25,7 @@ import torch
 
 from engine.errors import UserError
 from engine.io import sha256_file
+from export.runtime import code_digest
 from export.specs import GraphSpec, generator_specs, renderer_spec
 
 OPSET = 18
@@ -147,7 +148,7 @@ def export_all(checkpoint: Path, out: Path, options, portrait: Path | None = Non
         }
     manifest = {
         "opset": OPSET, "checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(checkpoint),
-        "config": model.config.to_dict(), "sampler": asdict(options), "renderer_size": size if renderer else None,
+        "graph_code_sha256": code_digest(), "config": model.config.to_dict(), "sampler": asdict(options), "renderer_size": size if renderer else None,
         "portrait": str(portrait or assets.DEFAULT_PORTRAIT) if renderer else None,
         "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
         "graphs": graphs,
