@@ -95,7 +95,8 @@ class Eyelid(nn.Module):
         layer's weight is at most smoothstep(moved / 3 lash) and a pixel moves by at most twice
         their sum, so a lid within a hair of its open position leaves the eye as the warp drew
         it; the eager CPU path (Renderer.frames) skips such a lid (4 frames in 5 of speech)."""
-        y_up, y_open = self._lids(coeffs, lower=False)[0], self._lids(coeffs * self.head_mask, lower=False)[0]
+        both = self._lids(torch.cat([coeffs, coeffs * self.head_mask]), lower=False)[0]  # posed, then lids at rest
+        y_up, y_open = both[: len(coeffs)], both[len(coeffs):]
         weight = smoothstep((y_up - y_open).clamp(min=0.0).max() / (3 * self.lash))
         return bool(2 * (OPACITY + SEAM_OPACITY + LASH_OPACITY) * weight > UNSEEN)
 

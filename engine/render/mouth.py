@@ -64,9 +64,7 @@ class MouthInterior(nn.Module):
         changes exactly the pixels a whole-ROI paint does (every term is per pixel), so the
         eager CPU path (Renderer.frames) paints a thin band instead of the whole ROI; the
         exported graph keeps the static ROI."""
-        upper, lower = self.contours(coeffs)
-        y_up, k_up, in_up = contour_height(upper, self.xs)  # (B, w): per column, cheap
-        y_lo, k_lo, in_lo = contour_height(lower, self.xs)
+        y_up, k_up, in_up, y_lo, k_lo, in_lo = self._heights(*self.contours(coeffs), self.xs)  # (B, w): cheap
         # a pixel is covered only where both contours span its column, the lips part, and it
         # lies within half a pixel (measured across the edge's slope) of the gap
         open_ = (y_lo > y_up) & (in_up * in_lo > 0)
@@ -79,10 +77,16 @@ class MouthInterior(nn.Module):
         y0, y1 = max(y0, math.floor(top) - 1), min(y1, math.ceil(bottom) + 2)
         return (y0, y1, x0 + int(cols[0]), x0 + int(cols[-1]) + 1) if y0 < y1 else None  # None: all outside the ROI
 
+    @staticmethod
+    def _heights(upper: torch.Tensor, lower: torch.Tensor, xs: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Per column xs, (B, w) each: the upper lip's height, slope factor and span, then the lower lip's
+        (one contour_height call for both: the contours have the same number of points)."""
+        b, heights = len(upper), contour_height(torch.cat([upper, lower]), xs)
+        return (*(v[:b] for v in heights), *(v[b:] for v in heights))
+
     def _geometry(self, coeffs: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor):
         upper, lower = self.contours(coeffs)
-        y_up, k_up, in_up = (v[:, None, None, :] for v in contour_height(upper, xs))  # (B, 1, 1, w)
-        y_lo, k_lo, in_lo = (v[:, None, None, :] for v in contour_height(lower, xs))
+        y_up, k_up, in_up, y_lo, k_lo, in_lo = (v[:, None, None, :] for v in self._heights(upper, lower, xs))
         y = ys  # (1, 1, h, 1)
         # Coverage of a pixel by the opening: distance to each lip edge (box-filtered, so a thin
         # gap gives a faint line and touching lips nothing).
