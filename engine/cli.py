@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 EMOTIONS = ("neutral", "happy", "sad", "angry", "surprise", "fear", "disgust")
+# engine.stream.presets.PRESETS' names (a test keeps them equal): importing it would pull in torch
+PRESETS = ("low-latency", "balanced", "quality")
 
 EXAMPLES = """\
 examples:
@@ -166,14 +168,12 @@ def _add_backend(p) -> None:
 
 def _add_server_options(p, sessions_help: str) -> None:
     """What `serve` and `live` share: where to listen, the avatar, the preset, the controls, ICE."""
-    from engine.stream.presets import PRESETS
-
     p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 opens it to the network "
                    "(browsers allow the microphone only on localhost or behind HTTPS)")
     p.add_argument("--port", type=int, default=8080, help="one port for the page, signaling and /health")
     p.add_argument("--portrait", type=Path, help="photo to animate (default: the bundled portrait)")
     p.add_argument("--size", type=int, default=512, help="video width and height in pixels (multiple of 16)")
-    p.add_argument("--preset", choices=list(PRESETS), default="balanced",
+    p.add_argument("--preset", choices=PRESETS, default="balanced",
                    help="latency preset: low-latency, balanced or quality (see engine/stream/presets.py)")
     p.add_argument("--driver", choices=("learned", "baseline"), default="learned",
                    help="learned: the shipped generator; baseline: the hand-written driver")

@@ -22,6 +22,22 @@ def test_help_lists_every_command():
     assert "examples:" in out.stdout
 
 
+def test_building_the_parser_imports_no_heavy_package():
+    """`avatar --help` stays instant: the parser names presets and emotions without importing torch."""
+    code = ("import sys; from engine import cli; cli.build_parser(); "
+            "print(sorted(m for m in ('torch', 'cv2', 'mediapipe', 'av') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_the_parser_names_the_stream_presets_and_emotions():
+    from engine import cli
+    from engine.motion.baseline import EMOTIONS
+    from engine.stream.presets import PRESETS
+
+    assert cli.PRESETS == tuple(PRESETS) and sorted(cli.EMOTIONS) == sorted(EMOTIONS)
+
+
 def test_render_help_explains_the_options():
     out = avatar("render", "--help").stdout
     for option in ("--audio", "--portrait", "--out", "--size", "--emotion", "--motion-out"):
