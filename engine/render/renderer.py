@@ -236,17 +236,14 @@ class Renderer(nn.Module):
             fixed, frac = cv2.convertMaps(field, None, cv2.CV_16SC2)
             rgba = cv2.remap(self.image_rgba, fixed, frac, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REPLICATE)
             cv2.cvtColor(rgba, cv2.COLOR_RGBA2RGB, dst=out[i])
-        # The interior and lids, painted only where they show (MouthInterior.window, Eyelid.visible).
-        window = self.mouth.window(coeffs)
-        eyelids = [eyelid for eyelid in self.eyelids if eyelid.visible(coeffs)]
-        if window is None and not eyelids:
-            return out
-        face = torch.from_numpy(out[:, a:b, c:d]).permute(0, 3, 1, 2).float().div_(255)
-        if window is not None:
-            face = self.mouth(face, coeffs, (a, c), window)
-        for eyelid in eyelids:
-            face = eyelid(face, coeffs, (a, c))
-        out[:, a:b, c:d] = to_uint8(face)
+        # The interior and lids, painted only where they show (MouthInterior.window, Eyelid.visible),
+        # each converted to float on its own box only (the eyes' boxes lie above the mouth's; where they
+        # would overlap, a lid sees the mouth rounded to uint8, half a grey level at most).
+        if (window := self.mouth.window(coeffs)) is not None:
+            _composite(out, window, lambda crop, origin: self.mouth(crop, coeffs, origin, window))
+        for eyelid in self.eyelids:
+            if eyelid.visible(coeffs):
+                _composite(out, eyelid.box, lambda crop, origin, lid=eyelid: lid(crop, coeffs, origin))
         return out
 
     def _sample(self, coeffs: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
@@ -274,6 +271,14 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
     frames = frames.detach()
     scaled = torch.add(frames.new_tensor(0.5), frames, alpha=255).clamp_(0, 255)  # 0.5 + 255 x: one pass, rounds
     return scaled.to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def _composite(frames: np.ndarray, box: tuple[int, int, int, int], layer) -> None:
+    """Run `layer(crop (B, 3, h, w) float, origin (y, x))` on `box` (y0, y1, x0, x1) of uint8 `frames`
+    (B, S, S, 3), in place: only that box goes to float and back."""
+    y0, y1, x0, x1 = box
+    crop = torch.from_numpy(frames[:, y0:y1, x0:x1]).permute(0, 3, 1, 2).float().div_(255)
+    frames[:, y0:y1, x0:x1] = to_uint8(layer(crop, (y0, x0)))
 
 
 def _flat(x: np.ndarray, rows: int) -> torch.Tensor:
