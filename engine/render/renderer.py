@@ -215,10 +215,10 @@ class Renderer(nn.Module):
         float grid_sample at 512 px on one thread, with no conversion pass after): the coarse
         field is upsampled to pixel coordinates by cv2.resize (the same half-pixel bilinear
         rule), the full-resolution detail added over the frame box, one remap a frame. The mouth and
-        eyelids are composited on the frame box as in `forward`. remap places samples to 1/32 px,
-        so frames differ from `forward`'s by a grey level or so at sharp edges; the mouth is painted
-        only where the lips part, a lid only where it shows. Elsewhere (CUDA) this is `forward`
-        then `to_uint8`."""
+        eyelids are the same layers as in `forward`, painted only where they show (the mouth where the
+        lips part, a lid where it has moved), each on its own box. remap places samples to 1/32 px,
+        so frames differ from `forward`'s by a grey level or so at sharp edges. Elsewhere (CUDA)
+        this is `forward` then `to_uint8`."""
         if self.image.device.type != "cpu":
             return to_uint8(self(coeffs.to(self.image.device)))
         s, f = self.size, self.factor
