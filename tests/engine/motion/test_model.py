@@ -1,3 +1,4 @@
+import math
 from dataclasses import replace
 
 import numpy as np
@@ -9,7 +10,9 @@ from engine.audio.frontend import AudioFeatures
 from engine.motion import spec
 from engine.motion.cache import KVCache
 from engine.motion.generator import StreamingGenerator, UtteranceStats, chunk_step, prosody_features
-from engine.motion.model import NO_EMOTION, Conditions, LocalAudioEncoder, MotionConfig, MotionTransformer, adaln
+from engine.motion.model import (
+    NO_EMOTION, Conditions, LocalAudioEncoder, MotionConfig, MotionTransformer, adaln, timestep_embedding,
+)
 from engine.motion.sampler import SamplerOptions, sample
 
 CFG = MotionConfig.tiny()
@@ -261,3 +264,63 @@ def test_chunk_step_commits_what_the_raw_conditions_commit(model):
     assert torch.allclose(clean, reference, atol=1e-5)
     for got, want in zip(new_cache, model.commit(reference, model.embed(cond), cache)):
         assert torch.allclose(got.float(), want.float(), atol=1e-5)
+
+
+def reference_run(model, x, t, cond, cache):
+    """The network's math written plainly (3-D tokens, a loop over heads, Conv1d, 1 + scale): an oracle
+    for MotionTransformer._run, whose code is arranged for speed. -> output, stacked keys, stacked values."""
+    cfg, (B, L, _) = model.config, x.shape
+    d, nh = cfg.d_model, cfg.n_heads
+    hd = d // nh
+
+    def local(encoder, feats):
+        h = encoder.frame(feats).transpose(1, 2)
+        return F.conv1d(h, encoder.window.weight, encoder.window.bias).transpose(1, 2)
+
+    def modulate(h, shift, scale):
+        return h * (1 + scale) + shift
+
+    levels = torch.stack([local(model.phonetic, cond.mel.flatten(2)), local(model.prosodic, cond.prosody),
+                          model.global_stats(cond.stats)[:, None].expand(B, L, d)], dim=2)
+    levels = torch.where(cond.audio_on[:, None, None, None], levels, model.null_audio)
+    static = model.emotion(cond.emotion) + model.ref_in(cond.ref)
+    shared = (static + model.time_mlp(timestep_embedding(t, d)))[:, None]  # (B, 1, d)
+    q_pos = cache.pos[:, -1:] + 1 + torch.arange(L)
+    dist = (q_pos[:, :, None] - torch.cat([cache.pos, q_pos], 1)[:, None, :]).clamp(-(L - 1), cfg.context + L - 1)
+    valid = torch.cat([cache.valid, torch.ones(B, L, dtype=torch.bool)], 1)
+    h, keys, values = model.x_in(x), [], []
+    for i, block in enumerate(model.blocks):
+        mix = block.level_logits.softmax(0)
+        c = F.silu(sum(mix[n] * levels[:, :, n] for n in range(3)) + shared)
+        shift1, scale1, gate1, shift2, scale2, gate2 = block.adaln(c).chunk(6, dim=-1)
+        q, k, v = block.qkv(modulate(block.norm1(h), shift1, scale1)).split(d, dim=-1)
+        heads = []
+        for j in range(nh):
+            cols = slice(j * hd, (j + 1) * hd)
+            kj = torch.cat([cache.keys[i][:, j], k[..., cols]], 1)  # (B, W+L, hd)
+            vj = torch.cat([cache.values[i][:, j], v[..., cols]], 1)
+            scores = q[..., cols] @ kj.transpose(1, 2) / math.sqrt(hd) + block.rel_bias[j][dist + block.offset]
+            heads.append(scores.masked_fill(~valid[:, None], float("-inf")).softmax(-1) @ vj)
+        h = h + gate1 * block.proj(torch.cat(heads, -1))
+        h = h + gate2 * block.mlp(modulate(block.norm2(h), shift2, scale2))
+        keys.append(k.view(B, L, nh, hd).transpose(1, 2))
+        values.append(v.view(B, L, nh, hd).transpose(1, 2))
+    shift, scale = model.final_adaln(F.silu(levels.mean(2) + shared)).chunk(2, dim=-1)
+    return model.out(modulate(model.norm_out(h), shift, scale)), torch.stack(keys), torch.stack(values)
+
+
+@torch.no_grad()
+def test_the_network_computes_its_documented_math(model):
+    """Velocity and committed keys/values equal the plain formulation's, on a cache holding earlier chunks
+    (some slots still empty), a batch mixing dropped audio and the null emotion, every modulation non-zero."""
+    B = 3
+    cond = random_conditions(B)._replace(audio_on=torch.tensor([True, False, True]),
+                                         emotion=torch.tensor([1, 3, NO_EMOTION]))
+    cache = KVCache.empty(CFG, B)
+    for _ in range(2):  # 2 chunks of 4 in a window of 8: a full cache
+        cache = model.commit(torch.randn(B, CFG.chunk, CFG.motion_dim), random_conditions(B), cache)
+    partial = model.commit(torch.randn(B, CFG.chunk, CFG.motion_dim), cond, KVCache.empty(CFG, B))  # half empty
+    for c in (cache, partial):
+        x, t = torch.randn(B, CFG.chunk, CFG.motion_dim), torch.rand(B)
+        for got, want in zip(model._run(x, t, cond, c), reference_run(model, x, t, cond, c)):
+            assert torch.allclose(got, want, atol=1e-5), f"differs by {(got - want).abs().max():.2e}"
