@@ -83,8 +83,9 @@ class MouthMotion:
             self.change.append(float(np.abs(crop - self._last).mean()))
         self._last = crop
 
-    def between(self, start: float, end: float) -> float:
-        """Median mouth change over frames arriving in [start, end) seconds after the first frame."""
-        t = np.array(self.times) - self.times[0]
+    def between(self, start: float, end: float, origin: float | None = None) -> float:
+        """Median mouth change over frames arriving in [start, end) seconds after `origin` (a
+        time.monotonic() reading; the first frame's arrival by default)."""
+        t = np.array(self.times) - (self.times[0] if origin is None else origin)
         picked = np.array(self.change)[(t >= start) & (t < end)]
         return float(np.median(picked)) if len(picked) else float("nan")

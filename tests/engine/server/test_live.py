@@ -8,6 +8,7 @@ import asyncio
 import socket
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -57,14 +58,17 @@ def test_viewers_see_the_microphone_speak(live):
     mouths = [MouthMotion(SIZE), MouthMotion(SIZE)]
 
     async def two_viewers():
-        mic.feed(np.concatenate([speech, np.zeros_like(speech)]))  # 4 s of speech, then 4 s of silence
-        return await asyncio.gather(*(run_client(url, ClientOptions(seconds=8.5), on_video=m.on_video)
+        return await asyncio.gather(*(run_client(url, ClientOptions(seconds=10), on_video=m.on_video)
                                       for m in mouths))
 
+    fed = time.monotonic()  # the windows below count from here, so a slow connect cannot shift them
+    mic.feed(np.concatenate([speech, np.zeros(6 * SAMPLE_RATE)]))  # 4 s of speech, then 6 s of silence
     reports = asyncio.run(two_viewers())
     for report, mouth in zip(reports, mouths):
-        assert report.mode == "broadcast" and report.frames > 7 * FPS and report.fps >= 24, report.summary()
-        speaking, resting = mouth.between(1.0, 3.5), mouth.between(6.0, 8.0)
+        assert report.mode == "broadcast" and report.frames > 9 * FPS and report.fps >= 24, report.summary()
+        # Through VP8 at 128 px the mouth changes ~6 grey levels a frame while speech plays; it settles
+        # over ~2.5 s once it stops (head motion eases out), then rests at ~1 (codec noise, idle motion).
+        speaking, resting = mouth.between(1.0, 3.5, fed), mouth.between(7.5, 9.5, fed)
         assert speaking > 3 * resting, (speaking, resting)
         assert report.server_stats["viewers"] == 2
 
