@@ -33,7 +33,7 @@ def server():
     thread.close()
 
 
-def _speech_then_silence(path, speech_s=4.0, silence_s=4.0):
+def _speech_then_silence(path, speech_s=4.0, silence_s=6.0):
     import wave
 
     speech = load_audio(assets.SAMPLE_SPEECH)[: int(speech_s * SAMPLE_RATE)]
@@ -55,7 +55,7 @@ def test_a_client_talks_and_the_avatar_answers_in_sync(server, tmp_path):
     mouth = MouthMotion(SIZE)
     report = asyncio.run(run_client(server.ws_url, ClientOptions(audio=wav, tail_s=0.5, record=tmp_path / "reply.mp4"),
                                     on_video=mouth.on_video))
-    assert report.mode == "converse" and report.frames > 7 * FPS, report.summary()
+    assert report.mode == "converse" and report.frames > 9 * FPS, report.summary()
     assert report.fps >= 24, report.summary()
     # The returned stream: audio and video of one frame arrive together, and stay together.
     assert abs(report.av_offset_s) <= 1 / FPS, report.summary()
@@ -63,9 +63,10 @@ def test_a_client_talks_and_the_avatar_answers_in_sync(server, tmp_path):
     stats = report.server_stats
     assert stats["type"] == "stats" and stats["engine_latency_ms"] >= stats["floor_ms"] > 0
     assert report.latency_estimate_s is not None and report.latency_estimate_s >= stats["floor_ms"] / 1000 - 0.05
-    # The mouth moves while the speech plays and rests once it is over. Through VP8 at 128 px the
-    # resting level is ~1.6-1.8 grey levels a frame (codec noise and idle head motion), speaking 4.8-5.4.
-    speaking, resting = mouth.between(1.0, 3.5), mouth.between(5.5, 7.5)
+    # The mouth moves while the speech plays and rests once it is over. Through VP8 at 128 px it changes
+    # ~5-6 grey levels a frame while speaking; for ~2.5 s after the speech the head eases out (~1.7-2.1),
+    # then it rests at ~1.2-1.4 (codec noise and idle motion).
+    speaking, resting = mouth.between(1.0, 3.5), mouth.between(7.0, 9.5)
     assert speaking > 2.5 * resting, (speaking, resting)
     with av.open(str(tmp_path / "reply.mp4")) as recorded:
         video, audio = recorded.streams.video[0], recorded.streams.audio[0]
