@@ -178,27 +178,34 @@ class Block(nn.Module):
                 past_k: Tensor, past_v: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """x (B*L, d): the chunk's tokens, flat (see MotionTransformer._run); levels (B*L, 3, d) and
         shared (B*L, d) per token; dist (B, L, W+L), valid (B, W+L), past_k/v (B, h, W, hd)."""
-        B, h = past_k.shape[0], self.n_heads
         T, d = x.shape
-        L = T // B
-        # Per-frame condition: this block's mix of the audio levels plus emotion/reference/time.
-        audio = torch.einsum("tnd,n->td", levels, self.level_logits.softmax(0))  # (B*L, d)
-        c = F.silu(audio + shared)  # (B*L, d)
-        shift1, gain1, gate1, shift2, gain2, gate2 = adaln(self.adaln, c, self.gain_ones).chunk(6, dim=-1)
-
-        # q, k, v (B, h, L, hd) each: one head split of the three (qkv's columns are q | k | v, head by head)
-        qkv = self.qkv(modulate(self.norm1(x), shift1, gain1))
-        q, k, v = qkv.view(B, L, 3 * h, d // h).transpose(1, 2).split(h, dim=1)
+        (shift1, gain1, gate1, shift2, gain2, gate2), (q, k, v) = self._heads(x, levels, shared, past_k.shape[0])
         keys = torch.cat([past_k, k], dim=2)  # (B, h, W+L, hd)
         values = torch.cat([past_v, v], dim=2)
         # the distance bias, with the invisible keys at -inf
         bias = self.rel_bias[:, dist + self.offset].transpose(0, 1)  # (B, h, L, W+L)
         bias = bias.masked_fill(~valid[:, None, None, :], float("-inf"))
-        att = ((q @ keys.transpose(-2, -1)) / math.sqrt(d // h) + bias).softmax(dim=-1)  # (B, h, L, W+L)
+        att = ((q @ keys.transpose(-2, -1)) / math.sqrt(d // self.n_heads) + bias).softmax(dim=-1)  # (B, h, L, W+L)
         y = (att @ values).transpose(1, 2).reshape(T, d)  # (B*L, d)
         x = x + gate1 * self.proj(y)
         x = x + gate2 * self.mlp(modulate(self.norm2(x), shift2, gain2))
         return x, k, v
+
+    def keys_values(self, x: Tensor, levels: Tensor, shared: Tensor, batch: int) -> tuple[Tensor, Tensor]:
+        """Only the keys and values (B, h, L, hd) of the tokens x (`forward`'s): all a commit reads
+        from the last block, whose attention and MLP outputs nothing would use."""
+        return self._heads(x, levels, shared, batch)[1][1:]
+
+    def _heads(self, x: Tensor, levels: Tensor, shared: Tensor, batch: int):
+        """The six AdaLN modulations (B*L, d) and the tokens' q, k, v (B, h, L, hd)."""
+        h, (T, d) = self.n_heads, x.shape
+        # Per-frame condition: this block's mix of the audio levels plus emotion/reference/time.
+        audio = torch.einsum("tnd,n->td", levels, self.level_logits.softmax(0))  # (B*L, d)
+        c = F.silu(audio + shared)  # (B*L, d)
+        mods = adaln(self.adaln, c, self.gain_ones).chunk(6, dim=-1)
+        # one head split of the three (qkv's columns are q | k | v, head by head)
+        qkv = self.qkv(modulate(self.norm1(x), mods[0], mods[1]))
+        return mods, qkv.view(batch, T // batch, 3 * h, d // h).transpose(1, 2).split(h, dim=1)
 
 
 class MotionTransformer(nn.Module):
@@ -238,8 +245,10 @@ class MotionTransformer(nn.Module):
         levels = torch.where(cond.audio_on[:, None, None, None], levels, self.null_audio)
         return Embedded(levels, self.emotion(cond.emotion) + self.ref_in(cond.ref))
 
-    def _run(self, x: Tensor, t: Tensor, cond: Conditions | Embedded, cache: KVCache) -> tuple[Tensor, Tensor, Tensor]:
-        """(B, L, D) chunk -> (B, L, D) output and the chunk's (layers, B, heads, L, hd) keys/values."""
+    def _run(self, x: Tensor, t: Tensor, cond: Conditions | Embedded, cache: KVCache, output: bool = True
+             ) -> tuple[Tensor | None, Tensor, Tensor]:
+        """(B, L, D) chunk -> (B, L, D) output (None unless `output`) and the chunk's (layers, B, heads,
+        L, hd) keys/values."""
         B, L, _ = x.shape
         cfg = self.config
         if L != cfg.chunk:
@@ -260,9 +269,14 @@ class MotionTransformer(nn.Module):
         h = self.x_in(x.reshape(B * L, -1))  # (B*L, d)
         new_k, new_v = [], []
         for i, block in enumerate(self.blocks):
-            h, k, v = block(h, levels, shared, dist, valid, cache.keys[i], cache.values[i])
+            if not output and i == len(self.blocks) - 1:
+                k, v = block.keys_values(h, levels, shared, B)
+            else:
+                h, k, v = block(h, levels, shared, dist, valid, cache.keys[i], cache.values[i])
             new_k.append(k)
             new_v.append(v)
+        if not output:
+            return None, torch.stack(new_k), torch.stack(new_v)
         shift, gain = adaln(self.final_adaln, F.silu(levels.mean(1) + shared), self.gain_ones).chunk(2, dim=-1)
         out = self.out(modulate(self.norm_out(h), shift, gain))  # (B*L, D)
         return out.view(B, L, -1), torch.stack(new_k), torch.stack(new_v)
@@ -274,5 +288,5 @@ class MotionTransformer(nn.Module):
     def commit(self, clean: Tensor, cond: Conditions | Embedded, cache: KVCache) -> KVCache:
         """Run the clean chunk (B, L, D) once at t = 1, seeing only itself, and push its keys/values."""
         t = torch.ones(clean.shape[0], device=clean.device)
-        _, k, v = self._run(clean, t, cond, cache.hidden())
+        _, k, v = self._run(clean, t, cond, cache.hidden(), output=False)
         return cache.push(k, v)

@@ -229,6 +229,19 @@ def test_embedded_conditions_give_the_same_velocity_and_commit(model):
         model.embed(random_conditions(1, frames=CFG.audio_frames + 1))
 
 
+def test_commit_skips_what_it_does_not_read(model):
+    """A commit pushes the keys/values a full run at t = 1 computes, without running the last block's
+    attention and MLP or the output head, whose results nothing reads."""
+    x, cond, cache = torch.randn(2, CFG.chunk, CFG.motion_dim), random_conditions(2), KVCache.empty(CFG, 2)
+    ran = []
+    for module in (model.blocks[-1].proj, model.blocks[-1].mlp, model.out, model.blocks[0].mlp):
+        module.register_forward_hook(lambda m, *_: ran.append(m))
+    committed = model.commit(x, cond, cache)
+    assert ran == [model.blocks[0].mlp], "the commit ran layers whose output it drops"
+    _, k, v = model._run(x, torch.ones(2), cond, cache.hidden())
+    assert all(torch.equal(p, q) for p, q in zip(committed, cache.push(k, v)))
+
+
 def test_audio_window_is_the_convolution():
     """LocalAudioEncoder's window, one matrix product over unfolded frames, is its Conv1d's sums."""
     torch.manual_seed(0)
