@@ -31,6 +31,7 @@ test: setup
 	$(PY) -m pytest
 
 bench: setup
+	$(PY) -m engine.cli bench --out benchmarks/results/bench
 	$(PY) benchmarks/render_bench.py
 	$(PY) benchmarks/generator_bench.py
 	$(PY) benchmarks/stream_bench.py

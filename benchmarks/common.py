@@ -19,9 +19,10 @@ def cpu_name() -> str:
     return platform.processor()
 
 
-def run_benchmark(name: str, script: str, argv, parse_args, run, markdown) -> dict:
+def run_benchmark(name: str, script: str, argv, parse_args, run, markdown, prog: str | None = None) -> dict:
     """A benchmark's command line: parse, run, write <out>.json and <out>.md, print the Markdown.
-    A UserError (a missing checkpoint, a bad option) ends it with its message, as `avatar` does."""
+    The result records the command (`prog`, default `python <script>`, and the arguments). A UserError
+    (a missing checkpoint, a bad option) ends it with its message, as `avatar` does."""
     import json
     import shlex
     import sys
@@ -33,7 +34,7 @@ def run_benchmark(name: str, script: str, argv, parse_args, run, markdown) -> di
     args = parse_args(argv)
     tune_allocator()  # as the `avatar` command does
     try:
-        result = run(args, command=f"python {script} {shlex.join(argv)}".strip())
+        result = run(args, command=f"{prog or 'python ' + script} {shlex.join(argv)}".strip())
     except UserError as err:
         sys.exit(f"{name}: {err}")
     args.out.parent.mkdir(parents=True, exist_ok=True)

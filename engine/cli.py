@@ -34,6 +34,7 @@ examples:
   avatar render --backend onnxruntime             # the generator on ONNX Runtime (exported once, cached)
   avatar serve --device cuda                      # on an NVIDIA GPU: torch, the chunk step as a CUDA graph
   avatar export tensorrt --onnx out/onnx --out out/trt   # TensorRT engines (builds on a CPU too)
+  avatar bench --backend torch onnxruntime        # fps, latency and per-stage cost -> out/bench.md/.json/.png
 """
 
 # Subcommands owned by other packages, which parse their own arguments (engine never imports them eagerly).
@@ -46,6 +47,7 @@ DELEGATED = {
     ("client",): "client.cli",
     ("export", "onnx"): "export.onnx",
     ("export", "tensorrt"): "export.tensorrt",
+    ("bench",): "benchmarks.suite",
 }
 
 
@@ -279,6 +281,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     sub.add_parser("client", help="connect to a server like the page does: stream a file or the mic, record the "
                    "reply (avatar client --help)", add_help=False)
+    sub.add_parser("bench", help="frames/s, latency percentiles and per-stage cost for each backend and preset "
+                   "(avatar bench --help)", add_help=False)
     return parser
 
 
