@@ -25,7 +25,7 @@ def test_small_run_writes_every_table_and_backends_agree(tmp_path):
     out = tmp_path / "bb"
     threads = torch.get_num_threads()
     try:
-        result = bench.main(["--size", "128", "--repeats", "1", "--out", str(out)])
+        result = bench.main(["--size", "128", "--repeats", "2", "--out", str(out)])
     finally:
         torch.set_num_threads(threads)
 
@@ -49,6 +49,10 @@ def test_small_run_writes_every_table_and_backends_agree(tmp_path):
         assert diff["motion"] < 1e-4 and diff["frames"] <= 8 and diff["frames_mean"] < 0.25, name
     assert result["end_to_end"]["torch eager"]["max_abs_diff"] == {"motion": 0.0, "frames": 0, "frames_mean": 0.0}
     assert result["end_to_end"]["torch eager"]["vs_torch_eager"] == 1.0
+    ort, eager = result["end_to_end"]["onnxruntime"], result["end_to_end"]["torch eager"]  # paired pass by pass
+    paired = [a / b for a, b in zip(ort["frames_per_s_passes"], eager["frames_per_s_passes"])]
+    assert ort["vs_torch_eager_passes"] == pytest.approx(paired) and len(paired) == result["repeats"]
+    assert min(paired) <= ort["vs_torch_eager"] <= max(paired)
     t = result["target"]
     assert t["ratio"] == result["end_to_end"]["onnxruntime"]["vs_torch_eager"] > 0 and isinstance(t["met"], bool)
     if not gpu["cuda"]:
