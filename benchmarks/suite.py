@@ -12,7 +12,7 @@ For every --backend and --preset:
     range over passes) and what one core could sustain with them in sequence, as frames/s and a
     multiple of real time.
 
-    avatar bench                                           # torch and onnxruntime, every preset, ~6 min
+    avatar bench                                           # torch and onnxruntime, every preset, ~4 min
     avatar bench --backend onnxruntime --preset balanced --seconds 10 --out out/ort
     avatar bench --backend tensorrt --device cuda          # on an NVIDIA GPU
 
