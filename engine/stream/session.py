@@ -20,6 +20,12 @@ Drop policy, written down:
 - Input: at most `max_backlog_s` of audio waits in the input queue; a push beyond that drops the
   OLDEST queued audio (the viewer sees the newest speech; latency stays bounded). Counted in
   `stats().audio_dropped_s`. A producer faster than real time (TTS) should raise max_backlog_s.
+- Standing backlog (live sources, `drain_backlog_s` set): audio is consumed at the rate it arrives,
+  so what queued while the producer stalled would otherwise stay queued, as latency, for the rest
+  of the stream. What every chunk left queued over DRAIN_WINDOW_S, beyond drain_backlog_s, is
+  dropped, OLDEST first (also counted in audio_dropped_s): a stall costs one skip, and about a
+  second later latency is back within drain_backlog_s and the preset's headroom of its level (the
+  silence filled in while the producer stalled ran up to headroom_s ahead of its audio).
 - Output: at most the frames computed ahead (headroom plus one chunk) plus `max_video_lag_s` wait in
   the output queue; when the consumer falls further behind, the OLDEST frames are dropped (pts then
   skip ahead; counted in `frames_dropped`). Both queues are bounded: memory is flat in stream length.
@@ -66,6 +72,7 @@ from engine.timebase import FPS, SAMPLE_RATE
 
 LATE_TOLERANCE_S = 0.01  # a frame released later than this after its slot counts as late
 CLOSE_TIMEOUT_S = 10.0  # close() waits this long for the worker to finish its chunk
+DRAIN_WINDOW_S = 1.0  # the standing backlog policy drains what stayed queued this long
 
 
 class SessionError(RuntimeError):
@@ -76,6 +83,9 @@ class SessionError(RuntimeError):
 class SessionOptions:
     max_backlog_s: float = 1.0  # input drop policy: queued audio beyond this is dropped, oldest first
     max_video_lag_s: float = 0.5  # output drop policy: how far the consumer may fall behind before frames drop
+    # standing backlog policy for live sources (see above): slack beyond the chunk's audio and jitter_s;
+    # None keeps every queued sample (producers faster than real time)
+    drain_backlog_s: float | None = None
     vad: bool = True  # run the VAD (the learned driver was trained with it; off = a bit cheaper)
     seed: int = 0  # blinks, head motion and the generator's noise
     stats_window: int = 500  # the latest frames (latency) and chunks (the rest) stats() summarizes
@@ -84,6 +94,9 @@ class SessionOptions:
         if not self.max_backlog_s > 0 or not self.max_video_lag_s >= 0:
             raise ValueError(f"max_backlog_s must be > 0 and max_video_lag_s >= 0; got {self.max_backlog_s} "
                              f"and {self.max_video_lag_s}")
+        if self.drain_backlog_s is not None and not self.drain_backlog_s >= 0:
+            raise ValueError(f"drain_backlog_s must be >= 0 (or None to keep every queued sample); "
+                             f"got {self.drain_backlog_s}")
         if self.stats_window < 1:
             raise ValueError(f"stats_window must be at least 1, got {self.stats_window}")
 
@@ -95,7 +108,7 @@ class SessionStats:
     frames_dropped: int  # computed frames dropped because the consumer fell behind (output policy)
     frames_flushed: int  # computed frames discarded by interrupts
     audio_in_s: float  # audio pushed, after resampling to SAMPLE_RATE
-    audio_dropped_s: float  # audio dropped by the input policy (oldest first)
+    audio_dropped_s: float  # audio dropped by the input and standing backlog policies (oldest first)
     audio_flushed_s: float  # queued audio discarded by interrupts
     silence_inserted_s: float  # silence filled in where audio had not arrived in time (stalls, idle)
     backlog_s: float  # audio waiting in the input queue now
@@ -144,6 +157,9 @@ class Session:
         self._controls = controls
         self._lead = self.preset.headroom_s + self.chunk / FPS  # how far ahead of its slot a chunk may be made
         self._out_capacity = math.ceil((self._lead + options.max_video_lag_s) * FPS) + self.chunk
+        self._slack = (None if options.drain_backlog_s is None  # queued samples a chunk may leave standing
+                       else round(options.drain_backlog_s * SAMPLE_RATE))
+        self._excess: deque[int] = deque(maxlen=max(1, round(DRAIN_WINDOW_S * FPS / self.chunk)))  # per take
 
         self._cond = threading.Condition()  # guards everything below that two threads touch
         self._queue: deque[list] = deque()  # input: [samples, arrival] in push order
@@ -194,7 +210,7 @@ class Session:
         return np.concatenate([flushed, self._resampler.push(samples)])
 
     def _drop_oldest(self, excess: int) -> None:
-        """Input drop policy (lock held): drop `excess` samples from the head of the queue."""
+        """Input and standing backlog policies (lock held): drop `excess` samples from the head of the queue."""
         if excess <= 0:
             return
         self._counters.audio_dropped += excess
@@ -308,6 +324,8 @@ class Session:
                     continue
                 need, slot, now = sched.samples_needed(), self.slot(sched.next_frame), self.clock.now()
                 if self._queued >= need and now >= slot - self._lead:
+                    if self._slack is not None:
+                        self._drain(self._queued - need)
                     pieces = self._take_audio(need)
                 elif now >= slot - self.preset.headroom_s:  # give up waiting: fill the gap with silence
                     pieces = self._fill(need, sched.idle)
@@ -318,6 +336,15 @@ class Session:
                 self._controls_changed = False
                 return pieces, controls, self._epoch
         return None
+
+    def _drain(self, excess: int) -> None:
+        """Standing backlog policy (lock held): `excess` is what taking this chunk's audio leaves queued.
+        It swings by a packet from chunk to chunk; only what stayed queued at every take for DRAIN_WINDOW_S
+        is standing, and that, less the slack, is dropped (oldest first)."""
+        self._excess.append(excess)
+        if len(self._excess) == self._excess.maxlen and (standing := min(self._excess)) > self._slack:
+            self._drop_oldest(standing - self._slack)
+            self._excess.clear()  # the next drop needs a whole window of its own
 
     def _fill(self, need: int, idle: bool) -> list:
         """The queued audio and silence to make up `need` samples (lock held). Audio that starts a

@@ -172,6 +172,43 @@ def test_input_drop_policy_keeps_the_newest_audio():
     np.testing.assert_array_equal(program_audio(pairs)[:SAMPLE_RATE], audio[-SAMPLE_RATE:])
 
 
+class Stalling:
+    """A producer that holds its audio back while the coming slot is in [start, end), then catches up at once."""
+
+    def __init__(self, producer: Producer, start: float, end: float):
+        self.producer, self.start, self.end = producer, start, end
+
+    def __call__(self, until: float) -> None:
+        if not self.start <= until < self.end:
+            self.producer(until)
+
+
+@pytest.mark.parametrize("drain", [None, 0.02])
+def test_a_stall_backlog_drains_when_asked_and_nothing_else_is_dropped(drain):
+    """Audio that queued while the producer stalled stays queued, as latency, unless drain_backlog_s is
+    set (live sources): then it goes after DRAIN_WINDOW_S, and a steady stream loses nothing to it."""
+    options = SessionOptions(vad=False, max_backlog_s=0.4, drain_backlog_s=drain)
+    latency = {}
+    for stall in (None, (1.0, 1.5)):
+        with session(None, options=options) as s:
+            producer = Producer(s, speechlike(6.0), start=0.0)
+            run(s, 150, producer=producer if stall is None else Stalling(producer, *stall))
+            latency[stall], stats = s.latency_samples()["latency"], s.stats()
+        if stall is None:
+            assert stats.audio_dropped_s == 0 and stats.frames_late == 0  # packet-sized swings are not a backlog
+    before, after = np.median(latency[None][-20:]), np.median(latency[(1.0, 1.5)][-20:])
+    assert latency[(1.0, 1.5)][:15] == pytest.approx(latency[None][:15])  # the same stream up to the stall
+    if drain is None:
+        assert after > before + 0.25  # the stall's 0.5 s (less the 0.4 s cap's drop) stays as latency
+    else:
+        assert after <= before + drain + s.preset.headroom_s + 1e-9
+
+
+def test_drain_backlog_must_be_a_duration_or_none():
+    with pytest.raises(ValueError, match="drain_backlog_s must be >= 0"):
+        SessionOptions(drain_backlog_s=-0.1)
+
+
 def test_output_drop_policy_when_the_consumer_falls_behind():
     clock = SimulatedClock()
     with Session(small_renderer(), None, clock=clock, options=SessionOptions(vad=False, max_video_lag_s=0.2)) as s:
