@@ -55,7 +55,7 @@ STATS_INTERVAL_S = 1.0
 RENDERER_CACHE = 4  # uploaded portraits kept ready (by content hash)
 # Live talkers want the newest audio: at most 0.4 s of it waits (SessionOptions' 1 s default let a worker
 # that fell behind once keep ~1 s of latency for the rest of the stream; see benchmarks/results/client_loopback.md),
-# and what a stall left queued is drained at the next chunk, beyond one 20 ms packet of slack.
+# and what a stall left standing in the queue is drained within about a second, beyond one 20 ms packet.
 LIVE_OPTIONS = SessionOptions(max_backlog_s=0.4, drain_backlog_s=0.02)
 
 

@@ -83,8 +83,8 @@ class SessionError(RuntimeError):
 class SessionOptions:
     max_backlog_s: float = 1.0  # input drop policy: queued audio beyond this is dropped, oldest first
     max_video_lag_s: float = 0.5  # output drop policy: how far the consumer may fall behind before frames drop
-    # standing backlog policy for live sources (see above): slack beyond the chunk's audio and jitter_s;
-    # None keeps every queued sample (producers faster than real time)
+    # standing backlog policy for live sources (see above): the queued audio beyond a chunk's own that may
+    # stand; None keeps every queued sample (producers faster than real time)
     drain_backlog_s: float | None = None
     vad: bool = True  # run the VAD (the learned driver was trained with it; off = a bit cheaper)
     seed: int = 0  # blinks, head motion and the generator's noise
@@ -319,6 +319,7 @@ class Session:
                 if self._restart is not None:
                     sched.interrupt(*self._restart)
                     self._restart = None
+                    self._excess.clear()
                 if self._t0 is None:  # no consumer yet: nothing is due
                     self.clock.wait(self._cond, None)
                     continue
@@ -350,6 +351,7 @@ class Session:
         """The queued audio and silence to make up `need` samples (lock held). Audio that starts a
         talk spurt (the timeline is idle) goes after the silence, with jitter_s more of it so the
         packets that follow have slack; audio that ends one (or stalls mid-stream) goes first."""
+        self._excess.clear()  # the queue ran short: whatever queues from here on is a new backlog
         gap = need - self._queued + (round(self.preset.jitter_s * SAMPLE_RATE) if self._queued else 0)
         self._counters.silence += gap
         silence, audio = [np.zeros(gap, np.float32), None], self._take_audio(self._queued)
