@@ -108,9 +108,11 @@ def test_malformed_offers_and_unusable_portraits_get_clear_errors(server, tmp_pa
 
 
 def test_garbage_on_the_data_channel_is_answered_and_the_stream_goes_on(server):
-    report = asyncio.run(run_client(server.ws_url, ClientOptions(seconds=3, controls={"volume": 11})))
+    # 5 s, not 3: fps is taken over the whole stream, and one start-up hiccup of ~130 ms on a busy CI
+    # machine took a 3 s stream to 23.0 fps
+    report = asyncio.run(run_client(server.ws_url, ClientOptions(seconds=5, controls={"volume": 11})))
     assert any(e.startswith("bad_message") and "unknown controls" in e for e in report.errors)
-    assert report.fps >= 24
+    assert report.fps >= 24, report.summary()
 
 
 def test_more_visitors_than_max_sessions_are_told_it_is_full(server):
