@@ -31,10 +31,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import fmt, progress, run_benchmark, stats, table
+from engine.cli import BACKENDS, PRESETS  # the names alone: no torch
 
 PROG = "avatar bench"
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
-PRESET_NAMES = ("low-latency", "balanced", "quality")  # engine.stream.PRESETS (a test keeps them equal)
 STAGES = ("audio frontend", "generator", "renderer")
 REAL_TIME_MS = 40.0  # one frame at 25 fps
 STEADY_S = 2.0  # benchmarks.stream_bench.STEADY_S: the start of a session that fps leaves out
@@ -102,7 +101,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
     from engine.audio.io import load_audio
     from engine.render.renderer import Renderer
     from engine.runtime import resolve_device, set_threads
-    from engine.stream.presets import PRESETS
+    from engine.stream.presets import get_preset
     from export.runtime import check_backend
 
     resolve_device(args.device)  # a missing GPU or backend fails now, saying what to use instead
@@ -125,7 +124,8 @@ def run(args: argparse.Namespace, command: str) -> dict:
     for name in args.preset:
         progress(f"{name}: stages, {' and '.join(args.backend)} taking turns ...")
         with torch.inference_mode():
-            stages = bench_stages(renderer, args.backend, args.device, PRESETS[name], samples, features, args.repeats)
+            stages = bench_stages(renderer, args.backend, args.device, get_preset(name), samples, features,
+                                  args.repeats)
         for backend, s in stages.items():
             result["backends"][backend]["stages"][name] = s
     result["machine"].pop("backend", None)
@@ -217,7 +217,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--backend", nargs="+", choices=BACKENDS, default=["torch", "onnxruntime"],
                         help="where the generator runs, each in turn (default: torch onnxruntime; tensorrt needs an "
                              "NVIDIA GPU). ONNX Runtime exports its graph on first use and caches it")
-    parser.add_argument("--preset", nargs="+", choices=PRESET_NAMES, default=list(PRESET_NAMES),
+    parser.add_argument("--preset", nargs="+", choices=PRESETS, default=list(PRESETS),
                         help="latency presets to measure (default: all)")
     parser.add_argument("--seconds", type=float, default=20.0, help="each live session's length (default 20)")
     parser.add_argument("--starts", type=int, default=2,

@@ -12,8 +12,10 @@ import sys
 from pathlib import Path
 
 EMOTIONS = ("neutral", "happy", "sad", "angry", "surprise", "fear", "disgust")
-# engine.stream.presets.PRESETS' names (a test keeps them equal): importing it would pull in torch
+# engine.stream.presets.PRESETS' names and export.runtime.BACKENDS (a test keeps them equal): importing
+# either would pull in torch
 PRESETS = ("low-latency", "balanced", "quality")
+BACKENDS = ("torch", "onnxruntime", "tensorrt")
 
 EXAMPLES = """\
 examples:
@@ -159,7 +161,7 @@ def _add_eval(sub) -> None:
 
 
 def _add_backend(p) -> None:
-    p.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"), default="torch",
+    p.add_argument("--backend", choices=BACKENDS, default="torch",
                    help="where the generator runs: torch; ONNX Runtime, the fastest on a CPU (its graph is exported "
                    "on first use and cached; see `avatar export onnx`); or TensorRT on an NVIDIA GPU (the same "
                    "graph built into an engine on first use). The renderer runs on torch")

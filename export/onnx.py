@@ -148,7 +148,8 @@ def export_all(checkpoint: Path, out: Path, options, portrait: Path | None = Non
         }
     manifest = {
         "opset": OPSET, "checkpoint": str(checkpoint), "checkpoint_sha256": sha256_file(checkpoint),
-        "graph_code_sha256": code_digest(), "config": model.config.to_dict(), "sampler": asdict(options), "renderer_size": size if renderer else None,
+        "graph_code_sha256": code_digest(), "config": model.config.to_dict(), "sampler": asdict(options),
+        "renderer_size": size if renderer else None,
         "portrait": str(portrait or assets.DEFAULT_PORTRAIT) if renderer else None,
         "torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__,
         "graphs": graphs,

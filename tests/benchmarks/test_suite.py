@@ -69,10 +69,7 @@ def test_bad_options_are_refused_with_what_to_pass(args, message, capsys):
     assert stop.value.code == 2 and message in capsys.readouterr().err
 
 
-def test_presets_match_the_engine_and_help_needs_no_torch():
-    from engine.stream import PRESETS
-
-    assert suite.PRESET_NAMES == tuple(PRESETS)
+def test_help_needs_no_torch():
     code = "import sys; from engine.cli import main\ntry: main(['bench', '--help'])\nexcept SystemExit: pass\n" \
            "print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -30,12 +30,13 @@ def test_building_the_parser_imports_no_heavy_package():
     assert out.stdout.strip() == "[]", out.stderr
 
 
-def test_the_parser_names_the_stream_presets_and_emotions():
+def test_the_parser_names_the_stream_presets_backends_and_emotions():
     from engine import cli
     from engine.motion.baseline import EMOTIONS
     from engine.stream.presets import PRESETS
+    from export.runtime import BACKENDS
 
-    assert cli.PRESETS == tuple(PRESETS) and sorted(cli.EMOTIONS) == sorted(EMOTIONS)
+    assert cli.PRESETS == tuple(PRESETS) and sorted(cli.EMOTIONS) == sorted(EMOTIONS) and cli.BACKENDS == BACKENDS
 
 
 def test_render_help_explains_the_options():
