@@ -42,7 +42,7 @@ from engine.audio.io import load_audio
 from engine.io.checkpoint import load_model
 from engine.motion import spec
 from engine.motion.cache import KVCache
-from engine.motion.generator import StreamingGenerator, make_conditions
+from engine.motion.generator import StreamingGenerator
 from engine.motion.learned import LearnedOptions
 from engine.motion.model import Conditions, MotionConfig, MotionTransformer
 from engine.motion.sampler import SamplerOptions
@@ -204,7 +204,7 @@ class RecomputingGenerator:
 
     def step(self, features: AudioFeatures) -> np.ndarray:
         g = self.generator
-        cond = make_conditions(AudioFeatures.concat([g.past, features]), g.stats.vector(), EMOTION, spec.neutral())
+        cond = g.conditions(features, EMOTION)
         g.cache = recompute_cache(g.model, self.window, self.next_frame)
         motion = g.step(features, EMOTION)
         self.window.append((torch.from_numpy(spec.normalize(motion))[None], cond))

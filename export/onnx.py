@@ -85,8 +85,7 @@ def real_inputs(model, options, seconds: float = 3.0) -> dict[str, dict[str, tor
     from engine import assets
     from engine.audio.frontend import extract_features
     from engine.audio.io import load_audio
-    from engine.motion import spec as motion
-    from engine.motion.generator import StreamingGenerator, make_conditions
+    from engine.motion.generator import StreamingGenerator
 
     cfg = model.config
     features = extract_features(load_audio(assets.SAMPLE_SPEECH))
@@ -96,16 +95,18 @@ def real_inputs(model, options, seconds: float = 3.0) -> dict[str, dict[str, tor
         generator.step(features[start: start + cfg.chunk + cfg.lookahead])
     from engine.audio.frontend import AudioFeatures
 
-    window = AudioFeatures.concat([generator.past, features[n: n + cfg.chunk + cfg.lookahead]])
-    cond = make_conditions(window, generator.stats.vector(), "happy", motion.neutral())
+    chunk = features[n: n + cfg.chunk + cfg.lookahead]
+    mel = torch.as_tensor(AudioFeatures.concat([generator.past, chunk]).mel)[None]
+    cond = generator.conditions(chunk, "happy")
     cache = dict(zip(("keys", "values", "valid", "pos"), generator.cache, strict=True))
     emb = model.embed(cond)
     g = torch.Generator().manual_seed(1)
     noise = torch.randn(1, cfg.chunk, cfg.motion_dim, generator=g)
     return {
-        "embed": {"mel": cond.mel, "prosody": cond.prosody, "stats": cond.stats, "audio_on": cond.audio_on,
+        "speech": {"mel": mel},
+        "embed": {"speech": cond.speech, "prosody": cond.prosody, "stats": cond.stats, "audio_on": cond.audio_on,
                   "emotion": cond.emotion, "ref": cond.ref},
-        "chunk": {"mel": cond.mel, "prosody": cond.prosody, "stats": cond.stats, "emotion": cond.emotion,
+        "chunk": {"speech": cond.speech, "prosody": cond.prosody, "stats": cond.stats, "emotion": cond.emotion,
                   "ref": cond.ref, "noise": noise, **cache},
         "denoise": {"x_t": noise, "t": torch.tensor([0.5]), "levels": emb.levels, "static": emb.static, **cache},
         "commit": {"clean": noise.clamp(-1, 1), "levels": emb.levels, "static": emb.static, **cache},

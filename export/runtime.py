@@ -18,6 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from engine.errors import UserError
@@ -29,7 +30,7 @@ from engine.motion.sampler import SamplerOptions
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt")
 # what the chunk graph is traced from: the model, its cache and sampler, the export wrappers
-GRAPH_CODE = ("engine.motion.model", "engine.motion.cache", "engine.motion.sampler", "engine.motion.generator",
+GRAPH_CODE = ("engine.audio.speech", "engine.motion.model", "engine.motion.cache", "engine.motion.sampler", "engine.motion.generator",
               "export.specs", "export.onnx")
 CACHE_DIR = Path(os.environ.get("AVATAR_CACHE", Path.home() / ".cache" / "avatar-engine")) / "onnx"
 
@@ -38,14 +39,15 @@ class OrtModel:
     """A generator exported by `avatar export onnx`, run by ONNX Runtime; stands in for the torch
     MotionTransformer wherever a driver takes one (it has `.config` and makes stream generators)."""
 
-    def __init__(self, onnx_dir: str | Path, threads: int = 1, session=None):
-        """session: what runs the chunk graph (default: an ONNX Runtime session of it; tensorrt_session
-        gives a TensorRT engine of it)."""
+    def __init__(self, onnx_dir: str | Path, threads: int = 1, session=None, speech_session=None):
+        """session, speech_session: what runs the chunk and speech graphs (default: ONNX Runtime sessions
+        of them; tensorrt_session gives TensorRT engines of them)."""
         from export.onnx import ort_session
 
         onnx_dir = Path(onnx_dir)
         manifest_path = onnx_dir / "manifest.json"
-        if not manifest_path.is_file() or "chunk" not in json.loads(manifest_path.read_text())["graphs"]:
+        graphs = json.loads(manifest_path.read_text())["graphs"] if manifest_path.is_file() else {}
+        if not {"chunk", "speech"} <= set(graphs):
             raise UserError(f"{onnx_dir} holds no exported generator; make one with "
                             f"`avatar export onnx --checkpoint C --out {onnx_dir}`")
         manifest = json.loads(manifest_path.read_text())
@@ -53,6 +55,7 @@ class OrtModel:
         self.config = MotionConfig.from_dict(manifest["config"])
         self.sampler = SamplerOptions(**manifest["sampler"])
         self.session = session or ort_session(onnx_dir / manifest["graphs"]["chunk"]["file"], threads)
+        self.speech_session = speech_session or ort_session(onnx_dir / manifest["graphs"]["speech"]["file"], threads)
 
     def streaming(self, options: SamplerOptions, seed: int = 0) -> OrtStreamingGenerator:
         return OrtStreamingGenerator(self, options, seed)
@@ -78,8 +81,11 @@ class OrtStreamingGenerator(StreamingGenerator):
                             f"{options} needs its own export (avatar export onnx --steps --guidance-audio ...)")
         self._options = options
 
+    def encode(self, mel: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(self.ort.speech_session.run(None, {"mel": np.asarray(mel, np.float32)[None]})[0])
+
     def _advance(self, cond: Conditions, noise: torch.Tensor) -> torch.Tensor:
-        feed = {"mel": cond.mel, "prosody": cond.prosody, "stats": cond.stats, "emotion": cond.emotion,
+        feed = {"speech": cond.speech, "prosody": cond.prosody, "stats": cond.stats, "emotion": cond.emotion,
                 "ref": cond.ref, "noise": noise, **self.cache._asdict()}
         clean, *cache = self.ort.session.run(None, {name: value.numpy() for name, value in feed.items()})
         self.cache = KVCache(*(torch.from_numpy(c) for c in cache))
@@ -144,7 +150,8 @@ def load_motion_model(backend: str, checkpoint: str | Path | None, options: Samp
         export_all(checkpoint, onnx_dir, options, renderer=False)
     if backend == "onnxruntime":
         return OrtModel(onnx_dir, threads)
-    return OrtModel(onnx_dir, session=tensorrt_session(onnx_dir, "chunk"))
+    return OrtModel(onnx_dir, session=tensorrt_session(onnx_dir, "chunk"),
+                    speech_session=tensorrt_session(onnx_dir, "speech"))
 
 
 def tensorrt_session(onnx_dir: Path, graph: str):

@@ -5,12 +5,14 @@ forward takes and returns plain tensors in a fixed order, with names, static chu
 dummy-input maker and the tolerance its exported form must meet against torch.
 
 Graphs, for one stream (batch 1) of a generator with chunk L, lookahead K, past P, window W:
-- embed:    the audio encoders + emotion/reference embedding. Streaming state is explicit: the
-            caller keeps the P past audio frames and sends the P + L + K window every chunk.
+- speech:   the speech encoder over the chunk's speech window of mel (S frames ending with the
+            lookahead) -> the speech features of its P + L + K audio frames. Streaming state is
+            explicit: the caller keeps the audio frames before the chunk and sends the window.
+- embed:    the audio encoders + emotion/reference embedding of the P + L + K window.
 - denoise:  one velocity evaluation: noisy chunk, flow time, embedded conditions, KV cache in.
 - commit:   the clean chunk run at t = 1 against a hidden cache; the cache with its keys pushed out.
 - chunk:    a whole chunk in one call: guidance batch, embed, N Euler steps unrolled, clamp, commit.
-            The ONNX Runtime backend runs this one (a call per chunk, no host round trips inside).
+            The ONNX Runtime backend runs speech, then this one (two calls a chunk).
 - renderer: motion coefficients (B, D) -> frames (B, 3, S, S) for one avatar.
 """
 
@@ -23,9 +25,10 @@ import torch
 from torch import Tensor, nn
 
 from engine.motion.cache import KVCache
-from engine.motion.generator import chunk_step
+from engine.motion.generator import chunk_step, speech_encoder
 from engine.motion.model import NO_EMOTION, Conditions, Embedded, MotionTransformer
 from engine.motion.sampler import SamplerOptions
+from engine.timebase import MELS_PER_FRAME, N_MELS
 
 CACHE = ("keys", "values", "valid", "pos")
 
@@ -90,8 +93,8 @@ class EmbedGraph(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, mel, prosody, stats, audio_on, emotion, ref):
-        return tuple(self.model.embed(Conditions(mel, prosody, stats, audio_on, emotion, ref)))
+    def forward(self, speech, prosody, stats, audio_on, emotion, ref):
+        return tuple(self.model.embed(Conditions(speech, prosody, stats, audio_on, emotion, ref)))
 
 
 class DenoiseGraph(nn.Module):
@@ -119,10 +122,21 @@ class ChunkGraph(nn.Module):
         super().__init__()
         self.model, self.options = model, options
 
-    def forward(self, mel, prosody, stats, emotion, ref, noise, keys, values, valid, pos):
-        cond = Conditions(mel, prosody, stats, torch.ones_like(emotion, dtype=torch.bool), emotion, ref)
+    def forward(self, speech, prosody, stats, emotion, ref, noise, keys, values, valid, pos):
+        cond = Conditions(speech, prosody, stats, torch.ones_like(emotion, dtype=torch.bool), emotion, ref)
         clean, cache = chunk_step(self.model, self.options, cond, noise, _cache(keys, values, valid, pos))
         return (clean, *cache)  # the Euler steps unrolled: `steps` is fixed per exported graph
+
+
+class SpeechGraph(nn.Module):
+    """StreamingGenerator.encode: the speech window's mel -> the chunk's speech-encoder tokens."""
+
+    def __init__(self, encoder: nn.Module, frames: int):
+        super().__init__()
+        self.encoder, self.frames = encoder, frames
+
+    def forward(self, mel):
+        return self.encoder.frames(mel, self.frames)
 
 
 class RendererGraph(nn.Module):
@@ -149,11 +163,14 @@ def generator_specs(model: MotionTransformer, options: SamplerOptions) -> list[G
         "valid": Tensorspec((1, W), b),
         "pos": Tensorspec((1, W), i64),
     }
-    audio = {"mel": Tensorspec((1, A, cfg.mels_per_frame, cfg.n_mels), f32),
+    audio = {"speech": Tensorspec((1, A, cfg.speech_tokens, cfg.speech_dim), f32),
              "prosody": Tensorspec((1, A, cfg.n_prosody), f32), "stats": Tensorspec((1, cfg.n_stats), f32)}
     embedded = {"levels": Tensorspec((1, L, 3, d), f32), "static": Tensorspec((1, d), f32)}
     new_cache = tuple(f"new_{n}" for n in CACHE)
     return [
+        # whisper's activations reach ~10: 1e-3 is still 1e-4 relative
+        GraphSpec("speech", SpeechGraph(speech_encoder(cfg), A),
+                  {"mel": Tensorspec((1, cfg.speech_window, MELS_PER_FRAME, N_MELS), f32)}, ("speech",), atol=1e-3),
         GraphSpec("embed", EmbedGraph(model), {**audio, "audio_on": Tensorspec((1,), b),
                                                 "emotion": Tensorspec((1,), i64), "ref": Tensorspec((1, D), f32)},
                   ("levels", "static"), atol=1e-4),

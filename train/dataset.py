@@ -10,13 +10,16 @@ chunk that starts at frame s of a clip, the stream having started at the clip's 
   start); chunks before the clip's start are flagged invalid (empty cache slots) and hold neutral;
 - the L target frames s .. s + L - 1 with their conditions;
 - audio windows of P past + L + K lookahead frames, padded with generator.silence at the clip's edges
-  (the generator starts with P silent past frames and a stream's end is padded with silence);
+  (the generator starts with a silent history and a stream's end is padded with silence), and each
+  chunk's speech features, computed as StreamingGenerator.encode computes them (the speech encoder
+  over the `speech_window` frames that end with the chunk's lookahead);
 - the clip's emotion index and the normalized neutral reference.
 Chunk starts are multiples of L, as in a stream, so context chunks are either wholly valid or wholly
 empty. Audio features are computed once per clip (engine.audio.frontend.extract_features; silero
 VAD makes that ~25x real time on 2 cores) and cached per shard next to it as
 features/<shard>.npz, keyed by the shard's sha256 and FEATURES_VERSION, so a restarted run, the
-lip-sync expert and later runs on the same corpus load them in seconds.
+lip-sync expert and later runs on the same corpus load them in seconds. The speech features of
+every chunk are cached the same way per shard and window layout (features/<shard>.speech-*.npz).
 """
 
 from __future__ import annotations
@@ -35,12 +38,14 @@ from engine.audio.frontend import AudioFeatures, extract_features
 from engine.errors import UserError
 from engine.io import sha256_file
 from engine.motion import spec
-from engine.motion.generator import UtteranceStats, emotion_index, prosody_features, silence
+from engine.motion.generator import UtteranceStats, emotion_index, prosody_features, silence, speech_encoder
 from engine.motion.model import MotionConfig
 from train.synth.corpus import load_shard
 
 SPLITS = ("train", "val")
 FEATURES_VERSION = 1  # bump when engine.audio's features change: stale caches are then recomputed
+SPEECH_VERSION = 1  # bump when engine.audio.speech changes
+SPEECH_BATCH = 32  # windows per speech-encoder call while caching
 
 
 class ClipData(NamedTuple):
@@ -51,6 +56,7 @@ class ClipData(NamedTuple):
     emotion: str
     voice: str
     text: str
+    speech: np.ndarray | None = None  # (chunks, A, tokens, d) speech_table, when loaded for a MotionConfig
 
 
 def _shard_features(shard: Path, clips: list[dict]) -> list[AudioFeatures]:
@@ -75,8 +81,51 @@ def _shard_features(shard: Path, clips: list[dict]) -> list[AudioFeatures]:
     return computed
 
 
-def load_clips(directory: str | Path, split: str = "train") -> list[ClipData]:
-    """Every clip of one split of a corpus directory, with its (cached) audio features."""
+@torch.inference_mode()
+def speech_table(features: AudioFeatures, config: MotionConfig) -> np.ndarray:
+    """(ceil(T / L), A, tokens, d) float16: the speech features of every chunk of a clip streamed from its
+    first frame (chunk j starts at frame j L), exactly as StreamingGenerator.encode computes them."""
+    cfg = config
+    L, K, S = cfg.chunk, cfg.lookahead, cfg.speech_window
+    # frame f of the clip sits at f + S - L - K; chunk j's window ends after frame j L + L + K - 1
+    mel = AudioFeatures.concat([silence(S - L - K), features, silence(L + K)]).mel
+    starts = np.arange(0, len(features), L)
+    encoder = speech_encoder(cfg)
+    out = []
+    for b in range(0, len(starts), SPEECH_BATCH):
+        windows = np.stack([mel[j : j + S] for j in starts[b : b + SPEECH_BATCH]])  # (b, S, 4, 80)
+        out.append(encoder.frames(torch.from_numpy(windows), cfg.audio_frames).numpy().astype(np.float16))
+    return np.concatenate(out) if out else np.zeros((0, cfg.audio_frames, cfg.speech_tokens, cfg.speech_dim),
+                                                    np.float16)
+
+
+def _shard_speech(shard: Path, features: list[AudioFeatures], config: MotionConfig) -> list[np.ndarray]:
+    """Each clip's speech_table, from features/<shard>.speech-<layout>.npz when it matches, else computed and cached."""
+    cfg = config
+    layout = f"S{cfg.speech_window}-L{cfg.chunk}-K{cfg.lookahead}-P{cfg.audio_past}-l{cfg.speech_layers}"
+    cache = shard.parent / "features" / f"{shard.stem}.speech-{layout}.npz"
+    key = f"{sha256_file(shard)}:{FEATURES_VERSION}:{SPEECH_VERSION}"
+    if cache.is_file():
+        with np.load(cache) as z:
+            if str(z["key"]) == key:
+                bounds = z["offsets"]
+                return [z["speech"][bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)]
+    from tqdm import tqdm
+
+    tables = [speech_table(f, cfg) for f in tqdm(features, desc=f"speech features of {shard.name} (cached after)",
+                                                  unit="clip", leave=False)]
+    cache.parent.mkdir(exist_ok=True)
+    tmp = cache.with_name(cache.name + ".tmp")
+    with tmp.open("wb") as f:
+        np.savez(f, key=np.array(key), offsets=np.cumsum([0] + [len(t) for t in tables]),
+                 speech=np.concatenate(tables))
+    os.replace(tmp, cache)
+    return tables
+
+
+def load_clips(directory: str | Path, split: str = "train", config: MotionConfig | None = None) -> list[ClipData]:
+    """Every clip of one split of a corpus directory, with its (cached) audio features and, given the
+    generator's config, its (cached) speech features."""
     if split not in SPLITS:
         raise ValueError(f"split must be one of {SPLITS}; got {split!r}")
     directory = Path(directory)
@@ -88,10 +137,12 @@ def load_clips(directory: str | Path, split: str = "train") -> list[ClipData]:
     out = []
     for name in (s["file"] for s in manifest["shards"] if s["split"] == split):
         clips = load_shard(directory / name)
-        for clip, features in zip(clips, _shard_features(directory / name, clips)):
-            frames = min(len(features), len(clip["motion"]))
-            out.append(ClipData(features[:frames], clip["motion"][:frames], clip["emotion"], clip["voice"],
-                                clip["text"]))
+        features = _shard_features(directory / name, clips)
+        speech = _shard_speech(directory / name, features, config) if config else [None] * len(clips)
+        for clip, feats, table in zip(clips, features, speech):
+            frames = min(len(feats), len(clip["motion"]))
+            out.append(ClipData(feats[:frames], clip["motion"][:frames], clip["emotion"], clip["voice"],
+                                clip["text"], table))
     return out
 
 
@@ -100,11 +151,11 @@ class Batch(NamedTuple):
 
     context: Tensor  # (B, W, D) clean normalized motion of the W frames before the target
     context_valid: Tensor  # (B, W) bool: False for frames before the clip's start
-    context_mel: Tensor  # (B, n, A, mels_per_frame, n_mels) each context chunk's audio window
+    context_speech: Tensor  # (B, n, A, speech_tokens, speech_dim) each context chunk's speech features
     context_prosody: Tensor  # (B, n, A, n_prosody)
     context_stats: Tensor  # (B, n, n_stats) utterance statistics at each context chunk's start
     target: Tensor  # (B, L, D) clean normalized motion to learn
-    mel: Tensor  # (B, A, mels_per_frame, n_mels) the target chunk's audio window
+    speech: Tensor  # (B, A, speech_tokens, speech_dim) the target chunk's speech features
     prosody: Tensor  # (B, A, n_prosody)
     stats: Tensor  # (B, n_stats) utterance statistics over the clip's frames before the target
     emotion: Tensor  # (B,) int64 emotion index (engine.motion.generator.emotion_index)
@@ -115,7 +166,7 @@ class Batch(NamedTuple):
 @dataclass
 class _Clip:
     motion: np.ndarray  # (T + W, D) normalized motion, W neutral frames in front
-    mel: np.ndarray  # (W + P + T + L + K, mels_per_frame, n_mels) silence-padded at both ends
+    speech: np.ndarray  # (1 + chunks, A, tokens, d) float16: row 0 a silent window's, then chunk j's at 1 + j
     prosody: np.ndarray  # (W + P + T + L + K, n_prosody)
     stats: np.ndarray  # (T + 1, n_stats): row f = statistics over frames [0, f)
     emotion: int
@@ -143,7 +194,8 @@ class Corpus:
             raise ValueError(f"the cache window W={cfg.context} must be a multiple of the chunk L={cfg.chunk} "
                              "so the context splits into whole chunks")
         self.split = split
-        clips = load_clips(directory, split)
+        clips = load_clips(directory, split, cfg)
+        self._silent = speech_table(silence(cfg.chunk), cfg)  # what chunks before a clip's start hold
         self.clips: list[_Clip] = [self._prepare(c) for c in clips if len(c.motion) >= cfg.chunk]
         # Chunk starts per clip: 0, L, 2L, ... with the whole target inside the clip.
         self._starts = np.array([(c.frames - cfg.chunk) // cfg.chunk + 1 for c in self.clips], np.int64)
@@ -161,7 +213,7 @@ class Corpus:
         prosody = prosody_features(padded)
         return _Clip(
             motion=spec.normalize(motion),
-            mel=padded.mel,
+            speech=np.concatenate([self._silent, clip.speech]),
             prosody=prosody,
             stats=_stats_table(prosody[cfg.context + cfg.audio_past:][:frames]),
             emotion=emotion_index(clip.emotion),
@@ -175,11 +227,12 @@ class Corpus:
         chunk_starts = s - W + L * np.arange(n + 1)  # n context chunks, then the target
         # Padded index of frame f's audio is f + W + P, so the window [f - P, f + L + K) starts at f + W.
         audio_idx = (chunk_starts + W)[:, None] + np.arange(A)  # (n + 1, A)
+        speech_idx = np.maximum(chunk_starts // L + 1, 0)  # row 0 (silence) for chunks before the clip
         stats = np.where((chunk_starts >= 0)[:, None], clip.stats[np.maximum(chunk_starts, 0)], 0.0)
         return {
             "motion": clip.motion[s : s + W + L],  # padded index of frame f is f + W
             "valid": np.arange(s - W, s) >= 0,
-            "mel": clip.mel[audio_idx],
+            "speech": clip.speech[speech_idx].astype(np.float32),
             "prosody": clip.prosody[audio_idx],
             "stats": stats.astype(np.float32),
         }
@@ -193,17 +246,17 @@ class Corpus:
         which = rng.choice(len(self.clips), size=batch, p=self._starts / self.windows)
         starts = [int(rng.integers(self._starts[i])) * cfg.chunk for i in which]
         parts = [self._window(self.clips[i], s) for i, s in zip(which, starts)]
-        motion, valid, mel, prosody, stats = (torch.from_numpy(np.stack([p[key] for p in parts]))
-                                              for key in ("motion", "valid", "mel", "prosody", "stats"))
+        motion, valid, speech, prosody, stats = (torch.from_numpy(np.stack([p[key] for p in parts]))
+                                                 for key in ("motion", "valid", "speech", "prosody", "stats"))
         W = cfg.context
         return Batch(
             context=motion[:, :W],
             context_valid=valid,
-            context_mel=mel[:, :-1],
+            context_speech=speech[:, :-1],
             context_prosody=prosody[:, :-1],
             context_stats=stats[:, :-1],
             target=motion[:, W:],
-            mel=mel[:, -1],
+            speech=speech[:, -1],
             prosody=prosody[:, -1],
             stats=stats[:, -1],
             emotion=torch.tensor([self.clips[i].emotion for i in which], dtype=torch.int64),

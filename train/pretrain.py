@@ -113,7 +113,7 @@ def context_cache(model: MotionTransformer, batch: Batch) -> KVCache:
     n = W // L
     ctx = batch.context.reshape(B * n, L, D)  # (B*n, L, D): chunk j of window b at row b*n + j
     cond = Conditions(
-        mel=batch.context_mel.flatten(0, 1),  # (B*n, A, 4, 80)
+        speech=batch.context_speech.flatten(0, 1),  # (B*n, A, 2, 384)
         prosody=batch.context_prosody.flatten(0, 1),  # (B*n, A, 4)
         stats=batch.context_stats.flatten(0, 1),  # (B*n, 8)
         audio_on=torch.ones(B * n, dtype=torch.bool),
@@ -145,7 +145,7 @@ def flow_loss(model: MotionTransformer, batch: Batch, gen: torch.Generator, opti
     p = options.cfg_dropout if dropout else 0.0
     drop_audio = torch.rand(B, generator=gen) < p
     drop_emotion = torch.rand(B, generator=gen) < p
-    cond = Conditions(mel=batch.mel, prosody=batch.prosody, stats=batch.stats, audio_on=~drop_audio,
+    cond = Conditions(speech=batch.speech, prosody=batch.prosody, stats=batch.stats, audio_on=~drop_audio,
                       emotion=torch.where(drop_emotion, NO_EMOTION, batch.emotion), ref=batch.ref)
     v = model(x_t, t, cond, cache)  # (B, L, D)
     return F.l1_loss(v, u) + options.diff_weight * F.l1_loss(v.diff(dim=1), u.diff(dim=1))

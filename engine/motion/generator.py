@@ -3,20 +3,24 @@
 Each `step` takes the features of the next L frames plus K lookahead frames, samples the chunk
 with the flow sampler against the KV cache, commits the clean chunk to the cache and returns
 the chunk as raw, clipped motion coefficients (engine.motion.spec). The next call's features
-start L frames later (its first K frames are this call's lookahead). What the generator keeps
-between calls is all named here: the cache, the last P audio frames and the utterance statistics.
+start L frames later (its first K frames are this call's lookahead). The speech encoder hears the
+last `speech_window` frames of mel, ending with the lookahead. What the generator keeps between
+calls is all named here: the cache, the audio history before the chunk and the utterance statistics.
 """
 
 from __future__ import annotations
+
+import copy
 
 import numpy as np
 import torch
 
 from engine.audio.frontend import AudioFeatures
+from engine.audio.speech import WhisperEncoder, load_speech_encoder
 from engine.motion import spec
 from engine.motion.baseline import EMOTIONS
 from engine.motion.cache import KVCache
-from engine.motion.model import NO_EMOTION, N_PROSODY, Conditions, Embedded, MotionTransformer
+from engine.motion.model import NO_EMOTION, N_PROSODY, Conditions, Embedded, MotionConfig, MotionTransformer
 from engine.motion.sampler import SamplerOptions, guidance_batch, sample
 from engine.timebase import FPS, MELS_PER_FRAME, N_MELS
 
@@ -70,11 +74,12 @@ def emotion_index(emotion: str | None) -> int:
     return EMOTIONS.index(emotion)
 
 
-def make_conditions(window: AudioFeatures, stats: np.ndarray, emotion: str | None, ref: np.ndarray,
-                    device=None) -> Conditions:
-    """A batch of one: `window` holds P past + L + K frames, `ref` is raw (D,) reference motion."""
+def make_conditions(window: AudioFeatures, speech: torch.Tensor, stats: np.ndarray, emotion: str | None,
+                    ref: np.ndarray, device=None) -> Conditions:
+    """A batch of one: `window` holds P past + L + K frames, `speech` their (1, A, tokens, d) speech
+    features, `ref` is raw (D,) reference motion."""
     return Conditions(
-        mel=torch.as_tensor(window.mel, device=device)[None],
+        speech=speech,
         prosody=torch.as_tensor(prosody_features(window), device=device)[None],
         stats=torch.as_tensor(stats, device=device)[None],
         audio_on=torch.ones(1, dtype=torch.bool, device=device),
@@ -83,19 +88,28 @@ def make_conditions(window: AudioFeatures, stats: np.ndarray, emotion: str | Non
     )
 
 
+def speech_encoder(config: MotionConfig, device=None) -> WhisperEncoder:
+    """The pretrained speech encoder that `config`'s generator was trained on, on `device`."""
+    encoder = load_speech_encoder(config.speech_layers)  # shared by every CPU session
+    return encoder if torch.device(device or "cpu").type == "cpu" else copy.deepcopy(encoder).to(device)
+
+
 class StreamingGenerator:
     def __init__(self, model: MotionTransformer, options: SamplerOptions = SamplerOptions(), seed: int = 0):
         self.model = model.eval()
         self.options = options
         self.config = model.config
         self.device = next(model.parameters()).device
+        self.speech = speech_encoder(self.config, self.device)
         self.seed = seed
         self.reset()
 
     def reset(self) -> None:
         """Forget the stream: empty cache, silent audio history, fresh statistics and noise."""
-        self.cache = KVCache.empty(self.config, 1, self.device)
-        self.past = silence(self.config.audio_past)  # the P audio frames before the next chunk
+        cfg = self.config
+        self.cache = KVCache.empty(cfg, 1, self.device)
+        # the audio frames before the next chunk: the speech window's start (P past frames at least)
+        self.past = silence(cfg.speech_window - cfg.chunk - cfg.lookahead)
         self.stats = UtteranceStats()
         self.rng = torch.Generator(device=self.device).manual_seed(self.seed)
 
@@ -112,18 +126,29 @@ class StreamingGenerator:
                 f"step needs features for L + K = {cfg.chunk} + {cfg.lookahead} frames (the chunk and its "
                 f"lookahead); got {len(features)}. Pad the end of a stream with generator.silence(n)."
             )
-        ref = spec.neutral() if ref is None else ref
         if noise is None:
             noise = torch.randn(cfg.chunk, cfg.motion_dim, generator=self.rng, device=self.device)
         noise = torch.as_tensor(noise, dtype=torch.float32, device=self.device)
-        window = AudioFeatures.concat([self.past, features])
-        cond = make_conditions(window, self.stats.vector(), emotion, ref, self.device)
-        clean = self._advance(cond, noise.reshape(1, cfg.chunk, cfg.motion_dim))
+        clean = self._advance(self.conditions(features, emotion, ref), noise.reshape(1, cfg.chunk, cfg.motion_dim))
 
-        chunk = features[: cfg.chunk]
-        self.stats.update(prosody_features(chunk))
-        self.past = AudioFeatures.concat([self.past, chunk])[cfg.chunk:]  # the last P frames
+        self.stats.update(prosody_features(features[: cfg.chunk]))
+        self.past = AudioFeatures.concat([self.past, features])[cfg.chunk : -cfg.lookahead or None]
         return spec.clip(spec.denormalize(clean[0].cpu().numpy()))
+
+    def conditions(self, features: AudioFeatures, emotion: str | None = "neutral", ref: np.ndarray | None = None
+                   ) -> Conditions:
+        """The next chunk's conditions from its L + K frames of features and the stream's state so far."""
+        window = AudioFeatures.concat([self.past, features])  # speech_window frames
+        ref = spec.neutral() if ref is None else ref
+        return make_conditions(window[-self.config.audio_frames:], self.encode(window.mel), self.stats.vector(),
+                               emotion, ref, self.device)
+
+    @torch.inference_mode()
+    def encode(self, mel: np.ndarray) -> torch.Tensor:
+        """The speech window's mel (S, 4, 80) -> the chunk's (1, A, tokens, d) speech features.
+        A backend (export.runtime) may replace just this with its own graph."""
+        mel = torch.as_tensor(mel, device=self.device)[None]
+        return self.speech.frames(mel, self.config.audio_frames)
 
     def _advance(self, cond: Conditions, noise: torch.Tensor) -> torch.Tensor:
         """Sample the chunk (1, L, D) from noise, clamp it to the spec's bounds and commit it to the cache.

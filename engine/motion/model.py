@@ -3,8 +3,9 @@
 One call maps a chunk of L noisy motion frames x_t (normalized motion space, engine.motion.spec)
 at flow time t to a velocity, conditioned per frame on:
 - audio, at three levels mixed in every block by learnable level selectors (softmax weights):
-  local phonetic (a mel encoder over the frame's 4 mel rows and its neighbours: P past frames,
-  K lookahead frames), local prosodic (energy, F0, voicing, VAD over the same neighbourhood) and
+  local phonetic (the speech encoder's tokens, engine.audio.speech, of the frame and its
+  neighbours: P past frames, K lookahead frames), local prosodic (energy, F0, voicing, VAD over
+  the same neighbourhood) and
   global (running utterance statistics, a small state vector the caller keeps);
 - emotion (7 classes, or index `NO_EMOTION` = 7 for "none", the classifier-free-guidance null);
 - the avatar's reference (neutral) motion and the flow time t.
@@ -29,10 +30,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from engine.audio.speech import TOKENS_PER_FRAME, WhisperEncoderConfig
 from engine.motion import spec
 from engine.motion.baseline import EMOTIONS
 from engine.motion.cache import KVCache
-from engine.timebase import MELS_PER_FRAME, N_MELS
 
 NO_EMOTION = len(EMOTIONS)  # emotion index meaning "none" (dropped for classifier-free guidance)
 N_PROSODY = 4  # prosody channels per frame: energy, log-F0, voicing, VAD (engine.motion.generator)
@@ -49,8 +50,13 @@ class MotionConfig:
     n_heads: int = 4  # attention heads (d_model must divide evenly)
     n_layers: int = 4  # transformer blocks
     mlp_ratio: int = 4  # MLP hidden width / d_model
-    n_mels: int = N_MELS  # mel bins per mel frame
-    mels_per_frame: int = MELS_PER_FRAME  # mel frames per video frame
+    speech_dim: int = WhisperEncoderConfig.d_model  # width of a speech-encoder token
+    speech_tokens: int = TOKENS_PER_FRAME  # speech-encoder tokens per video frame
+    # The speech encoder hears this many video frames of mel per chunk, ending with the lookahead, through its
+    # first speech_layers blocks (4: all, with the final norm). Linear probes on held-out voices
+    # (benchmarks/results/speech_probe.md): 1 s, 4 blocks r 0.898 at 10 ms a chunk; 2 s 0.907 at 16 ms.
+    speech_window: int = 25
+    speech_layers: int = 4
     n_prosody: int = N_PROSODY  # prosody channels per frame
     n_stats: int = N_STATS  # size of the global utterance-statistics vector
     n_emotions: int = NO_EMOTION + 1  # emotion classes including "none"
@@ -63,6 +69,9 @@ class MotionConfig:
             raise ValueError(f"chunk ({self.chunk}) must be at least 1 and at most the cache window ({self.context})")
         if self.lookahead < 0 or self.audio_past < 0:
             raise ValueError(f"lookahead ({self.lookahead}) and audio_past ({self.audio_past}) must be >= 0")
+        if self.speech_window < self.audio_frames:
+            raise ValueError(f"speech_window ({self.speech_window}) must cover the chunk's {self.audio_frames} audio "
+                             "frames (P + L + K)")
         if self.n_emotions != NO_EMOTION + 1:
             raise ValueError(f"n_emotions must be {NO_EMOTION + 1} ({', '.join(EMOTIONS)} and none)")
 
@@ -74,7 +83,8 @@ class MotionConfig:
     @staticmethod
     def tiny() -> MotionConfig:
         """For tests: runs in milliseconds on a CPU."""
-        return MotionConfig(chunk=4, lookahead=2, audio_past=1, context=8, d_model=32, n_heads=2, n_layers=2)
+        return MotionConfig(chunk=4, lookahead=2, audio_past=1, context=8, d_model=32, n_heads=2, n_layers=2,
+                            speech_window=8, speech_layers=1)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -91,7 +101,7 @@ class MotionConfig:
 class Conditions(NamedTuple):
     """Everything a chunk is conditioned on, batched along B (A = P + L + K audio frames)."""
 
-    mel: Tensor  # (B, A, mels_per_frame, n_mels) normalized log-mel
+    speech: Tensor  # (B, A, speech_tokens, speech_dim) speech-encoder tokens (engine.audio.speech)
     prosody: Tensor  # (B, A, n_prosody) engine.motion.generator.prosody_features
     stats: Tensor  # (B, n_stats) running utterance statistics at the chunk's start
     audio_on: Tensor  # (B,) bool: False drops the audio (classifier-free guidance)
@@ -214,7 +224,7 @@ class MotionTransformer(nn.Module):
         self.config = config
         d = config.d_model
         self.x_in = nn.Linear(config.motion_dim, d)
-        self.phonetic = LocalAudioEncoder(config.mels_per_frame * config.n_mels, config)
+        self.phonetic = LocalAudioEncoder(config.speech_tokens * config.speech_dim, config)
         self.prosodic = LocalAudioEncoder(config.n_prosody, config)
         self.global_stats = nn.Sequential(nn.Linear(config.n_stats, d), nn.GELU(), nn.Linear(d, d))
         self.null_audio = nn.Parameter(torch.zeros(3, d))  # each level's stand-in when audio is dropped
@@ -232,13 +242,13 @@ class MotionTransformer(nn.Module):
     def embed(self, cond: Conditions) -> Embedded:
         """Encode a chunk's conditions: they are the same for every Euler step and the commit, so the
         sampler encodes them once per chunk instead of once per network call."""
-        B, A = cond.mel.shape[:2]
+        B, A = cond.speech.shape[:2]
         cfg = self.config
         if A != cfg.audio_frames:
             raise ValueError(f"expected {cfg.audio_frames} audio frames (P={cfg.audio_past} + L={cfg.chunk} + "
                              f"K={cfg.lookahead}); got {A}")
         # Audio levels per frame, each (B, L, d), stacked -> (B, L, 3, d); dropped audio uses null vectors.
-        phonetic = self.phonetic(cond.mel.flatten(2))  # mel (B, A, 4*80) -> (B, L, d)
+        phonetic = self.phonetic(cond.speech.flatten(2))  # speech (B, A, 2*384) -> (B, L, d)
         prosodic = self.prosodic(cond.prosody)  # (B, L, d)
         global_ = self.global_stats(cond.stats)[:, None].expand(B, cfg.chunk, -1)  # (B, L, d)
         levels = torch.stack([phonetic, prosodic, global_], dim=2)  # (B, L, 3, d)

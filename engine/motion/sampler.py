@@ -54,7 +54,7 @@ def guidance_batch(cond: Conditions) -> Conditions:
     off = torch.zeros_like(cond.audio_on)
     none = torch.full_like(cond.emotion, NO_EMOTION)
     return Conditions(
-        mel=cond.mel.repeat(3, 1, 1, 1),
+        speech=cond.speech.repeat(3, 1, 1, 1),
         prosody=cond.prosody.repeat(3, 1, 1),
         stats=cond.stats.repeat(3, 1),
         audio_on=torch.cat([off, cond.audio_on, cond.audio_on]),

@@ -19,7 +19,7 @@ from export.onnx import ExportMismatch, export_all, max_error, ort_session
 from export.runtime import OrtModel, load_motion_model
 from export.specs import generator_specs
 
-pytestmark = pytest.mark.slow  # exports five graphs (~50 s on 2 cores)
+pytestmark = pytest.mark.slow  # exports six graphs (~50 s on 2 cores)
 OPTIONS = LearnedOptions(steps=2, guidance_audio=2.0, guidance_emotion=1.5)
 
 
@@ -39,7 +39,7 @@ def exported(checkpoint, tmp_path_factory):
 
 def test_every_graph_exports_checks_and_matches_torch(exported):
     out, manifest = exported
-    assert set(manifest["graphs"]) == {"embed", "denoise", "commit", "chunk", "renderer"}
+    assert set(manifest["graphs"]) == {"speech", "embed", "denoise", "commit", "chunk", "renderer"}
     assert manifest["opset"] <= 22  # TensorRT rejects opset 23's Attention
     assert json.loads((out / "manifest.json").read_text()) == manifest
     for name, graph in manifest["graphs"].items():

@@ -3,10 +3,11 @@ import numpy as np
 import pytest
 import torch
 
-from engine.audio.frontend import extract_features
+from engine.audio.frontend import AudioFeatures, extract_features
 from engine.motion import spec
-from engine.motion.generator import UtteranceStats, emotion_index, prosody_features
-from engine.motion.model import NO_EMOTION, MotionConfig
+from engine.motion.generator import StreamingGenerator, UtteranceStats, emotion_index, prosody_features, silence
+from engine.motion.model import NO_EMOTION, MotionConfig, MotionTransformer
+from engine.motion.sampler import SamplerOptions
 from train.dataset import Corpus, load_clips
 from train.synth import corpus as synth
 
@@ -25,9 +26,9 @@ def test_batch_shapes_and_dtypes(train_set):
     b = train_set.sample_batch(np.random.default_rng(0), B)
     expected = {
         "context": ((B, c.context, D), torch.float32), "context_valid": ((B, c.context), torch.bool),
-        "context_mel": ((B, n, A, c.mels_per_frame, c.n_mels), torch.float32),
+        "context_speech": ((B, n, A, c.speech_tokens, c.speech_dim), torch.float32),
         "context_prosody": ((B, n, A, c.n_prosody), torch.float32), "context_stats": ((B, n, c.n_stats), torch.float32),
-        "target": ((B, c.chunk, D), torch.float32), "mel": ((B, A, c.mels_per_frame, c.n_mels), torch.float32),
+        "target": ((B, c.chunk, D), torch.float32), "speech": ((B, A, c.speech_tokens, c.speech_dim), torch.float32),
         "prosody": ((B, A, c.n_prosody), torch.float32), "stats": ((B, c.n_stats), torch.float32),
         "emotion": ((B,), torch.int64), "ref": ((B, D), torch.float32), "start": ((B,), torch.int64),
     }
@@ -58,8 +59,22 @@ def test_context_validity_follows_the_clip_start(train_set):
     assert torch.allclose(b.context[~b.context_valid], neutral.expand(int((~b.context_valid).sum()), -1))
 
 
+def streamed_speech(features):
+    """The speech features the streaming generator computes for each chunk of a clip (its own encode)."""
+    c = CONFIG
+    generator = StreamingGenerator(MotionTransformer(c), SamplerOptions(steps=1))
+    seen = []
+    encode = generator.encode
+    generator.encode = lambda mel: seen.append(encode(mel)) or seen[-1]
+    padded = AudioFeatures.concat([features, silence(c.chunk + c.lookahead)])
+    for s in range(0, len(features), c.chunk):
+        generator.step(padded[s : s + c.chunk + c.lookahead])
+    return torch.cat(seen)
+
+
 def test_window_matches_the_clip_and_its_features(corpus_dir, train_set):
-    """Target motion, audio window (P silent frames before the clip) and statistics come from the clip itself."""
+    """Target motion, audio window (P silent frames before the clip), speech features and statistics come
+    from the clip itself, as the streaming generator meets them."""
     c = CONFIG
     clip = synth.load_shard(corpus_dir / "shard_00000.npz")[0]
     feats = extract_features(clip["audio"])
@@ -73,7 +88,10 @@ def test_window_matches_the_clip_and_its_features(corpus_dir, train_set):
             break
     i = hits[0]
     P = c.audio_past
-    assert np.allclose(b.mel[i].numpy(), feats.mel[s - P : s + c.chunk + c.lookahead])
+    assert np.allclose(b.prosody[i].numpy(), prosody_features(feats[s - P : s + c.chunk + c.lookahead]))
+    speech = streamed_speech(feats)  # (chunks, A, tokens, d)
+    assert torch.allclose(b.speech[i], speech[s // c.chunk], atol=2e-2)  # cached as float16
+    assert not torch.allclose(b.speech[i], speech[s // c.chunk + 1], atol=2e-2)
     assert np.allclose(b.context[i, -s:].numpy(), spec.normalize(clip["motion"][:s]))
     stats = UtteranceStats()
     stats.update(prosody_features(feats[:s]))
@@ -81,8 +99,8 @@ def test_window_matches_the_clip_and_its_features(corpus_dir, train_set):
     assert b.emotion[i] == emotion_index(clip["emotion"])
     # The first context chunk inside the clip (frame 0) hears P silent frames before the clip.
     j = (c.context - s) // c.chunk
-    assert (b.context_mel[i, j, :P] == -1.0).all() and np.allclose(b.context_mel[i, j, P:].numpy(),
-                                                                    feats.mel[: c.chunk + c.lookahead])
+    assert torch.allclose(b.context_speech[i, j], speech[0], atol=2e-2)
+    assert (b.context_prosody[i, j, :P] == torch.from_numpy(prosody_features(silence(P)))).all()
 
 
 def test_validation_split_holds_other_voices(corpus_dir):

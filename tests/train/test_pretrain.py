@@ -36,7 +36,7 @@ def test_batched_context_cache_equals_committing_chunk_by_chunk(data):
             for j in range(n):
                 if not b.context_valid[i, j * L]:
                     continue
-                cond = Conditions(b.context_mel[i, j][None], b.context_prosody[i, j][None],
+                cond = Conditions(b.context_speech[i, j][None], b.context_prosody[i, j][None],
                                   b.context_stats[i, j][None], torch.ones(1, dtype=torch.bool),
                                   b.emotion[i : i + 1], b.ref[i : i + 1])
                 cache = model.commit(b.context[i : i + 1, j * L : (j + 1) * L], cond, cache)

@@ -14,6 +14,7 @@ from engine.motion.model import (
     NO_EMOTION, Conditions, LocalAudioEncoder, MotionConfig, MotionTransformer, adaln, timestep_embedding,
 )
 from engine.motion.sampler import SamplerOptions, sample
+from engine.timebase import MELS_PER_FRAME, N_MELS
 
 CFG = MotionConfig.tiny()
 OPTIONS = SamplerOptions(steps=3, guidance_audio=2.0, guidance_emotion=1.5)
@@ -22,7 +23,7 @@ OPTIONS = SamplerOptions(steps=3, guidance_audio=2.0, guidance_emotion=1.5)
 def random_conditions(batch=1, emotion=3, frames=CFG.audio_frames):
     a = frames
     return Conditions(
-        mel=torch.randn(batch, a, CFG.mels_per_frame, CFG.n_mels),
+        speech=torch.randn(batch, a, CFG.speech_tokens, CFG.speech_dim),
         prosody=torch.randn(batch, a, CFG.n_prosody),
         stats=torch.randn(batch, CFG.n_stats),
         audio_on=torch.ones(batch, dtype=torch.bool),
@@ -152,7 +153,7 @@ def test_zero_initialised_gates_make_the_output_independent_of_conditions():
 def test_adaln_is_per_frame():
     """Changing frame 2's audio changes frame 2's output. With attention gated off, exactly the frames
     whose audio window (P before, K after) holds frame 2 change: the modulation is per frame."""
-    config = replace(CFG, chunk=8, context=16)
+    config = replace(CFG, chunk=8, context=16, speech_window=11)
     torch.manual_seed(0)
     model = perturb_gates(MotionTransformer(config)).eval()
     P, K, d = config.audio_past, config.lookahead, config.d_model
@@ -178,7 +179,7 @@ def test_adaln_is_per_frame():
 def speechlike(frames, seed=0):
     rng = np.random.default_rng(seed)
     return AudioFeatures(
-        rng.normal(size=(frames, CFG.mels_per_frame, CFG.n_mels)).astype(np.float32),
+        rng.normal(size=(frames, MELS_PER_FRAME, N_MELS)).astype(np.float32),
         rng.uniform(-60, -10, frames).astype(np.float32),
         rng.uniform(0, 250, frames).astype(np.float32) * (rng.random(frames) > 0.3),
         rng.random(frames).astype(np.float32),
@@ -293,7 +294,7 @@ def reference_run(model, x, t, cond, cache):
     def modulate(h, shift, scale):
         return h * (1 + scale) + shift
 
-    levels = torch.stack([local(model.phonetic, cond.mel.flatten(2)), local(model.prosodic, cond.prosody),
+    levels = torch.stack([local(model.phonetic, cond.speech.flatten(2)), local(model.prosodic, cond.prosody),
                           model.global_stats(cond.stats)[:, None].expand(B, L, d)], dim=2)
     levels = torch.where(cond.audio_on[:, None, None, None], levels, model.null_audio)
     static = model.emotion(cond.emotion) + model.ref_in(cond.ref)
