@@ -10,6 +10,11 @@ generator, the baseline) then animates the same audio, and we report per recordi
 - sync confidence and offset from the lip-sync expert (train.sync_expert), when one is given.
 With --corpus, the held-out voices of a synthetic corpus are scored the same way against their
 known motion targets (no alignment needed).
+
+With --rendered, what a viewer sees is scored instead (train.eval_video): each driver's motion is
+rendered, the mouth measured in the pixels by FaceMesh and compared with the phones on their
+acoustic boundaries (r, best lag, lips on p/b/m, pauses, roughness); corpus clips are then
+force-aligned like the recordings.
 """
 
 from __future__ import annotations
@@ -215,16 +220,27 @@ def markdown(title: str, scores: Sequence[Score]) -> str:
     return "\n".join(lines + ["", "</details>", ""])
 
 
+DRIVER_SETS = {"learned": ("learned",), "fast": ("fast",), "baseline": ("baseline",),
+               "both": ("learned", "baseline"), "all": ("learned", "fast", "baseline")}
+
+
 def make_drivers(which: str, checkpoint: Path | None, seed: int,
                  guidance: Sequence[float] = (LearnedOptions.guidance_audio,)) -> dict[str, Driver]:
-    """Drivers by name; several audio guidance scales give one learned driver each ("learned g=1.5")."""
+    """Drivers by name; several audio guidance scales give one learned driver each ("learned g=1.5");
+    "fast" is the live presets' generator (engine/assets/motion_fast.safetensors)."""
+    from engine import assets
+
     drivers: dict[str, Driver] = {}
-    if which in ("learned", "both"):
+    names = DRIVER_SETS[which]
+    if "learned" in names:
         model = load_generator(checkpoint)
         for g in guidance:
             name = "learned" if len(guidance) == 1 else f"learned g={g:g}"
             drivers[name] = LearnedDriver(model, LearnedOptions(seed=seed, guidance_audio=g)).drive
-    if which in ("baseline", "both"):
+    if "fast" in names:
+        options = LearnedOptions(seed=seed, guidance_audio=guidance[0])
+        drivers["fast"] = LearnedDriver(load_generator(assets.FAST_MOTION), options).drive
+    if "baseline" in names:
         drivers["baseline"] = BaselineDriver(BaselineOptions(seed=seed)).drive
     return drivers
 
@@ -237,7 +253,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--audio-dir", type=Path, help="recordings (<stem>.wav) with transcripts (<stem>.txt)")
     parser.add_argument("--corpus", type=Path, help="also score the held-out voices of this synthetic corpus")
     parser.add_argument("--clips", type=int, default=20, help="held-out corpus clips to score (20)")
-    parser.add_argument("--driver", choices=("learned", "baseline", "both"), default="both")
+    parser.add_argument("--driver", choices=tuple(DRIVER_SETS), default="both",
+                        help="both = learned and baseline; all = learned, fast (the live presets') and baseline")
+    parser.add_argument("--rendered", action="store_true", help="score the rendered video: the mouth measured by "
+                        "FaceMesh in every frame against phones on their acoustic boundaries (train.eval_video)")
+    parser.add_argument("--portrait", type=Path, help="--rendered: the face to render (default: the bundled one)")
+    parser.add_argument("--size", type=int, default=512, help="--rendered: frame size in pixels (512)")
     parser.add_argument("--checkpoint", type=Path, help="generator weights (default: the shipped ones)")
     parser.add_argument("--sync-expert", type=Path, help="lip-sync expert weights (avatar train sync) for "
                         "sync confidence and offset")
@@ -256,6 +277,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from train.sync_expert import load_expert
 
         expert = load_expert(args.sync_expert)
+    if args.rendered:
+        return _main_rendered(args, drivers, argv, started)
     sections = {}
     if args.audio_dir is not None:
         sections[f"human speech ({args.audio_dir})"] = evaluate_human(args.audio_dir, drivers, expert)
@@ -268,6 +291,66 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         command = "avatar eval lipsync " + shlex.join(sys.argv[1:] if argv is None else argv)
         payload = {"command": command, "sections": {t: {"summary": summary(s), "scores": [asdict(x) for x in s]}
+                                                    for t, s in sections.items()}}
+        Path(f"{args.out}.json").write_text(json.dumps(payload, indent=1) + "\n")
+        Path(f"{args.out}.md").write_text(f"Command: `{command}`\n\n{text}")
+    print(f"done in {time.monotonic() - started:.0f} s", file=sys.stderr)
+    return 0
+
+
+def aligned_recordings(audio_dir: Path) -> list[tuple[str, AudioFeatures, tuple[Phone, ...]]]:
+    """(name, features, phones) of every recording whose transcript pocketsphinx could align."""
+    out = []
+    for name, samples, transcript in tqdm(recordings(audio_dir), desc="aligning", leave=False):
+        try:
+            out.append((name, extract_features(samples), align(samples, transcript)))
+        except AlignmentError as err:
+            print(f"warning: {name}: {err}; skipped", file=sys.stderr)
+    return out
+
+
+def aligned_corpus(corpus: Path, limit: int) -> list[tuple[str, AudioFeatures, tuple[Phone, ...]]]:
+    """The first `limit` held-out corpus clips that pocketsphinx can align to their text."""
+    from train.dataset import load_clips
+    from train.synth.corpus import load_shard
+
+    manifest = json.loads((corpus / "manifest.json").read_text())
+    audio = [c["audio"] for s in manifest["shards"] if s["split"] == "val" for c in load_shard(corpus / s["file"])]
+    out = []
+    for i, (clip, samples) in enumerate(zip(load_clips(corpus, "val"), audio)):
+        if len(out) == limit:
+            break
+        try:
+            out.append((f"val{i:03d}:{clip.voice}", clip.features, align(samples, clip.text)))
+        except AlignmentError:
+            continue  # robotic voices defeat the aligner now and then
+    return out
+
+
+def _main_rendered(args, drivers: dict[str, Driver], argv, started: float) -> int:
+    from engine import assets
+    from engine.face.analysis import analyze_portrait
+    from engine.face.rig import Rig
+    from engine.render.renderer import Renderer
+    from train import eval_video
+
+    renderer = Renderer(Rig(analyze_portrait(args.portrait or assets.DEFAULT_PORTRAIT, size=args.size))).eval()
+    sections = {}
+    if args.audio_dir is not None:
+        items = aligned_recordings(args.audio_dir)
+        sections[f"human speech ({args.audio_dir}), rendered"] = eval_video.evaluate_rendered(items, drivers, renderer,
+                                                                                              tqdm)
+    if args.corpus is not None:
+        items = aligned_corpus(args.corpus, args.clips)
+        sections[f"held-out synthetic voices ({args.corpus}), rendered"] = eval_video.evaluate_rendered(
+            items, drivers, renderer, tqdm)
+    text = "\n".join(eval_video.markdown(title, scores) for title, scores in sections.items())
+    print(text)
+    if args.out is not None:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        command = "avatar eval lipsync " + shlex.join(sys.argv[1:] if argv is None else argv)
+        payload = {"command": command, "sections": {t: {"summary": eval_video.summary(s),
+                                                        "scores": [asdict(x) for x in s]}
                                                     for t, s in sections.items()}}
         Path(f"{args.out}.json").write_text(json.dumps(payload, indent=1) + "\n")
         Path(f"{args.out}.md").write_text(f"Command: `{command}`\n\n{text}")
