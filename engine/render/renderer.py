@@ -32,11 +32,12 @@ from torch import nn
 
 from engine.motion import spec
 from engine.render.eyes import LASH_BAND, LID_BAND, LOWER_BAND, Eyelid, band_colour
-from engine.render.mouth import MouthInterior
+from engine.render.lips import LipColours, clean_lip_line
+from engine.render.mouth import MouthInterior, palette
 from engine.render.ops import paste
 from engine.render.warp import FlowRasterizer, fit_detail_residual, fit_flow_basis, rest_image
 
-MOUTH_MARGIN = 4  # px around the furthest the inner lips can reach
+MOUTH_MARGIN = 6  # px around the furthest the inner lips can reach (the wet rim lies below the lower one)
 EYE_MARGIN = 3  # px around the furthest the eyelids can reach
 HEAD_ENVELOPE = 0.35  # fraction of the head-pose range the mouth ROI and detail box allow for
 COARSE_FACTOR = 4  # frame size / default coarse flow size
@@ -82,6 +83,8 @@ class Renderer(nn.Module):
         self.register_buffer("expr_index", torch.as_tensor(expr_idx, dtype=torch.long))
         self.register_buffer("head_index", torch.as_tensor(head_idx, dtype=torch.long))
         image = rest_image(rig)
+        colours = LipColours.of(image, rig)
+        image = clean_lip_line(image, rig, colours)  # what the photo's parted lips left along the closed line
         self.image_rgba = cv2.cvtColor(image, cv2.COLOR_RGB2RGBA)  # (S, S, 4) uint8: what `frames` samples on CPU
         self.register_buffer("image", torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255)  # (1, 3, S, S)
 
@@ -126,7 +129,7 @@ class Renderer(nn.Module):
         self.register_buffer("expr_origin", _identity(flow_size) * scale + shift)  # (1, h, w, 2)
 
         self.mouth = MouthInterior(np.asarray(rig.points)[lips], np.asarray(rig.basis)[:, lips], mouth_box,
-                                   _light(rig, image))
+                                   palette(colours, _light(rig, image)))
         self.eyelids = nn.ModuleList()
         for s in ("left", "right"):
             if f"eye_{s}_upper" not in rig.groups:
