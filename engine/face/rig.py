@@ -55,6 +55,9 @@ class _Sculptor:
         outer_lo = np.interp(u, outer_lo_x, outer_lo_y)
         outer_up = np.interp(u, local[list(topo.OUTER_LIP_UPPER), 0], local[list(topo.OUTER_LIP_UPPER), 1])
         self.below = v - line  # signed distance below the lip line
+        # 0 on the lip line, 1 at (and beyond) the lip's outer edge: where on its lip a point sits
+        self.across_lower = np.clip(self.below / np.maximum(outer_lo - line, 1e-3), 0, 1)
+        self.across_upper = np.clip(-self.below / np.maximum(line - outer_up, 1e-3), 0, 1)
         # Lower-face membership: 1 for the lower lip, chin and jaw; 0 above the lip line.
         low = _smooth(self.below / 0.035)
         low[up], low[lo] = 0.0, 1.0
@@ -158,13 +161,17 @@ class _Sculptor:
             return self.field(dv=amount - lift + follow, dz=-0.2 * amount)
         if name in ("jawLeft", "jawRight"):
             return self.field(du=(0.06 if name == "jawLeft" else -0.06) * self.low * self.jaw_reach)
-        if name == "mouthClose":
-            return self.field(dv=-0.15 * self.low * self.near(m, (0.3, 0.1)))
-        if name == "mouthFunnel":
-            open_ = 0.03 * self.centrality * (self.low * self.lip_lower_band - 0.8 * (1 - self.low) * self.lip_upper_band)
+        if name == "mouthClose":  # the lips back where they rest, whatever the jaw does (m, b, p): undoes
+            # jawOpen on both lips exactly, fading out over the skin around them; the chin stays
+            lips = np.maximum(self.near(m, (0.3, 0.1)), np.maximum(self.lip_lower_band, self.lip_upper_band))
+            return -self.blendshape("jawOpen") * lips[:, None]
+        if name == "mouthFunnel":  # lips flared into a round opening: an ellipse, not a lens
+            round_ = np.sqrt(self.centrality)
+            open_ = 0.03 * round_ * (self.low * self.lip_lower_band - 0.8 * (1 - self.low) * self.lip_upper_band)
             return self.field(du=-0.3 * (self.u - m[0]) * mouth_region, dv=open_, dz=0.04 * mouth_region)
-        if name == "mouthPucker":  # corners in, lips pushed out and thickened
-            thicken = 0.012 * (self.low * self.lip_lower_band - (1 - self.low) * self.lip_upper_band)
+        if name == "mouthPucker":  # corners in, lips pushed out and thickened outward (they stay together)
+            thicken = 0.012 * (self.low * self.lip_lower_band * self.across_lower
+                               - (1 - self.low) * self.lip_upper_band * self.across_upper)
             lips = self.near(m, (0.28, 0.12))
             return self.field(du=-0.6 * (self.u - m[0]) * lips, dv=thicken, dz=0.06 * lips)
         if name in ("mouthLeft", "mouthRight"):

@@ -20,7 +20,7 @@ import numpy as np
 LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 OPEN_PHOTO_GAP = 2.0  # px: a photo whose lips parted less than this keeps its own lip line
 BAND = 0.018  # half-height of the repainted band around the closed lip line, in face widths
-CORNER_REACH = 0.05  # how far beyond each mouth corner the band reaches, in face widths
+CORNER_REACH = 0.1  # how far beyond each mouth corner the band reaches, in face widths
 DARK = 0.8  # a band pixel darker than this fraction of the lips' (or skin's) brightness is repainted
 SEAM = 0.4  # how much darker than the lips the closed seam is, at the centre
 FALLBACK_LIPS, FALLBACK_SKIN = (0.72, 0.45, 0.45), (0.8, 0.65, 0.55)  # RGB where too little of either is seen

@@ -75,7 +75,7 @@ def palette(colours: LipColours, light: float) -> np.ndarray:
     tint = (skin / max(float(skin.mean()), 1e-3)) ** 0.25
     teeth = np.asarray(TEETH) * light * tint
     rows = {
-        "cavity_back": lips * 0.10, "cavity_front": lips * 0.5,
+        "cavity_back": lips * 0.15, "cavity_front": lips * 0.5,
         "tongue": 0.5 * (lips + np.asarray(TONGUE) * light) * 0.92,
         "teeth_lower": 0.85 * teeth * 0.88 + 0.15 * lips * 0.8, "gum": 0.5 * (lips + np.asarray(GUM) * light) * 0.9,
         "teeth_upper": teeth, "rim": 0.35 * lips + 0.65,
@@ -196,16 +196,17 @@ class MouthInterior(nn.Module):
         edges = torch.exp(-(((offset - self.tooth_edges * half) / 1.1) ** 2)).sum(1, keepdim=True).clamp(max=1.0)
         tint = (torch.exp(-(((offset - self.tooth_centres * half) / (0.08 * half + 0.5)) ** 2)) * self.tooth_tint
                 ).sum(1, keepdim=True)
-        arch = smoothstep((0.86 - u.abs()) / 0.2)  # the teeth turn away out of sight toward the corners
+        arch = smoothstep((0.9 - u.abs()) / 0.25)  # the teeth turn away out of sight toward the corners
 
         # Upper teeth under a gum line: a band hanging from the upper lip; the lip shades its top,
         # the biting edge is notched between teeth and greyer (translucent enamel).
         gum = GUM_GAP * 0.1 * width * smoothstep((rel - GUM_GAP) / 0.15) * (0.5 + 0.9 * edges)
         height_up = UPPER_TEETH * width * (1 - 0.35 * u2) * (1 - 0.12 * edges)
-        a_block = (gum + height_up - below_upper + 0.5).clamp(0.0, 1.0) * arch  # gum and teeth
+        # gum and teeth; a hairline gap shows the dark between the lips, not the teeth
+        a_block = (gum + height_up - below_upper + 0.5).clamp(0.0, 1.0) * arch * smoothstep((gap - 1.0) / 2.5)
         a_gum = (gum - below_upper + 0.5).clamp(0.0, 1.0) * smoothstep(gum) * a_block
         depth = ((below_upper - gum) / height_up.clamp(min=1.0)).clamp(0.0, 1.0)  # 0 at the gum, 1 at the edge
-        shade_up = ((1 - 0.55 * u2 + tint) * (1 - 0.22 * edges)
+        shade_up = ((1 - 0.45 * u2 + tint) * (1 - 0.22 * edges)
                     * (0.55 + 0.45 * smoothstep(below_upper / (0.035 * width + 0.5)))
                     * (1 - 0.18 * smoothstep((depth - 0.7) / 0.3)))
 
@@ -228,7 +229,7 @@ class MouthInterior(nn.Module):
         # Cavity: lit near the lips, dark toward the throat and the corners.
         near_lip = torch.exp(-torch.minimum(below_upper, above_lower).clamp(min=0.0) / (0.07 * width))
         lit = (0.2 + 0.8 * near_lip) * (1 - 0.5 * u2)
-        dark = 1 - 0.5 * u2 * u2
+        dark = 1 - 0.4 * u2 * u2
 
         # Front-to-back compositing: upper teeth and gum over lower teeth over tongue over cavity.
         w_block = a_block * cover

@@ -88,9 +88,11 @@ class Renderer(nn.Module):
         self.image_rgba = cv2.cvtColor(image, cv2.COLOR_RGB2RGBA)  # (S, S, 4) uint8: what `frames` samples on CPU
         self.register_buffer("image", torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255)  # (1, 3, S, S)
 
+        # mouthClose is defined on an open jaw (ARKit): its flow is what it adds to jawOpen
+        context = {spec.index("mouthClose"): spec.index("jawOpen")} if dims == spec.D else {}
         coarse = FlowRasterizer(rig, flow_size)
         for name, idx in (("expr_basis", expr_idx), ("head_basis", head_idx)):
-            basis = fit_flow_basis(coarse, bounds, idx).reshape(len(idx), flow_size, flow_size, 2)
+            basis = fit_flow_basis(coarse, bounds, idx, context).reshape(len(idx), flow_size, flow_size, 2)
             self.register_buffer(name, _flat(basis.transpose(0, 3, 1, 2), len(idx)))  # (K, 2*h*w)
         # The identity at the coarse pixels plus a ring of one beyond the edge (linearly
         # extrapolated): upsampling a field padded with it gives the identity exactly at every
@@ -110,7 +112,7 @@ class Renderer(nn.Module):
         mouth_box = reach(lips, HEAD_ENVELOPE, MOUTH_MARGIN, self.factor)
         self.frame_box = _union(mouth_box, reach(eyes, HEAD_ENVELOPE, EYE_MARGIN, self.factor))
         coarse_expr = self.expr_basis.view(-1, 2, flow_size, flow_size).numpy()
-        residual = fit_detail_residual(rig, bounds, expr_idx, coarse_expr, self.rest_box)
+        residual = fit_detail_residual(rig, bounds, expr_idx, coarse_expr, self.rest_box, context)
         self.register_buffer("detail_basis", _flat(residual, len(expr_idx)))  # (K, 2*h*w)
         # The residual is sampled in the rest box's own normalized coordinates: the head flow is
         # scaled before its (linear) upsampling, the frame box's identity after.

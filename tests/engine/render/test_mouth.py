@@ -177,3 +177,17 @@ def test_exported_mouth_matches_torch(renderer, tmp_path):
         want = Paint(mouth)(canvas, coeffs).numpy()
     assert np.abs(got - want).max() < 1e-4
     assert np.abs(want - canvas.numpy()).max() > 0.3  # it painted something
+
+
+def test_bilabial_closure_shows_closed_lips_on_an_open_jaw(rig, renderer):
+    """m, b, p: jawOpen with mouthClose as much keeps the lips together: no interior, and the lips
+    look as they do at rest (mouthClose's flow is fitted on an open jaw, so the two flows add up)."""
+    g, pts, size = rig.groups, rig.points, renderer.size
+    coeffs = coeffs_of({}, {"jawOpen": 0.3, "mouthClose": 0.3})
+    assert renderer.mouth.window(coeffs[1:]) is None
+    with torch.no_grad():
+        rest, closed = renderer.frames(coeffs).astype(np.float32) / 255
+    lips = np.zeros((size, size), np.uint8)
+    cv2.fillPoly(lips, [np.round(np.r_[pts[g["outer_lip_upper"]], pts[g["outer_lip_lower"]][::-1]]).astype(int)], 1)
+    diff = np.abs(closed - rest)[lips.astype(bool)]
+    assert diff.mean() < 0.02 and diff.max() < 0.2, (diff.mean(), diff.max())
