@@ -79,7 +79,7 @@ class _Sculptor:
         self.lip_round = 1 - self.lip_lower_band * (1 - (0.35 + 0.65 * self.centrality))
         self.lip_round[[61, 291, 78, 308]] = 1.0
         # The upper lip's last stretch before each corner follows the corner down (a taper, not a notch).
-        self.corner_pull = _smooth(1 - (1 - np.abs(u - self.mouth[0]) / self.mouth_half) / 0.3)
+        self.corner_pull = _smooth(1 - (1 - np.abs(u - self.mouth[0]) / self.mouth_half) / 0.5)
 
     # --- small helpers -------------------------------------------------------------------
     def near(self, center, radius) -> np.ndarray:
