@@ -227,7 +227,7 @@ class MouthInterior(nn.Module):
         shade_tongue = (0.5 + 0.5 * smoothstep(into / 0.6)) * (1 - 0.45 * u2) * (1 - 0.1 * torch.exp(-(u / 0.05) ** 2))
 
         # Cavity: lit near the lips, dark toward the throat and the corners.
-        near_lip = torch.exp(-torch.minimum(below_upper, above_lower).clamp(min=0.0) / (0.07 * width))
+        near_lip = torch.exp(-torch.minimum(below_upper, above_lower).clamp(min=0.0) / (0.05 * width))
         lit = (0.2 + 0.8 * near_lip) * (1 - 0.5 * u2)
         dark = 1 - 0.4 * u2 * u2
 
