@@ -59,7 +59,7 @@ def clean_lip_line(image: np.ndarray, rig, colours: LipColours) -> np.ndarray:
     reach = CORNER_REACH * width
     ends = [line[0] + reach * _unit(line[0] - line[1]), line[-1] + reach * _unit(line[-1] - line[-2])]
     path = np.concatenate([ends[:1], line, ends[1:]])
-    band = _line_mask(size, path, max(int(round(BAND * width)), 1))
+    band = _line_mask(size, path, max(round(BAND * width), 1))
     beyond = band & ~_between(size, line[0, 0], line[-1, 0])  # past the corners: skin, where the tear is
 
     out = image.astype(np.float32)

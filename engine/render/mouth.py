@@ -101,7 +101,10 @@ class MouthInterior(nn.Module):
         spline = catmull_rom(n, SUBDIVIDE)
         self.m = len(spline)
         y0, y1, x0, x1 = self.box
-        dense = lambda pts: np.concatenate([spline @ pts[..., :n, :], spline @ pts[..., n:, :]], -2)  # noqa: E731
+
+        def dense(pts):  # (..., 2n, 2) landmarks -> (..., 2m, 2) spline points, upper then lower
+            return np.concatenate([spline @ pts[..., :n, :], spline @ pts[..., n:, :]], -2)
+
         self.register_buffer("lip_rest", torch.as_tensor(dense(lip_rest), dtype=torch.float32).reshape(1, -1))
         self.register_buffer("lip_basis", torch.as_tensor(dense(lip_basis), dtype=torch.float32)
                              .reshape(len(lip_basis), -1))

@@ -93,7 +93,7 @@ def lip_thickness(renderer, rig, coeffs: dict, column: int, lip: str) -> float:
 def test_lips_keep_their_thickness_as_the_jaw_opens(rig, renderer, lip):
     corners = rig.points[[topo.INNER_LIP_UPPER[0], topo.INNER_LIP_UPPER[-1]], 0]
     for t in (0.35, 0.5, 0.65):  # across the middle of the mouth
-        column = int(round(corners[0] + t * (corners[1] - corners[0])))
+        column = round(corners[0] + t * (corners[1] - corners[0]))
         rest = lip_thickness(renderer, rig, {}, column, lip)
         open_ = lip_thickness(renderer, rig, {"jawOpen": 0.5}, column, lip)
         assert rest >= 2 and abs(open_ / rest - 1) <= 0.2, (lip, t, rest, open_)
@@ -162,7 +162,7 @@ def test_exported_mouth_matches_torch(renderer, tmp_path):
             return self.mouth(canvas, coeffs)
 
     mouth = renderer.mouth
-    y0, y1, x0, x1 = mouth.box
+    _, y1, _, x1 = mouth.box
     canvas = torch.rand(2, 3, y1, x1)
     coeffs = coeffs_of({"jawOpen": 0.8, "mouthFunnel": 0.4}, {"mouthSmile_L": 0.7, "mouthSmile_R": 0.7,
                                                                 "jawOpen": 0.4})
