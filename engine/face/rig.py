@@ -51,22 +51,35 @@ class _Sculptor:
         self.lip_line = ((local[up, 1] + local[lo, 1]) / 2)[order]
         self.lip_gap = np.maximum(local[lo, 1] - local[up, 1], 0)[order]
         line = np.interp(u, self.lip_u, self.lip_line)
-        outer_lo = np.interp(u, local[list(topo.OUTER_LIP_LOWER), 0], local[list(topo.OUTER_LIP_LOWER), 1])
+        outer_lo_x, outer_lo_y = local[list(topo.OUTER_LIP_LOWER), 0], local[list(topo.OUTER_LIP_LOWER), 1]
+        outer_lo = np.interp(u, outer_lo_x, outer_lo_y)
         outer_up = np.interp(u, local[list(topo.OUTER_LIP_UPPER), 0], local[list(topo.OUTER_LIP_UPPER), 1])
         self.below = v - line  # signed distance below the lip line
+        # 0 on the lip line, 1 at (and beyond) the lip's outer edge: where on its lip a point sits
+        self.across_lower = np.clip(self.below / np.maximum(outer_lo - line, 1e-3), 0, 1)
+        self.across_upper = np.clip(-self.below / np.maximum(line - outer_up, 1e-3), 0, 1)
         # Lower-face membership: 1 for the lower lip, chin and jaw; 0 above the lip line.
         low = _smooth(self.below / 0.035)
         low[up], low[lo] = 0.0, 1.0
         low[[61, 291, 78, 308]] = 0.35
         self.low = low
-        chin_drop = max(local[topo.CHIN, 1] - self.mouth[1], 1e-3)
         self.jaw_reach = _smooth(1 - (np.abs(u - self.mouth[0]) - 0.28) / 0.22)  # fades toward the ears
-        self.jaw_depth = np.clip(self.below / chin_drop, 0, 1)
+        # Depth into the jaw counted from the lower lip's outer edge: the lip itself drops as one body
+        # (keeps its thickness); only the chin below it drops further.
+        chin_drop = max(local[topo.CHIN, 1] - np.interp(self.mouth[0], outer_lo_x, outer_lo_y), 1e-3)
+        self.jaw_depth = np.clip((v - outer_lo) / chin_drop, 0, 1)
         within = (np.abs(u - self.mouth[0]) < self.mouth_half * 1.15).astype(float)
         self.lip_lower_band = within * _smooth(1 - (v - outer_lo) / 0.03) * (self.below > -1e-3)
         self.lip_upper_band = within * _smooth(1 - (outer_up - v) / 0.03) * (self.below < 1e-3)
         self.lip_lower_band[lo], self.lip_upper_band[up] = 1.0, 1.0
         self.centrality = np.clip(1 - ((u - self.mouth[0]) / self.mouth_half) ** 2, 0, 1)
+        # How far the lower lip follows the jaw along the mouth: fully at the centre, like the corners
+        # (low = 0.35) at the ends, a parabola between, so an opening mouth is a lens tapering into
+        # its corners, not a box.
+        self.lip_round = 1 - self.lip_lower_band * (1 - (0.35 + 0.65 * self.centrality))
+        self.lip_round[[61, 291, 78, 308]] = 1.0
+        # The upper lip's last stretch before each corner follows the corner down (a taper, not a notch).
+        self.corner_pull = _smooth(1 - (1 - np.abs(u - self.mouth[0]) / self.mouth_half) / 0.5)
 
     # --- small helpers -------------------------------------------------------------------
     def near(self, center, radius) -> np.ndarray:
@@ -141,17 +154,24 @@ class _Sculptor:
         m, c = self.mouth, self.corner
         mouth_region = self.near(m, (0.32, 0.16))
         if name == "jawOpen":
-            amount = self.low * self.jaw_reach * (0.15 + 0.07 * self.jaw_depth)
-            return self.field(dv=amount, dz=-0.2 * amount)
+            amount = self.low * self.jaw_reach * (0.15 + 0.07 * self.jaw_depth) * self.lip_round
+            upper = (1 - self.low) * self.lip_upper_band
+            lift = 0.012 * upper * np.sqrt(self.centrality)  # the upper lip rises a little on open vowels
+            follow = 0.35 * 0.15 * self.jaw_reach * upper * self.corner_pull
+            return self.field(dv=amount - lift + follow, dz=-0.2 * amount)
         if name in ("jawLeft", "jawRight"):
             return self.field(du=(0.06 if name == "jawLeft" else -0.06) * self.low * self.jaw_reach)
-        if name == "mouthClose":
-            return self.field(dv=-0.15 * self.low * self.near(m, (0.3, 0.1)))
-        if name == "mouthFunnel":
-            open_ = 0.03 * self.centrality * (self.low * self.lip_lower_band - 0.8 * (1 - self.low) * self.lip_upper_band)
+        if name == "mouthClose":  # the lips back where they rest, whatever the jaw does (m, b, p): undoes
+            # jawOpen on both lips exactly, fading out over the skin around them; the chin stays
+            lips = np.maximum(self.near(m, (0.3, 0.1)), np.maximum(self.lip_lower_band, self.lip_upper_band))
+            return -self.blendshape("jawOpen") * lips[:, None]
+        if name == "mouthFunnel":  # lips flared into a round opening: an ellipse, not a lens
+            round_ = np.sqrt(self.centrality)
+            open_ = 0.03 * round_ * (self.low * self.lip_lower_band - 0.8 * (1 - self.low) * self.lip_upper_band)
             return self.field(du=-0.3 * (self.u - m[0]) * mouth_region, dv=open_, dz=0.04 * mouth_region)
-        if name == "mouthPucker":  # corners in, lips pushed out and thickened
-            thicken = 0.012 * (self.low * self.lip_lower_band - (1 - self.low) * self.lip_upper_band)
+        if name == "mouthPucker":  # corners in, lips pushed out and thickened outward (they stay together)
+            thicken = 0.012 * (self.low * self.lip_lower_band * self.across_lower
+                               - (1 - self.low) * self.lip_upper_band * self.across_upper)
             lips = self.near(m, (0.28, 0.12))
             return self.field(du=-0.6 * (self.u - m[0]) * lips, dv=thicken, dz=0.06 * lips)
         if name in ("mouthLeft", "mouthRight"):

@@ -32,11 +32,12 @@ from torch import nn
 
 from engine.motion import spec
 from engine.render.eyes import LASH_BAND, LID_BAND, LOWER_BAND, Eyelid, band_colour
-from engine.render.mouth import MouthInterior
+from engine.render.lips import LipColours, clean_lip_line
+from engine.render.mouth import MouthInterior, palette
 from engine.render.ops import paste
 from engine.render.warp import FlowRasterizer, fit_detail_residual, fit_flow_basis, rest_image
 
-MOUTH_MARGIN = 4  # px around the furthest the inner lips can reach
+MOUTH_MARGIN = 6  # px around the furthest the inner lips can reach (the wet rim lies below the lower one)
 EYE_MARGIN = 3  # px around the furthest the eyelids can reach
 HEAD_ENVELOPE = 0.35  # fraction of the head-pose range the mouth ROI and detail box allow for
 COARSE_FACTOR = 4  # frame size / default coarse flow size
@@ -82,12 +83,16 @@ class Renderer(nn.Module):
         self.register_buffer("expr_index", torch.as_tensor(expr_idx, dtype=torch.long))
         self.register_buffer("head_index", torch.as_tensor(head_idx, dtype=torch.long))
         image = rest_image(rig)
+        colours = LipColours.of(image, rig)
+        image = clean_lip_line(image, rig, colours)  # what the photo's parted lips left along the closed line
         self.image_rgba = cv2.cvtColor(image, cv2.COLOR_RGB2RGBA)  # (S, S, 4) uint8: what `frames` samples on CPU
         self.register_buffer("image", torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255)  # (1, 3, S, S)
 
+        # mouthClose is defined on an open jaw (ARKit): its flow is what it adds to jawOpen
+        context = {spec.index("mouthClose"): spec.index("jawOpen")} if dims == spec.D else {}
         coarse = FlowRasterizer(rig, flow_size)
         for name, idx in (("expr_basis", expr_idx), ("head_basis", head_idx)):
-            basis = fit_flow_basis(coarse, bounds, idx).reshape(len(idx), flow_size, flow_size, 2)
+            basis = fit_flow_basis(coarse, bounds, idx, context).reshape(len(idx), flow_size, flow_size, 2)
             self.register_buffer(name, _flat(basis.transpose(0, 3, 1, 2), len(idx)))  # (K, 2*h*w)
         # The identity at the coarse pixels plus a ring of one beyond the edge (linearly
         # extrapolated): upsampling a field padded with it gives the identity exactly at every
@@ -107,7 +112,7 @@ class Renderer(nn.Module):
         mouth_box = reach(lips, HEAD_ENVELOPE, MOUTH_MARGIN, self.factor)
         self.frame_box = _union(mouth_box, reach(eyes, HEAD_ENVELOPE, EYE_MARGIN, self.factor))
         coarse_expr = self.expr_basis.view(-1, 2, flow_size, flow_size).numpy()
-        residual = fit_detail_residual(rig, bounds, expr_idx, coarse_expr, self.rest_box)
+        residual = fit_detail_residual(rig, bounds, expr_idx, coarse_expr, self.rest_box, context)
         self.register_buffer("detail_basis", _flat(residual, len(expr_idx)))  # (K, 2*h*w)
         # The residual is sampled in the rest box's own normalized coordinates: the head flow is
         # scaled before its (linear) upsampling, the frame box's identity after.
@@ -126,7 +131,7 @@ class Renderer(nn.Module):
         self.register_buffer("expr_origin", _identity(flow_size) * scale + shift)  # (1, h, w, 2)
 
         self.mouth = MouthInterior(np.asarray(rig.points)[lips], np.asarray(rig.basis)[:, lips], mouth_box,
-                                   _light(rig, image))
+                                   palette(colours, _light(rig, image)))
         self.eyelids = nn.ModuleList()
         for s in ("left", "right"):
             if f"eye_{s}_upper" not in rig.groups:

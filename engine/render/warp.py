@@ -195,33 +195,43 @@ def sample_values(low: float, high: float) -> list[float]:
     return [high * s for s in BLENDSHAPE_SAMPLES]
 
 
-def fit_flow_basis(raster: FlowRasterizer, bounds: tuple[np.ndarray, np.ndarray], which: np.ndarray) -> np.ndarray:
+def fit_flow_basis(raster: FlowRasterizer, bounds: tuple[np.ndarray, np.ndarray], which: np.ndarray,
+                   context: dict[int, int] | None = None) -> np.ndarray:
     """(len(which), N, 2) flow per unit of each coefficient in `which`, relative to the rest
     flow, at the rasterizer's pixels, in grid_sample's normalized units (align_corners=False);
-    least squares over each coefficient's sample values."""
+    least squares over each coefficient's sample values.
+
+    context {k: j}: coefficient k's flow is measured on top of j at the same value (what k adds
+    to j), for coefficients defined on another: mouthClose closes the lips of an open jaw; alone
+    it would push the lips through each other, whose flow does not add back to a closed mouth."""
     low, high = bounds
+    context = context or {}
     basis = np.zeros((len(which), *raster.rest.shape))
     for i, k in enumerate(which):
         values = sample_values(float(low[k]), float(high[k]))
         for v in values:
-            coeffs = np.zeros(len(low), np.float32)
+            base = np.zeros(len(low), np.float32)
+            if k in context:
+                base[context[k]] = v
+            coeffs = base.copy()
             coeffs[k] = v
-            basis[i] += v * (raster(coeffs) - raster.rest)
+            start = raster(base) if k in context else raster.rest
+            basis[i] += v * (raster(coeffs) - start)
         basis[i] /= sum(v * v for v in values)
     return (basis * (2.0 / raster.rig.image.shape[0])).astype(np.float32)  # frame pixels -> normalized units
 
 
 def fit_detail_residual(rig, bounds, which: np.ndarray, coarse: np.ndarray,
-                        box: tuple[int, int, int, int]) -> np.ndarray:
+                        box: tuple[int, int, int, int], context: dict[int, int] | None = None) -> np.ndarray:
     """(K, 2, h, w) full-resolution flow per unit of each coefficient in `which` inside `box`
     (y0, y1, x0, x1 frame pixels), minus the bilinear upsampling of its `coarse` (K, 2, hc, wc)
     field, tapered to zero at the box's edges: what to add to the upsampled coarse flow where
-    it jumps (lips, lids)."""
+    it jumps (lips, lids). context: as fit_flow_basis's."""
     size = rig.image.shape[0]
     factor = size // coarse.shape[-1]
     a, b, c, d = box
     pixels = (np.arange(a, b)[:, None] * size + np.arange(c, d)).ravel()
-    fine = fit_flow_basis(FlowRasterizer(rig, size, pixels), bounds, which)  # (K, N, 2)
+    fine = fit_flow_basis(FlowRasterizer(rig, size, pixels), bounds, which, context)  # (K, N, 2)
     smooth = F.interpolate(torch.from_numpy(np.ascontiguousarray(coarse, np.float32)), scale_factor=factor,
                            mode="bilinear", align_corners=False)[:, :, a:b, c:d].numpy()
     return (fine.reshape(-1, b - a, d - c, 2).transpose(0, 3, 1, 2) - smooth) * _taper(b - a, d - c, factor)

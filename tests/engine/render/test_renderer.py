@@ -68,7 +68,7 @@ def test_mouth_interior_shows_only_when_the_lips_part(rig, renderer):
     inside = cv2.erode(inside.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     frame, rest = render(renderer, jawOpen=0.7), render(renderer)
     dark = luma(frame[inside]) < 0.3
-    assert dark.mean() > 0.3, "an open mouth shows a dark cavity"
+    assert dark.mean() > 0.2, "an open mouth shows a dark cavity (the tongue and lower teeth fill the rest)"
     assert (luma(frame[inside]) > 0.6).mean() > 0.05, "and some teeth"
     rest_inside = polygon_mask(size, rig.points[up], rig.points[lo][::-1])
     assert (luma(rest[rest_inside]) < 0.3).sum() <= (luma(rig.image[rest_inside] / 255) < 0.3).sum() + 2
