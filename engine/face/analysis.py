@@ -159,8 +159,10 @@ class _FaceMesh:
         with _quiet_stderr():
             import mediapipe as mp
 
+            from engine.assets import DEFAULT_PORTRAIT
+
             mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=4, refine_landmarks=True)
-            mesh.process(np.zeros((64, 64, 3), np.uint8))  # the first run logs; later ones are silent
+            mesh.process(load_image(DEFAULT_PORTRAIT))  # its first run (and first face) logs; later ones are silent
         return mesh
 
 
