@@ -9,6 +9,7 @@ frame pixels; `frame_to_photo` is the paste-back transform into the original pho
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -46,6 +47,17 @@ class Portrait:
     @property
     def size(self) -> int:
         return self.frame.shape[0]
+
+    def scaled(self, factor: float) -> Portrait:
+        """The same portrait with its photo resized by `factor` (the frame and landmarks are unchanged)."""
+        h, w = self.photo.shape[:2]
+        size = (max(1, round(w * factor)), max(1, round(h * factor)))
+        photo = cv2.resize(self.photo, size, interpolation=cv2.INTER_AREA)
+        sx, sy = size[0] / w, size[1] / h
+        to_photo = self.frame_to_photo * np.array([[sx], [sy]])
+        box = self.face_box
+        face_box = (int(box[0] * sx), int(box[1] * sy), int(box[2] * sx), int(box[3] * sy))
+        return dataclasses.replace(self, photo=photo, frame_to_photo=to_photo, face_box=face_box)
 
     def paste_back(self, frame: np.ndarray) -> np.ndarray:
         """Put one rendered (S, S, 3) frame back into the full photo (see PasteBack for many)."""
