@@ -179,6 +179,16 @@ def allowed_hosts(config: ServerConfig) -> frozenset[str]:
     return frozenset(h.lower() for h in hosts)
 
 
+def exposed(host: str) -> bool:
+    """Whether listening on `host` reaches beyond this machine (a host name is assumed to)."""
+    if host in WILDCARD_HOSTS:
+        return True
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower() != "localhost"
+
+
 def local_addresses() -> set[str]:
     from aioice.ice import get_host_addresses
 
@@ -251,7 +261,7 @@ class AvatarServer:
         )
         log.info("serving on %s (%s mode, up to %d %s)", self.url, self.mode, self.max_sessions,
                  "sessions" if self.mode == "converse" else "viewers")
-        if not ipaddress.ip_address(socket.gethostbyname(config.host) if config.host else "0.0.0.0").is_loopback:
+        if exposed(config.host):
             log.warning("listening on %s: anyone who can reach port %d can use this server, which has no login and "
                         "no TLS; to serve beyond this machine, put it behind an HTTPS reverse proxy that "
                         "authenticates visitors (README: threat model)", config.host or "every interface", self.port)

@@ -51,3 +51,27 @@ def test_allowed_hosts_are_the_bound_address_localhost_and_allowed_origins():
     assert {"127.0.0.1", "localhost", "::1", "avatar.example.org"} <= hosts and "evil.example" not in hosts
     with pytest.raises(UserError, match="must be an origin"):
         ServerConfig(allow_origins=("avatar.example.org",))
+
+
+def test_listening_beyond_loopback_is_called_exposed():
+    """--host 0.0.0.0 printed no warning that the unauthenticated server is reachable by anyone."""
+    from engine.server.app import exposed
+
+    assert exposed("0.0.0.0") and exposed("::") and exposed("192.168.1.5") and exposed("avatar.example.org")
+    assert not exposed("127.0.0.1") and not exposed("::1") and not exposed("localhost")
+
+
+def test_the_default_max_sessions_is_measured_on_this_machine():
+    """The constant default (4) admitted twice what two cores sustain over WebRTC."""
+    from engine.assets import DEFAULT_PORTRAIT
+    from engine.render.renderer import Renderer
+    from engine.server import capacity
+    from engine.stream import get_preset
+
+    renderer = Renderer.from_photo(DEFAULT_PORTRAIT, 128)
+    measured = capacity.measure(renderer, None, get_preset("balanced"))
+    assert measured.sessions >= 1 and measured.load > 0 and measured.cores == capacity.available_cores()
+    assert measured.sessions == max(1, int(measured.cores * capacity.CORE_BUDGET / measured.load))
+    assert "measured" in measured.describe()
+    viewers = capacity.measure(renderer, None, get_preset("balanced"), viewers=True)
+    assert viewers.sessions >= 1
