@@ -185,7 +185,8 @@ def _add_server_options(p, sessions_help: str) -> None:
     p.add_argument("--emotion", choices=EMOTIONS, default="neutral", help="starting expression")
     p.add_argument("--expressiveness", type=float, default=1.0, help="starting scale of face motion (0-2)")
     p.add_argument("--head-motion", type=float, default=1.0, help="starting scale of head motion (0-3)")
-    p.add_argument("--max-sessions", type=int, default=argparse.SUPPRESS, help=f"{sessions_help} (default: measured at start, in CPU time so "
+    p.add_argument("--max-sessions", type=int, default=argparse.SUPPRESS,
+                   help=f"{sessions_help} (default: measured at start, in CPU time so "
                    "other programs' load does not count: one session's frames (generator, renderer, VP8) are timed "
                    "and the cores this process may use take as many as fit at 25 fps, counting the measured work "
                    "as 40%% of a session's whole cost; the number is printed)")
@@ -238,8 +239,9 @@ def _server_config(args, **extra):
         host=args.host, port=args.port, portrait=args.portrait, size=args.size, preset=args.preset,
         driver=args.driver, backend=args.backend, device=args.device,
         controls=Controls(args.emotion, args.expressiveness, args.head_motion),
-        max_sessions=getattr(args, "max_sessions", None), ice_servers=tuple(args.ice_server), turn_secret=_turn_secret(args),
-        turn_ttl_s=args.turn_ttl, allow_origins=tuple(args.allow_origin), setup_timeout_s=args.setup_timeout,
+        max_sessions=getattr(args, "max_sessions", None), ice_servers=tuple(args.ice_server),
+        turn_secret=_turn_secret(args), turn_ttl_s=args.turn_ttl, allow_origins=tuple(args.allow_origin),
+        setup_timeout_s=args.setup_timeout,
         lobby_timeout_s=args.lobby_timeout, **extra,
     )
 

@@ -77,8 +77,11 @@ def check_writable(path: Path, flag: str) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.is_dir():
             raise IsADirectoryError(21, "it is a folder")
-        with open(path, "ab"):
+        existed = path.exists()
+        with open(path, "ab"):  # appends nothing: an existing file is left as it was
             pass
+        if not existed:  # a render that fails later leaves no empty file behind
+            path.unlink()
     except OSError as err:
         reason = err.strerror or str(err)
         raise UserError(f"cannot write {flag} {path} ({reason}); pick a path in a folder you can write to") from None

@@ -21,8 +21,9 @@ What a hostile or careless client cannot do (tests/engine/server/test_hostile.py
   localhost, or an --allow-origin host; this defeats DNS rebinding), then a browser's Origin must be
   that Host or an --allow-origin;
 - hold resources for free: websockets without a session (the lobby) are capped (MAX_LOBBY) and closed
-  after `lobby_timeout_s` without a message (uploads are rate-limited); an answered offer must connect within `setup_timeout_s`; a converse visitor
-  whose microphone sends nothing audible for `idle_timeout_s` is disconnected;
+  after `lobby_timeout_s` without a message (uploads are rate-limited); an answered offer must connect
+  within `setup_timeout_s`; a converse visitor whose microphone sends nothing audible for
+  `idle_timeout_s` is disconnected;
 - exhaust CPU or memory with portraits: uploads run on their own one-thread executor, away from session
   set-up, at most UPLOADS_QUEUED at a time, rate-limited per connection and server-wide, and a photo
   over 16 MP is refused from its header (engine.face.analysis);
