@@ -128,7 +128,8 @@ async def run_client(url: str, options: ClientOptions = ClientOptions(),
             data = base64.b64encode(Path(options.portrait).read_bytes()).decode()
             await ws.send(json.dumps({"type": "portrait", "data": data}))
             await _expect(ws, "portrait")
-        servers = [RTCIceServer(urls=s["urls"]) for s in hello.get("ice_servers", [])]
+        servers = [RTCIceServer(urls=s["urls"], username=s.get("username"), credential=s.get("credential"))
+                   for s in hello.get("ice_servers", [])]
         pc = RTCPeerConnection(RTCConfiguration(iceServers=servers))
         sender = None
         if report.mode == "broadcast":

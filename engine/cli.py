@@ -172,7 +172,8 @@ def _add_backend(p) -> None:
 
 def _add_server_options(p, sessions_help: str) -> None:
     """What `serve` and `live` share: where to listen, the avatar, the preset, the controls, ICE."""
-    p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 opens it to the network "
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0 opens it to the network, "
+                   "unauthenticated and without TLS: beyond a trusted LAN put an HTTPS proxy with a login in front "
                    "(browsers allow the microphone only on localhost or behind HTTPS)")
     p.add_argument("--port", type=int, default=8080, help="one port for the page, signaling and /health")
     p.add_argument("--portrait", type=Path, help="photo to animate (default: the bundled portrait)")
@@ -184,18 +185,50 @@ def _add_server_options(p, sessions_help: str) -> None:
     p.add_argument("--emotion", choices=EMOTIONS, default="neutral", help="starting expression")
     p.add_argument("--expressiveness", type=float, default=1.0, help="starting scale of face motion (0-2)")
     p.add_argument("--head-motion", type=float, default=1.0, help="starting scale of head motion (0-3)")
-    p.add_argument("--max-sessions", type=int, default=4, help=sessions_help)
+    p.add_argument("--max-sessions", type=int, default=argparse.SUPPRESS,
+                   help=f"{sessions_help} (default: measured at start, in CPU time so "
+                   "other programs' load does not count: one session's frames (generator, renderer, VP8) are timed "
+                   "and the cores this process may use take as many as fit at 25 fps, counting the measured work "
+                   "as 40%% of a session's whole cost; the number is printed)")
+    p.add_argument("--setup-timeout", type=float, default=15.0, metavar="S",
+                   help="a visitor whose media connection is not up this long after the answer is disconnected")
+    p.add_argument("--lobby-timeout", type=float, default=60.0, metavar="S",
+                   help="a websocket without an offer that sends nothing this long is closed (the page "
+                   "reconnects on Start); at most 16 such websockets are open at once")
     p.add_argument("--ice-server", action="append", default=[], metavar="URL",
                    help="STUN/TURN server for clients beyond the LAN, e.g. stun:stun.example.org:3478 "
                    "(repeatable; never needed on loopback or a LAN)")
-    p.add_argument("--ice-username", help="username for the TURN servers")
-    p.add_argument("--ice-credential", help="credential for the TURN servers")
+    p.add_argument("--turn-secret-file", type=Path, metavar="FILE",
+                   help="file holding the TURN server's shared secret (coturn: use-auth-secret, "
+                   "static-auth-secret); each visitor gets credentials derived from it (TURN REST: "
+                   "'<expiry>:<name>' and an HMAC-SHA1) that expire after --turn-ttl. Or set AVATAR_TURN_SECRET. "
+                   "Never on the command line, where `ps` shows it")
+    p.add_argument("--turn-ttl", type=int, default=3600, metavar="S", help="lifetime of those TURN credentials")
     p.add_argument("--allow-origin", action="append", default=[], metavar="ORIGIN",
                    help="another page origin allowed to open the websocket (e.g. https://avatar.example.org "
-                   "behind a proxy); the server's own origin is always allowed")
+                   "behind a proxy); its host is then also accepted in the Host header. The server's own origin "
+                   "(its bound address or localhost) is always allowed; other Host names are refused (DNS rebinding)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch and OpenCV threads per session worker (1 is steadiest)")
     _add_backend(p)
+
+
+def _turn_secret(args) -> str | None:
+    """The TURN shared secret from --turn-secret-file or AVATAR_TURN_SECRET (never argv: `ps` shows argv)."""
+    import os
+
+    from engine.errors import UserError
+
+    if args.turn_secret_file is None:
+        return os.environ.get("AVATAR_TURN_SECRET") or None
+    try:
+        secret = args.turn_secret_file.read_text().strip()
+    except OSError as err:
+        raise UserError(f"cannot read --turn-secret-file {args.turn_secret_file} ({err.strerror}); "
+                        "pass a file holding the TURN server's static-auth-secret") from None
+    if not secret:
+        raise UserError(f"--turn-secret-file {args.turn_secret_file} is empty; put the TURN server's secret in it")
+    return secret
 
 
 def _server_config(args, **extra):
@@ -206,8 +239,10 @@ def _server_config(args, **extra):
         host=args.host, port=args.port, portrait=args.portrait, size=args.size, preset=args.preset,
         driver=args.driver, backend=args.backend, device=args.device,
         controls=Controls(args.emotion, args.expressiveness, args.head_motion),
-        max_sessions=args.max_sessions, ice_servers=tuple(args.ice_server), ice_username=args.ice_username,
-        ice_credential=args.ice_credential, allow_origins=tuple(args.allow_origin), **extra,
+        max_sessions=getattr(args, "max_sessions", None), ice_servers=tuple(args.ice_server),
+        turn_secret=_turn_secret(args), turn_ttl_s=args.turn_ttl, allow_origins=tuple(args.allow_origin),
+        setup_timeout_s=args.setup_timeout,
+        lobby_timeout_s=args.lobby_timeout, **extra,
     )
 
 
@@ -220,7 +255,11 @@ def _add_serve(sub) -> None:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     _add_server_options(p, "most concurrent visitors; more are told the server is full")
-    p.add_argument("--no-uploads", action="store_true", help="visitors may not bring their own portrait")
+    p.add_argument("--idle-timeout", type=float, default=60.0, metavar="S",
+                   help="idle policy: a visitor whose microphone sends nothing audible (no audio, or only silence "
+                   "below -50 dBFS) this long is told so and disconnected, freeing their place")
+    p.add_argument("--no-uploads", action="store_true", help="visitors may not bring their own portrait "
+                   "(uploads: at most 8 MiB and 16 megapixels, 3 per connection then one every 20 s)")
     p.set_defaults(handler=_serve)
 
 
@@ -243,7 +282,7 @@ def _add_live(sub) -> None:
 def _serve(args) -> None:
     from engine.server.run import serve
 
-    serve(_server_config(args, uploads=not args.no_uploads), threads=args.threads)
+    serve(_server_config(args, uploads=not args.no_uploads, idle_timeout_s=args.idle_timeout), threads=args.threads)
 
 
 def _live(args) -> None:

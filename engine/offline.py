@@ -68,6 +68,25 @@ class RenderRequest:
         return LearnedDriver(model, options)
 
 
+MAX_FULL_PHOTO_SIDE = 1920  # --full-photo output: larger photos are scaled down (an 8000 px one made a 4.5 GB file)
+
+
+def check_writable(path: Path, flag: str) -> None:
+    """Fail now, before any compute, if `path` cannot be written: its folder is made if missing."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_dir():
+            raise IsADirectoryError(21, "it is a folder")
+        existed = path.exists()
+        with open(path, "ab"):  # appends nothing: an existing file is left as it was
+            pass
+        if not existed:  # a render that fails later leaves no empty file behind
+            path.unlink()
+    except OSError as err:
+        reason = err.strerror or str(err)
+        raise UserError(f"cannot write {flag} {path} ({reason}); pick a path in a folder you can write to") from None
+
+
 def render_file(req: RenderRequest) -> str:
     """Render `req` to an MP4 and return a one-line summary for the user."""
     started = time.monotonic()
@@ -75,6 +94,9 @@ def render_file(req: RenderRequest) -> str:
         raise UserError(f"--out {req.out} should end in .mp4")
     if req.motion_out is not None and req.motion_out.suffix not in (".jsonl", ".npz"):
         raise UserError(f"--motion-out {req.motion_out} should end in .jsonl or .npz")
+    check_writable(req.out, "--out")
+    if req.motion_out is not None:
+        check_writable(req.motion_out, "--motion-out")
     set_threads(req.threads)
     if req.driver == "learned":
         from export.runtime import check_backend
@@ -92,9 +114,13 @@ def render_file(req: RenderRequest) -> str:
         spec.save(req.motion_out, motion)
 
     frames = len(motion)
+    notes = list(portrait.notes)
+    if req.full_photo and max(portrait.photo.shape[:2]) > MAX_FULL_PHOTO_SIDE:
+        portrait = portrait.scaled(MAX_FULL_PHOTO_SIDE / max(portrait.photo.shape[:2]))
+        notes.append(f"--full-photo: the photo was scaled down to {portrait.photo.shape[1]}x{portrait.photo.shape[0]} "
+                     f"(at most {MAX_FULL_PHOTO_SIDE} px a side)")
     paste = PasteBack(portrait) if req.full_photo else None
     size = portrait.photo.shape[1::-1] if paste else (req.size, req.size)
-    req.out.parent.mkdir(parents=True, exist_ok=True)
     bar = tqdm(total=frames, unit="frame", desc="rendering", disable=not req.progress, leave=False)
     with Mp4Writer(req.out, size=size, audio=samples) as writer, torch.inference_mode():
         for start in range(0, frames, BATCH):
@@ -106,6 +132,6 @@ def render_file(req: RenderRequest) -> str:
 
     elapsed = time.monotonic() - started
     seconds = len(samples) / SAMPLE_RATE
-    notes = "".join(f"\nnote: {n}" for n in portrait.notes)
+    notes = "".join(f"\nnote: {n}" for n in notes)
     return (f"wrote {req.out}: {frames} frames ({frames / FPS:.2f} s) {writer.size[0]}x{writer.size[1]} {writer.codec} + aac "
             f"from {audio_path.name}; {elapsed:.1f} s, {seconds / elapsed:.1f}x real time{notes}")

@@ -9,11 +9,12 @@ frame pixels; `frame_to_photo` is the paste-back transform into the original pho
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import os
+import threading
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 
 import cv2
@@ -40,12 +41,23 @@ class Portrait:
     landmarks: np.ndarray  # (478, 3) float32 frame pixels: x right, y down, z toward the camera
     frame_to_photo: np.ndarray  # (2, 3) affine taking frame pixels to photo pixels (paste-back)
     face_box: tuple[int, int, int, int]  # x0, y0, x1, y1 of the face in the photo
-    source: str  # file name or "<array>", for messages
+    source: str  # file name or a description ("the photo"), for messages
     notes: tuple[str, ...] = ()  # things the user should know (several faces, ...)
 
     @property
     def size(self) -> int:
         return self.frame.shape[0]
+
+    def scaled(self, factor: float) -> Portrait:
+        """The same portrait with its photo resized by `factor` (the frame and landmarks are unchanged)."""
+        h, w = self.photo.shape[:2]
+        size = (max(1, round(w * factor)), max(1, round(h * factor)))
+        photo = cv2.resize(self.photo, size, interpolation=cv2.INTER_AREA)
+        sx, sy = size[0] / w, size[1] / h
+        to_photo = self.frame_to_photo * np.array([[sx], [sy]])
+        box = self.face_box
+        face_box = (int(box[0] * sx), int(box[1] * sy), int(box[2] * sx), int(box[3] * sy))
+        return dataclasses.replace(self, photo=photo, frame_to_photo=to_photo, face_box=face_box)
 
     def paste_back(self, frame: np.ndarray) -> np.ndarray:
         """Put one rendered (S, S, 3) frame back into the full photo (see PasteBack for many)."""
@@ -84,7 +96,10 @@ def load_image(path: str | Path) -> np.ndarray:
 
 
 IMAGE_TYPES = {b"\xff\xd8\xff": "JPEG", b"\x89PNG\r\n\x1a\n": "PNG", b"RIFF": "WebP"}  # magic bytes
-MAX_IMAGE_SIDE = 8192  # larger photos are refused before decoding (a small file can expand to gigabytes)
+# Larger photos are refused from their header, before decoding: a 212 KB PNG can expand to 8192 x 8192
+# (~380 MB and 1.4 s of CPU while decoding and analysing). 16 MP is more than any phone portrait needs.
+MAX_IMAGE_SIDE = 8192
+MAX_IMAGE_PIXELS = 16_000_000
 
 
 def decode_image(data: bytes, source: str = "<upload>") -> np.ndarray:
@@ -96,10 +111,12 @@ def decode_image(data: bytes, source: str = "<upload>") -> np.ndarray:
 
     try:
         width, height = Image.open(io.BytesIO(data)).size
-    except Exception as err:  # PIL raises many types for broken headers
-        raise PortraitError(f"cannot read {source} as a {kind} image ({err}); use an intact photo") from None
-    if max(width, height) > MAX_IMAGE_SIDE:
-        raise PortraitError(f"{source} is {width}x{height} px; use a photo at most {MAX_IMAGE_SIDE} px on each side")
+    except Exception as err:  # PIL raises many types for broken headers; their text names our buffer object
+        raise PortraitError(f"cannot read {source} as a {kind} image (its header is damaged: "
+                            f"{type(err).__name__}); use an intact photo") from None
+    if max(width, height) > MAX_IMAGE_SIDE or width * height > MAX_IMAGE_PIXELS:
+        raise PortraitError(f"{source} is {width}x{height} px; use a photo of at most {MAX_IMAGE_PIXELS // 10**6} "
+                            f"megapixels and {MAX_IMAGE_SIDE} px on each side")
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
         raise PortraitError(f"cannot decode {source} as a {kind} image; use an intact JPEG or PNG photo")
@@ -110,9 +127,9 @@ def decode_image(data: bytes, source: str = "<upload>") -> np.ndarray:
 def _quiet_stderr():
     """Silence the process's stderr (fd 2) for a moment.
 
-    mediapipe's native code prints a harmless protobuf AttributeError on import and glog
-    lines on first use; users should see only our messages. Analysis runs once per avatar,
-    so briefly muting fd 2 costs nothing elsewhere.
+    mediapipe's native code prints a harmless protobuf AttributeError on import and glog lines
+    when a graph first runs; users should see only our messages. Only `_FaceMesh` calls this, under
+    its lock and only while building a graph (once per process), so no two threads ever swap fd 2.
     """
     os.environ.setdefault("GLOG_minloglevel", "2")
     saved = os.dup(2)
@@ -125,21 +142,50 @@ def _quiet_stderr():
         os.close(saved)
 
 
-@cache
-def _face_mesh():
-    with _quiet_stderr():
-        import mediapipe as mp
+class _FaceMesh:
+    """The process's one FaceMesh graph, used by one thread at a time.
 
-        return mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=4, refine_landmarks=True)
+    A mediapipe graph is not thread-safe: concurrent `process` calls crashed the server (SIGSEGV),
+    poisoned the graph ("Packet timestamp mismatch") for every later photo and handed one caller's
+    landmarks to another. Analysis takes 5-50 ms a photo, so callers simply wait their turn.
+    """
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._mesh = None
+
+    def faces(self, image: np.ndarray):
+        """mediapipe's result for one RGB image (its multi_face_landmarks)."""
+        with self._lock:
+            if self._mesh is None:
+                self._mesh = self._build()
+            try:
+                return self._mesh.process(image).multi_face_landmarks
+            except RuntimeError as err:  # a graph that failed once may not recover: the next call builds anew
+                self._mesh.close()
+                self._mesh = None
+                raise PortraitError(f"face analysis failed ({str(err)[:200]}); try the photo again") from None
+
+    @staticmethod
+    def _build():
+        with _quiet_stderr():
+            import mediapipe as mp
+
+            from engine.assets import DEFAULT_PORTRAIT
+
+            mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=4, refine_landmarks=True)
+            mesh.process(load_image(DEFAULT_PORTRAIT))  # its first run (and first face) logs; later ones are silent
+        return mesh
+
+
+_FACE_MESH = _FaceMesh()
 
 
 def detect_landmarks(image: np.ndarray) -> list[np.ndarray]:
-    """All faces in an RGB image as (478, 3) arrays in image pixels, z toward the camera."""
+    """All faces in an RGB image as (478, 3) arrays in image pixels, z toward the camera (thread-safe)."""
     h, w = image.shape[:2]
-    with _quiet_stderr():
-        result = _face_mesh().process(np.ascontiguousarray(image))
     faces = []
-    for face in result.multi_face_landmarks or []:
+    for face in _FACE_MESH.faces(np.ascontiguousarray(image)) or []:
         pts = np.array([(p.x * w, p.y * h, -p.z * w) for p in face.landmark], np.float32)
         if len(pts) == NUM_LANDMARKS:
             faces.append(pts)
@@ -164,11 +210,12 @@ def _framing(photo_shape: tuple[int, int], box: np.ndarray, size: int) -> tuple[
     return to_frame, to_photo
 
 
-def analyze_portrait(photo: str | Path | np.ndarray, size: int = 512) -> Portrait:
-    """Detect the face in a photo (path or RGB array) and frame it as an avatar of `size` pixels."""
+def analyze_portrait(photo: str | Path | np.ndarray, size: int = 512, source: str | None = None) -> Portrait:
+    """Detect the face in a photo (path or RGB array) and frame it as an avatar of `size` pixels.
+    `source` names the photo in messages (default: its path, or "the photo" for an array)."""
     if size < 128 or size % 16:
         raise PortraitError(f"--size {size} is not supported; use a multiple of 16 of at least 128 (e.g. 256 or 512)")
-    source = "<array>" if isinstance(photo, np.ndarray) else str(photo)
+    source = source or ("the photo" if isinstance(photo, np.ndarray) else str(photo))
     image = photo if isinstance(photo, np.ndarray) else load_image(photo)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise PortraitError(f"portrait {source} must be an RGB uint8 image, got {image.dtype} {image.shape}")

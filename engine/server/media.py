@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import deque
+from collections.abc import Callable
 from fractions import Fraction
 
 import av
@@ -165,9 +166,13 @@ def frame_samples(frame: av.AudioFrame) -> np.ndarray:
     return data.T if frame.format.is_planar else data.reshape(-1, channels)
 
 
-async def pump_audio(track: MediaStreamTrack, session: Session) -> None:
-    """Feed a received microphone track to a session until the track ends. A frame that cannot be
-    read is skipped and logged once; the stream goes on."""
+AUDIBLE = 10 ** (-50 / 20)  # peak level (of full scale) that counts as sound: a quiet room's mic is above it
+
+
+async def pump_audio(track: MediaStreamTrack, session: Session, heard: Callable[[], None]) -> None:
+    """Feed a received microphone track to a session until the track ends, calling `heard()` for every
+    frame with sound in it (the server's idle policy). A frame that cannot be read is skipped and
+    logged once; the stream goes on."""
     bad = 0
     while True:
         try:
@@ -175,10 +180,15 @@ async def pump_audio(track: MediaStreamTrack, session: Session) -> None:
         except MediaStreamError:
             return
         try:
-            session.push_audio(frame_samples(frame), frame.sample_rate)
+            samples = frame_samples(frame)
+            session.push_audio(samples, frame.sample_rate)
         except SessionError:  # the session was closed: nothing left to feed
             return
         except (ValueError, TypeError) as err:
             bad += 1
             if bad == 1:
                 log.warning("skipping an unreadable audio frame from a client (%s); further ones are counted", err)
+            continue
+        level = AUDIBLE * (np.iinfo(samples.dtype).max if samples.dtype.kind == "i" else 1.0)
+        if samples.size and (samples.max() > level or samples.min() < -level):  # no abs(): int16's -32768
+            heard()

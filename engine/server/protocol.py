@@ -22,7 +22,8 @@ Media: the client sends its microphone as an audio track (converse mode; a broad
 none) and receives the avatar's video and the audio it speaks, delayed with it.
 
 Every parse here raises ProtocolError with a code the client can act on and a message a person can
-read; nothing a client sends is ever used as a file path.
+read; nothing a client sends is ever used as a file path, and what it sends is quoted back (in replies
+and in the log) only through `quote`, cut to MAX_QUOTE_CHARS.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ MAX_MESSAGE_BYTES = 12 * 2**20  # websocket frames; a base64 portrait of MAX_UPL
 MAX_UPLOAD_BYTES = 8 * 2**20  # a decoded portrait upload
 MAX_SDP_CHARS = 64 * 2**10
 MAX_CHANNEL_MESSAGE_CHARS = 4096
+MAX_QUOTE_CHARS = 64  # of a client's string quoted in an error or a log line (an 11 MiB "type" was echoed whole)
+MAX_NAME_CHARS = 64  # a preset name
 
 
 class ProtocolError(ValueError):
@@ -78,6 +81,12 @@ def encode(message: dict) -> str:
     return json.dumps(message, separators=(",", ":"))
 
 
+def quote(value: object, limit: int = MAX_QUOTE_CHARS) -> str:
+    """repr() of something a client sent, cut to `limit` characters (with how long it really was)."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _load(text: str | bytes, limit: int) -> dict:
     if isinstance(text, bytes):
         raise ProtocolError("bad_message", "binary messages are not accepted; send JSON text")
@@ -87,6 +96,8 @@ def _load(text: str | bytes, limit: int) -> dict:
         message = json.loads(text)
     except json.JSONDecodeError as err:
         raise ProtocolError("bad_message", f"message is not JSON ({err.msg} at {err.pos})") from None
+    except RecursionError:  # "[[[[..." a few thousand deep: under the size limit, over the parser's stack
+        raise ProtocolError("bad_message", "message nests too deeply; send a flat JSON object") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise ProtocolError("bad_message", 'message must be a JSON object with a string "type"')
     return message
@@ -101,7 +112,7 @@ def parse_signal(text: str | bytes) -> Offer | PortraitUpload:
         if not isinstance(sdp, str) or not sdp.startswith("v=0") or len(sdp) > MAX_SDP_CHARS:
             raise ProtocolError("bad_offer", f'"sdp" must be an SDP offer (starting "v=0", at most {MAX_SDP_CHARS} '
                                 "characters) with its ICE candidates gathered", fatal=True)
-        if preset is not None and not isinstance(preset, str):
+        if preset is not None and (not isinstance(preset, str) or len(preset) > MAX_NAME_CHARS):
             raise ProtocolError("bad_offer", '"preset" must be a preset name', fatal=True)
         return Offer(sdp, preset)
     if kind == "portrait":
@@ -114,7 +125,7 @@ def parse_signal(text: str | bytes) -> Offer | PortraitUpload:
             return PortraitUpload(base64.b64decode(data, validate=True))
         except (binascii.Error, ValueError):
             raise ProtocolError("bad_portrait", '"data" is not valid base64') from None
-    raise ProtocolError("bad_message", f'unknown message type {kind!r}; expected "offer" or "portrait"')
+    raise ProtocolError("bad_message", f'unknown message type {quote(kind)}; expected "offer" or "portrait"')
 
 
 def parse_channel(text: str | bytes) -> SetControls | Interrupt:
@@ -124,10 +135,10 @@ def parse_channel(text: str | bytes) -> SetControls | Interrupt:
     if kind == "interrupt":
         return Interrupt()
     if kind != "controls":
-        raise ProtocolError("bad_message", f'unknown message type {kind!r}; expected "controls" or "interrupt"')
+        raise ProtocolError("bad_message", f'unknown message type {quote(kind)}; expected "controls" or "interrupt"')
     emotion = message.get("emotion")
-    if emotion is not None and not isinstance(emotion, str):
-        raise ProtocolError("bad_message", '"emotion" must be a string')
+    if emotion is not None and (not isinstance(emotion, str) or len(emotion) > MAX_NAME_CHARS):
+        raise ProtocolError("bad_message", '"emotion" must be an emotion\'s name')
     numbers = {}
     for key in ("expressiveness", "head_motion"):
         value = message.get(key)
@@ -137,6 +148,6 @@ def parse_channel(text: str | bytes) -> SetControls | Interrupt:
         numbers[key] = None if value is None else float(value)
     unknown = set(message) - {"type", "emotion", "expressiveness", "head_motion"}
     if unknown:
-        raise ProtocolError("bad_message", f"unknown controls {sorted(unknown)}; "
+        raise ProtocolError("bad_message", f"unknown controls {quote(sorted(unknown))}; "
                             "known: emotion, expressiveness, head_motion")
     return SetControls(emotion, **numbers)

@@ -13,6 +13,9 @@ from engine.server.app import LIVE_OPTIONS, AvatarServer, ServerConfig, configur
 
 async def _run(server: AvatarServer, banner: str) -> None:
     await server.start()
+    noun = "sessions" if server.mode == "converse" else "viewers"
+    limit = f"--max-sessions {server.capacity.describe()}" if server.capacity else f"{server.max_sessions} {noun}"
+    print(f"{banner}: up to {limit}", flush=True)
     print(f"{banner}: open {server.url} in a browser (health: {server.url}health); Ctrl-C stops", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -1,5 +1,7 @@
 """End to end, the way a user runs it: render the sample, then measure the video itself."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -70,3 +72,36 @@ def test_full_photo_mode_pastes_the_face_back_into_the_photo(tmp_path, sample_cl
     assert (info.width, info.height) == (1102, 802)  # odd photo sizes are padded by one pixel for yuv420p
     first = next(read_frames(out))[:801, :1101].astype(int)
     assert np.abs(first[:, :150] - photo[:, :150]).mean() < 3  # far from the face: the photo itself
+
+
+@pytest.mark.parametrize("where", ["under_a_file", "proc", "a_folder"])
+def test_unwritable_outputs_fail_before_any_compute(tmp_path, where):
+    """`--out FILE/x.mp4` or a path under /proc ended in a raw traceback, after the whole motion pass."""
+    import time
+
+    from engine.errors import UserError
+
+    (tmp_path / "FILE").write_text("a file")
+    (tmp_path / "dir.mp4").mkdir()
+    out = {"under_a_file": tmp_path / "FILE" / "x.mp4", "proc": "/proc/avatar/x.mp4", "a_folder": tmp_path / "dir.mp4"}
+    started = time.monotonic()
+    with pytest.raises(UserError, match="cannot write --out .*pick a path"):
+        render_file(RenderRequest(out=Path(out[where]), progress=False))
+    assert time.monotonic() - started < 1.0  # nothing was loaded or computed
+    with pytest.raises(UserError, match="cannot write --motion-out"):
+        render_file(RenderRequest(out=tmp_path / "ok.mp4", motion_out=tmp_path / "FILE" / "m.jsonl", progress=False))
+
+
+@pytest.mark.slow
+def test_full_photo_output_is_bounded_in_size(tmp_path, sample_clip, portrait):
+    """An 8000 x 8000 photo made an 8000 x 8000 H.264 (4.5 GB for 3 frames)."""
+    import cv2
+
+    from engine.offline import MAX_FULL_PHOTO_SIDE
+
+    path = tmp_path / "huge.png"
+    cv2.imwrite(str(path), cv2.cvtColor(cv2.resize(portrait.frame, (2400, 2400)), cv2.COLOR_RGB2BGR))
+    summary = render_file(RenderRequest(audio=sample_clip(0.3), portrait=path, out=tmp_path / "full.mp4", size=128,
+                                        full_photo=True, driver="baseline", progress=False))
+    info = probe(tmp_path / "full.mp4")
+    assert (info.width, info.height) == (MAX_FULL_PHOTO_SIDE, MAX_FULL_PHOTO_SIDE) and "scaled down" in summary

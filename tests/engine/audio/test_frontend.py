@@ -72,3 +72,13 @@ def test_reset_starts_a_new_stream(speech):
     frontend.reset()
     again = AudioFeatures.concat([frontend.push(speech), frontend.flush()])
     assert_same(again, extract_features(speech, with_vad=False))
+
+
+def test_offline_features_go_through_in_windows_with_the_same_result(speech, monkeypatch):
+    """extract_features pushes a window at a time (its scratch memory grew with the clip when pushed whole)."""
+    import engine.audio.frontend as frontend_module
+
+    frontend = AudioFrontend()
+    whole = AudioFeatures.concat([frontend.push(speech), frontend.flush()])
+    monkeypatch.setattr(frontend_module, "OFFLINE_WINDOW", 4321)
+    assert_same(extract_features(speech), whole)

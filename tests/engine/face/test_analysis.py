@@ -70,3 +70,43 @@ def test_several_faces_pick_the_largest_and_say_so(portrait):
 def test_bad_size(portrait):
     with pytest.raises(PortraitError, match="--size"):
         analyze_portrait(portrait.frame, size=100)
+
+
+def test_concurrent_analyses_each_get_their_own_answer(portrait, rng):
+    """Six photos at once, one of them faceless, as six uploads would arrive: before the detector was locked
+    this crashed the process (SIGSEGV in mediapipe), poisoned the graph for every later photo, or gave the
+    faceless photo another thread's face."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    noise = rng.integers(0, 255, (400, 400, 3), dtype=np.uint8)
+    photos = [portrait.frame] * 5 + [noise]
+
+    def analyse(photo):
+        try:
+            return analyze_portrait(photo, size=256).face_box
+        except PortraitError as err:
+            return str(err)
+
+    for _ in range(3):
+        with ThreadPoolExecutor(6) as pool:
+            results = list(pool.map(analyse, photos))
+        assert all(box == results[0] and isinstance(box, tuple) for box in results[:5]), results
+        assert "no face found in the photo" in results[5]
+    assert analyze_portrait(portrait.frame, size=256).face_box == results[0]  # the graph still works
+
+
+def test_decompression_bombs_are_refused_from_the_header():
+    from engine.face.analysis import MAX_IMAGE_PIXELS, decode_image
+
+    ok, png = cv2.imencode(".png", np.zeros((5000, 4000, 3), np.uint8))  # 20 MP of black: a ~60 KB file
+    assert ok and len(png) < 200_000 and 5000 * 4000 > MAX_IMAGE_PIXELS
+    with pytest.raises(PortraitError, match="5000 px|4000x5000 px.*megapixels"):
+        decode_image(png.tobytes(), "the upload")
+
+
+def test_a_damaged_header_is_named_without_internals():
+    from engine.face.analysis import decode_image
+
+    with pytest.raises(PortraitError, match="header is damaged") as caught:
+        decode_image(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "the upload")
+    assert "0x" not in str(caught.value) and "BytesIO" not in str(caught.value)

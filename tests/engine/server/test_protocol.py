@@ -51,8 +51,29 @@ def test_channel_messages():
     for bad, match in [('{"type": "controls", "expressiveness": "max"}', "must be a number"),
                        ('{"type": "controls", "expressiveness": true}', "must be a number"),
                        ('{"type": "controls", "volume": 3}', "unknown controls"),
-                       ('{"type": "controls", "emotion": 7}', "must be a string"),
+                       ('{"type": "controls", "emotion": 7}', "must be an emotion"),
                        ('{"type": "dance"}', "unknown message type"),
                        ("{" * 5000, "over the limit")]:
         with pytest.raises(ProtocolError, match=match):
             protocol.parse_channel(bad)
+
+
+def test_deep_nesting_is_a_bad_message_not_a_crash():
+    """4,080 nested brackets fit the data channel's 4,096-character limit but not the JSON parser's stack:
+    the RecursionError killed the visitor's own stream."""
+    for parse, depth in [(protocol.parse_channel, 4080), (protocol.parse_signal, 100_000)]:
+        with pytest.raises(ProtocolError, match="nests too deeply") as caught:
+            parse("[" * depth)
+        assert caught.value.code == "bad_message"
+
+
+def test_client_strings_are_quoted_short():
+    """An 11 MiB "type" was sent back and logged whole."""
+    huge = "x" * (11 * 2**20)
+    for parse, message in [(protocol.parse_signal, {"type": huge}), (protocol.parse_channel, {"type": huge[:4000]}),
+                           (protocol.parse_channel, {"type": "controls", huge[:4000]: 1})]:
+        with pytest.raises(ProtocolError) as caught:
+            parse(json.dumps(message))
+        assert len(caught.value.to_message()) < 300 and "characters)" in str(caught.value)
+    with pytest.raises(ProtocolError, match="preset name"):
+        protocol.parse_signal(json.dumps({"type": "offer", "sdp": SDP, "preset": "p" * 65}))

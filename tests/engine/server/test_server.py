@@ -189,9 +189,10 @@ def test_mdns_host_candidates_are_resolved(server):
 
 
 def test_mdns_rewrite_uses_the_peers_address_for_remote_browsers():
-    from engine.server.app import resolve_mdns_candidates
+    from engine.server.app import vet_candidates
 
-    offer = "v=0\r\na=candidate:1 1 udp 2122 3b1f.local 5000 typ host\r\na=candidate:2 1 udp 1 10.0.0.9 6 typ host\r\n"
-    rewritten = resolve_mdns_candidates(offer, "192.168.1.20")
-    assert "a=candidate:1 1 udp 2122 192.168.1.20 5000 typ host" in rewritten and "10.0.0.9 6" in rewritten
+    offer = ("v=0\r\na=candidate:1 1 udp 2122 3b1f.local 5000 typ host\r\n"
+             "a=candidate:2 1 udp 1 192.168.1.20 6 typ host\r\n")
+    rewritten = vet_candidates(offer, "192.168.1.20")
+    assert "a=candidate:1 1 udp 2122 192.168.1.20 5000 typ host" in rewritten and "192.168.1.20 6" in rewritten
     assert ".local" not in rewritten
