@@ -7,8 +7,9 @@ Two sources, neither downloaded from a dataset site:
   `pip download`): cards/001-005 (transcripts shipped with them), goforward, something and numbers
   (no transcripts ship with these three: ours are pocketsphinx's own decoding of them, verbatim, so
   "numbers" may hold a recognition error; the aligner is then at worst slightly off in places).
-pocketsphinx's librivox excerpts are deliberately left out: they stay unseen while the
-generator is developed, so they can serve as a held-out check.
+pocketsphinx's librivox excerpts (connected read speech, five sentences of "Sense and
+Sensibility", transcripts shipped with them) are gathered only with --held-out, into a folder of
+their own: they stay unseen while the generator is developed and serve as the final held-out check.
 
 Writes <stem>.wav (16 kHz mono) and <stem>.txt per recording plus sources.json.
 """
@@ -40,6 +41,7 @@ TESTDATA = {  # path inside the sdist's test/data -> transcript (None: read from
     "something.raw": "go somewhere and do something",
     "numbers.raw": "thirty three four or six ninety two",
 }
+LIBRIVOX = {f"librivox/sense_and_sensibility_01_austen_64kb-{n:04d}.wav": None for n in (870, 880, 890, 920, 930)}
 
 
 def _write_wav(path: Path, samples: np.ndarray) -> None:
@@ -66,7 +68,8 @@ def _alsa(out: Path) -> list[dict]:
     return rows
 
 
-def _pocketsphinx(out: Path) -> list[dict]:
+def _pocketsphinx(out: Path, recordings: dict[str, str | None]) -> list[dict]:
+    """`recordings` (path under the sdist's test/data -> transcript; None: cards.transcription or <stem>.txt)."""
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", "-d", tmp,
                POCKETSPHINX_SDIST]
@@ -79,15 +82,16 @@ def _pocketsphinx(out: Path) -> list[dict]:
             return []
         with tarfile.open(archives[0]) as tar:
             root = tar.getnames()[0].split("/")[0]
-            members = {name: tar.extractfile(f"{root}/test/data/{name}").read()
-                       for name in [*TESTDATA, "cards/cards.transcription"]}
+            names = [*recordings, "cards/cards.transcription"]
+            names += [n.rsplit(".", 1)[0] + ".txt" for n in recordings if n.startswith("librivox/")]
+            members = {name: tar.extractfile(f"{root}/test/data/{name}").read() for name in names}
     cards = {}
     for line in members["cards/cards.transcription"].decode().splitlines():
         match = re.match(r"<s>(.*)</s>\s*\((\w+)\)", line.strip())
         if match:
             cards[match.group(2)] = " ".join(match.group(1).split())
     rows = []
-    for name, text in TESTDATA.items():
+    for name, text in recordings.items():
         data, stem = members[name], Path(name).stem
         if name.endswith(".raw"):  # headerless 16 kHz mono s16le
             samples = np.frombuffer(data, np.int16).astype(np.float32) / 32768
@@ -96,7 +100,7 @@ def _pocketsphinx(out: Path) -> list[dict]:
                 f.write(data)
                 f.flush()
                 samples = load_audio(f.name)
-        text = text or cards[stem]
+        text = text or cards.get(stem) or members[name.rsplit(".", 1)[0] + ".txt"].decode().strip()
         stem = f"pocketsphinx_{name.replace('/', '_').rsplit('.', 1)[0]}"
         _write_wav(out / f"{stem}.wav", samples)
         (out / f"{stem}.txt").write_text(text + "\n")
@@ -105,11 +109,12 @@ def _pocketsphinx(out: Path) -> list[dict]:
     return rows
 
 
-def gather(out: str | Path) -> list[dict]:
-    """Write every available recording with its transcript into `out`; returns what was written."""
+def gather(out: str | Path, held_out: bool = False) -> list[dict]:
+    """Write every available recording with its transcript into `out` (held_out: only the librivox
+    excerpts); returns what was written."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = _alsa(out) + _pocketsphinx(out)
+    rows = _pocketsphinx(out, LIBRIVOX) if held_out else _alsa(out) + _pocketsphinx(out, TESTDATA)
     if not rows:
         raise UserError("no human recordings could be gathered: install alsa-utils (apt-get install alsa-utils) "
                         "or allow pip to reach PyPI for the pocketsphinx source distribution")
@@ -122,8 +127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="avatar data human", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Then: avatar eval lipsync --audio-dir DIR")
     parser.add_argument("--out", type=Path, required=True, help="folder to write the recordings into")
+    parser.add_argument("--held-out", action="store_true", help="gather only the librivox excerpts (connected "
+                        "read speech), the final held-out check: score on them, never tune on them")
     args = parser.parse_args(argv)
-    rows = gather(args.out)
+    rows = gather(args.out, args.held_out)
     print(f"wrote {len(rows)} recordings with transcripts to {args.out}")
     return 0
 

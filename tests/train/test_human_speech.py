@@ -19,3 +19,11 @@ def test_gather_writes_recordings_with_transcripts(tmp_path):
         assert (tmp_path / row["file"]).with_suffix(".txt").read_text().strip() == row["transcript"]
     assert (tmp_path / "pocketsphinx_cards_005.txt").read_text().strip() == "eight of spades four of clubs seven of hearts"
     assert json.loads((tmp_path / "sources.json").read_text()) == rows
+
+
+@pytest.mark.slow
+def test_held_out_gathers_only_the_librivox_excerpts(tmp_path):
+    rows = human_speech.gather(tmp_path, held_out=True)
+    assert len(rows) == 5 and all("librivox" in r["file"] for r in rows)
+    assert (tmp_path / "pocketsphinx_librivox_sense_and_sensibility_01_austen_64kb-0880.txt").read_text().strip() == \
+        "he was not an ill disposed young man"
