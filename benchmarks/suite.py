@@ -34,7 +34,8 @@ from benchmarks.common import fmt, progress, run_benchmark, stats, table
 from engine.cli import BACKENDS, PRESETS  # the names alone: no torch
 
 PROG = "avatar bench"
-STAGES = ("audio frontend", "generator", "renderer")
+STAGES = ("audio frontend", "speech encoder", "generator", "renderer")
+IN_GENERATOR = ("speech encoder",)  # timed on its own, but also inside the generator's step: not added to totals
 REAL_TIME_MS = 40.0  # one frame at 25 fps
 STEADY_S = 2.0  # benchmarks.stream_bench.STEADY_S: the start of a session that fps leaves out
 
@@ -43,7 +44,8 @@ def bench_stages(renderer, backends: list[str], device: str, preset, samples: np
                  repeats: int) -> dict:
     """Per backend, ms per chunk of each stage over the clip: a median and range over `repeats` passes
     after a warm-up pass, backends and stages taking turns pass by pass (one machine state for all)."""
-    from engine.audio.frontend import AudioFrontend
+    from engine.audio.frontend import AudioFeatures, AudioFrontend
+    from engine.motion.generator import silence
     from engine.motion.learned import LearnedDriver, LearnedOptions
     from engine.stream.presets import preset_model
     from engine.timebase import SAMPLES_PER_FRAME
@@ -60,8 +62,12 @@ def bench_stages(renderer, backends: list[str], device: str, preset, samples: np
         batch = min(preset.render_batch, cfg.chunk)
         pieces = [samples[i : i + hop] for i in range(0, len(samples) - hop + 1, hop)]
         motion = [_tensor(driver.step(w)) for w in windows]
+        S, L, K = cfg.speech_window, cfg.chunk, cfg.lookahead
+        mel = AudioFeatures.concat([silence(S - L - K), features, silence(L + K)]).mel
+        speech_windows = [mel[j * L : j * L + S] for j in range(len(windows))]
         calls[backend] = {
             "audio frontend": (AudioFrontend().push, pieces),
+            "speech encoder": (driver.generator.encode, speech_windows),
             "generator": (driver.step, windows, driver.reset),
             "renderer": (lambda m, b=batch: [renderer.frames(m[i : i + b]) for i in range(0, len(m), b)], motion),
         }
@@ -80,7 +86,8 @@ def bench_stages(renderer, backends: list[str], device: str, preset, samples: np
     result = {}
     for backend in backends:
         ms = {stage: stats(v) for stage, v in passes[backend].items()}
-        total, chunk = sum(s["median"] for s in ms.values()), shape[backend]["chunk"]
+        total = sum(s["median"] for stage, s in ms.items() if stage not in IN_GENERATOR)
+        chunk = shape[backend]["chunk"]
         result[backend] = {**shape[backend], "ms_per_chunk": ms, "total_ms_per_chunk": total,
                            "frames_per_s": chunk * 1000 / total, "x_real_time": chunk * REAL_TIME_MS / total}
     return result
@@ -157,7 +164,8 @@ def markdown(result: dict) -> str:
     lines += table(["backend", "preset", "engine latency p50 / p95 / p99, ms", "floor, ms", "fps",
                     "first speech frame, ms", "CPU, % of a core", "late / dropped frames"], rows)
     lines += ["", f"## Stages (the sample speech chunk by chunk; median and range of {result['repeats']} passes)", "",
-              "ms per chunk; frames/s: what one core sustains running the three in sequence.", ""]
+              "ms per chunk; the generator's step includes the speech encoder, shown on its own too; frames/s: what "
+              "one core sustains running frontend, generator and renderer in sequence.", ""]
     rows = []
     for backend, b in result["backends"].items():
         for name, s in b["stages"].items():
@@ -197,7 +205,7 @@ def plot(result: dict, path: Path) -> None:
     left.legend(fontsize=8, loc="upper left", ncol=len(backends) + 1)
     bars = [(b, n, s) for b in backends for n, s in result["backends"][b]["stages"].items()]
     y, bottom = np.arange(len(bars)), np.zeros(len(bars))
-    for stage in STAGES:
+    for stage in (s for s in STAGES if s not in IN_GENERATOR):
         per_frame = np.array([s["ms_per_chunk"][stage]["median"] / s["chunk"] for _, _, s in bars])
         right.barh(y, per_frame, left=bottom, label=stage)
         bottom += per_frame
