@@ -28,7 +28,7 @@ examples:
   avatar train motion --data data/synth --out ckpt/motion   # pretrain the generator (resumable)
   avatar train sync --data data/synth --out ckpt/sync       # the lip-sync expert (resumable)
   avatar data human --out data/human             # the real human speech available offline, with transcripts
-  avatar eval lipsync --audio-dir data/human     # learned vs baseline against forced-aligned phones
+  avatar eval lipsync --audio-dir data/human --rendered --driver all   # lip sync measured in the rendered video
   avatar serve                                   # talk to the avatar: open http://127.0.0.1:8080/
   avatar live --portrait me.jpg                  # your microphone drives it; viewers open the page
   avatar client ws://127.0.0.1:8080/ws --audio speech.wav --record out/reply.mp4
@@ -157,7 +157,7 @@ def _add_train(sub) -> None:
 def _add_eval(sub) -> None:
     _add_group(sub, "eval", "evaluate the generator (avatar eval lipsync --help)",
                "Evaluation. `avatar eval lipsync --help`: lip sync against forced-aligned speech, "
-               "learned generator vs baseline driver.")
+               "learned generator vs baseline driver; --rendered measures the mouth in the rendered video.")
 
 
 def _add_backend(p) -> None:
