@@ -91,9 +91,12 @@ def align(samples: np.ndarray, transcript: str) -> tuple[Phone, ...]:
                 decoder.set_alignment()
             except RuntimeError as err:  # the words could not be placed in the audio
                 raise AlignmentError(f"the transcript could not be aligned to the audio ({err})") from err
-        decoder.start_utt()
-        decoder.process_raw(pcm, full_utt=True)
-        decoder.end_utt()
+        try:
+            decoder.start_utt()
+            decoder.process_raw(pcm, full_utt=True)
+            decoder.end_utt()
+        except RuntimeError as err:  # seen on robotic synthetic voices: the search finds no path
+            raise AlignmentError(f"pocketsphinx could not decode the audio against the transcript ({err})") from err
     alignment = decoder.get_alignment()  # (hyp() crashes pocketsphinx 5.1.1 in alignment mode)
     if alignment is None:
         raise AlignmentError("the transcript could not be aligned to the audio (wrong transcript?)")
