@@ -65,7 +65,7 @@ def test_small_run_writes_every_table_and_backends_agree(tmp_path):
     for name, st in stages.items():
         backends = ["any"] if name == "audio frontend" else ["torch", "onnxruntime", *(bench.PIPELINES[r][0] for r in ran)]
         assert list(st["ms_per_call"]) == backends and all(st["frames_per_s"][b] > 0 for b in backends)
-    assert list(result["graphs"]) == ["embed", "denoise", "commit", "chunk"]
+    assert list(result["graphs"]) == ["speech", "embed", "denoise", "commit", "chunk"]
     assert all(ms[b]["median"] > 0 for ms in result["graphs"].values() for b in ("torch", "onnxruntime"))
 
     md = out.with_suffix(".md").read_text()

@@ -39,7 +39,8 @@ def test_matches_torch_stft_reference(signal):
     spec = torch.stft(padded, N_FFT, MEL_HOP, window=torch.hann_window(N_FFT), center=False, return_complex=True)
     ref = (torch.from_numpy(mel_filters()) @ spec.abs() ** 2).clamp(min=1e-10).log10()
     ref = ((ref.clamp(min=LOG_FLOOR) + 4) / 4).T.numpy()
-    np.testing.assert_allclose(log_mel(signal), ref[: -(-len(signal) // MEL_HOP)], atol=1e-5)
+    # float32 power spectra and filterbank sums round differently by CPU: 1.4e-5 seen on an Intel Xeon
+    np.testing.assert_allclose(log_mel(signal), ref[: -(-len(signal) // MEL_HOP)], atol=5e-5)
 
 
 def test_frames_never_see_beyond_their_lookahead(signal):
