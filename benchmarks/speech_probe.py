@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from engine.audio.frontend import AudioFeatures
 from engine.audio.speech import TOKENS_PER_FRAME, load_speech_encoder
@@ -40,8 +39,7 @@ def encoder_layers(features: AudioFeatures, window: int) -> list[np.ndarray]:
     mel = AudioFeatures.concat([silence(window - L - K), features, silence(L + K)]).mel
     outs = [[], [], []]
     for j in range(0, T, L):
-        x = torch.from_numpy(mel[j: j + window].reshape(1, -1, mel.shape[-1]))
-        x = F.gelu(enc.conv2(F.gelu(enc.conv1(x.transpose(1, 2))))).transpose(1, 2) + enc.positions[: window * 2]
+        x = enc.stem(torch.from_numpy(mel[j: j + window].reshape(1, -1, mel.shape[-1])))
         hidden = []
         for block in enc.blocks:
             x = block(x)

@@ -44,13 +44,12 @@ def bench_stages(renderer, backends: list[str], device: str, preset, samples: np
                  repeats: int) -> dict:
     """Per backend, ms per chunk of each stage over the clip: a median and range over `repeats` passes
     after a warm-up pass, backends and stages taking turns pass by pass (one machine state for all)."""
-    from engine.audio.frontend import AudioFeatures, AudioFrontend
-    from engine.motion.generator import silence
+    from benchmarks.backend_bench import clip_windows
+    from engine.audio.frontend import AudioFrontend
+    from engine.motion.generator import speech_windows
     from engine.motion.learned import LearnedDriver, LearnedOptions
     from engine.stream.presets import preset_model
     from engine.timebase import SAMPLES_PER_FRAME
-
-    from benchmarks.backend_bench import clip_windows
 
     calls, shape = {}, {}
     for backend in backends:
@@ -62,12 +61,10 @@ def bench_stages(renderer, backends: list[str], device: str, preset, samples: np
         batch = min(preset.render_batch, cfg.chunk)
         pieces = [samples[i : i + hop] for i in range(0, len(samples) - hop + 1, hop)]
         motion = [_tensor(driver.step(w)) for w in windows]
-        S, L, K = cfg.speech_window, cfg.chunk, cfg.lookahead
-        mel = AudioFeatures.concat([silence(S - L - K), features, silence(L + K)]).mel
-        speech_windows = [mel[j * L : j * L + S] for j in range(len(windows))]
+        mels = speech_windows(features, cfg)[: len(windows)]
         calls[backend] = {
             "audio frontend": (AudioFrontend().push, pieces),
-            "speech encoder": (driver.generator.encode, speech_windows),
+            "speech encoder": (driver.generator.encode, mels),
             "generator": (driver.step, windows, driver.reset),
             "renderer": (lambda m, b=batch: [renderer.frames(m[i : i + b]) for i in range(0, len(m), b)], motion),
         }
@@ -164,8 +161,8 @@ def markdown(result: dict) -> str:
     lines += table(["backend", "preset", "engine latency p50 / p95 / p99, ms", "floor, ms", "fps",
                     "first speech frame, ms", "CPU, % of a core", "late / dropped frames"], rows)
     lines += ["", f"## Stages (the sample speech chunk by chunk; median and range of {result['repeats']} passes)", "",
-              "ms per chunk; the generator's step includes the speech encoder, shown on its own too; frames/s: what "
-              "one core sustains running frontend, generator and renderer in sequence.", ""]
+              ("ms per chunk; the generator's step includes the speech encoder, shown on its own too; frames/s: "
+               "what one core sustains running frontend, generator and renderer in sequence."), ""]
     rows = []
     for backend, b in result["backends"].items():
         for name, s in b["stages"].items():

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import NamedTuple
@@ -33,12 +34,20 @@ from typing import NamedTuple
 import numpy as np
 import torch
 from torch import Tensor
+from tqdm import tqdm
 
 from engine.audio.frontend import AudioFeatures, extract_features
 from engine.errors import UserError
 from engine.io import sha256_file
 from engine.motion import spec
-from engine.motion.generator import UtteranceStats, emotion_index, prosody_features, silence, speech_encoder
+from engine.motion.generator import (
+    UtteranceStats,
+    emotion_index,
+    prosody_features,
+    silence,
+    speech_encoder,
+    speech_windows,
+)
 from engine.motion.model import MotionConfig
 from train.synth.corpus import load_shard
 
@@ -59,26 +68,32 @@ class ClipData(NamedTuple):
     speech: np.ndarray | None = None  # (chunks, A, tokens, d) speech_table, when loaded for a MotionConfig
 
 
-def _shard_features(shard: Path, clips: list[dict]) -> list[AudioFeatures]:
-    """Each clip's features, from features/<shard>.npz when it matches the shard, else computed and cached."""
-    cache = shard.parent / "features" / (shard.stem + ".npz")
-    key = f"{sha256_file(shard)}:{FEATURES_VERSION}"
-    names = [f.name for f in fields(AudioFeatures)]
+def _cached_rows(cache: Path, key: str, compute: Callable[[], list[dict[str, np.ndarray]]]
+                 ) -> list[dict[str, np.ndarray]]:
+    """Per-clip arrays (named, rows along axis 0) from the .npz `cache` when it holds `key`, else computed and
+    written there, joined, atomically: concurrent readers (pretraining, sync expert) never see half a file."""
     if cache.is_file():
         with np.load(cache) as z:
             if str(z["key"]) == key:
-                bounds = z["offsets"]
-                return [AudioFeatures(*(z[n][bounds[i]:bounds[i + 1]].astype(np.float32) for n in names))
-                        for i in range(len(bounds) - 1)]
-    computed = [extract_features(clip["audio"]) for clip in clips]
+                bounds, arrays = z["offsets"], {n: z[n] for n in z.files if n not in ("key", "offsets")}
+                return [{n: a[bounds[i]:bounds[i + 1]] for n, a in arrays.items()} for i in range(len(bounds) - 1)]
+    rows = compute()
     cache.parent.mkdir(exist_ok=True)
     tmp = cache.with_name(cache.name + ".tmp")
-    joined = AudioFeatures.concat(computed)
-    with tmp.open("wb") as f:  # atomic, so concurrent readers (pretraining, sync expert) never see half a file
-        np.savez(f, key=np.array(key), offsets=np.cumsum([0] + [len(c) for c in computed]),
-                 **{n: getattr(joined, n) for n in names})
+    with tmp.open("wb") as f:
+        first = next(iter(rows[0])) if rows else None
+        np.savez(f, key=np.array(key), offsets=np.cumsum([0] + [len(r[first]) for r in rows]),
+                 **({n: np.concatenate([r[n] for r in rows]) for n in rows[0]} if rows else {}))
     os.replace(tmp, cache)
-    return computed
+    return rows
+
+
+def _shard_features(shard: Path, clips: list[dict]) -> list[AudioFeatures]:
+    """Each clip's features, from features/<shard>.npz when it matches the shard, else computed and cached."""
+    names = [f.name for f in fields(AudioFeatures)]
+    rows = _cached_rows(shard.parent / "features" / (shard.stem + ".npz"), f"{sha256_file(shard)}:{FEATURES_VERSION}",
+                        lambda: [vars(extract_features(clip["audio"])) for clip in clips])
+    return [AudioFeatures(*(r[n].astype(np.float32) for n in names)) for r in rows]
 
 
 @torch.inference_mode()
@@ -86,15 +101,10 @@ def speech_table(features: AudioFeatures, config: MotionConfig) -> np.ndarray:
     """(ceil(T / L), A, tokens, d) float16: the speech features of every chunk of a clip streamed from its
     first frame (chunk j starts at frame j L), exactly as StreamingGenerator.encode computes them."""
     cfg = config
-    L, K, S = cfg.chunk, cfg.lookahead, cfg.speech_window
-    # frame f of the clip sits at f + S - L - K; chunk j's window ends after frame j L + L + K - 1
-    mel = AudioFeatures.concat([silence(S - L - K), features, silence(L + K)]).mel
-    starts = np.arange(0, len(features), L)
+    windows = speech_windows(features, cfg)  # (chunks, S, 4, 80)
     encoder = speech_encoder(cfg)
-    out = []
-    for b in range(0, len(starts), SPEECH_BATCH):
-        windows = np.stack([mel[j : j + S] for j in starts[b : b + SPEECH_BATCH]])  # (b, S, 4, 80)
-        out.append(encoder.frames(torch.from_numpy(windows), cfg.audio_frames).numpy().astype(np.float16))
+    out = [encoder.frames(torch.from_numpy(np.ascontiguousarray(windows[b : b + SPEECH_BATCH])), cfg.audio_frames)
+           .numpy().astype(np.float16) for b in range(0, len(windows), SPEECH_BATCH)]
     return np.concatenate(out) if out else np.zeros((0, cfg.audio_frames, cfg.speech_tokens, cfg.speech_dim),
                                                     np.float16)
 
@@ -103,24 +113,14 @@ def _shard_speech(shard: Path, features: list[AudioFeatures], config: MotionConf
     """Each clip's speech_table, from features/<shard>.speech-<layout>.npz when it matches, else computed and cached."""
     cfg = config
     layout = f"S{cfg.speech_window}-L{cfg.chunk}-K{cfg.lookahead}-P{cfg.audio_past}-l{cfg.speech_layers}"
-    cache = shard.parent / "features" / f"{shard.stem}.speech-{layout}.npz"
-    key = f"{sha256_file(shard)}:{FEATURES_VERSION}:{SPEECH_VERSION}"
-    if cache.is_file():
-        with np.load(cache) as z:
-            if str(z["key"]) == key:
-                bounds = z["offsets"]
-                return [z["speech"][bounds[i]:bounds[i + 1]] for i in range(len(bounds) - 1)]
-    from tqdm import tqdm
 
-    tables = [speech_table(f, cfg) for f in tqdm(features, desc=f"speech features of {shard.name} (cached after)",
-                                                  unit="clip", leave=False)]
-    cache.parent.mkdir(exist_ok=True)
-    tmp = cache.with_name(cache.name + ".tmp")
-    with tmp.open("wb") as f:
-        np.savez(f, key=np.array(key), offsets=np.cumsum([0] + [len(t) for t in tables]),
-                 speech=np.concatenate(tables))
-    os.replace(tmp, cache)
-    return tables
+    def compute() -> list[dict[str, np.ndarray]]:
+        bar = tqdm(features, desc=f"speech features of {shard.name} (cached after)", unit="clip", leave=False)
+        return [{"speech": speech_table(f, cfg)} for f in bar]
+
+    rows = _cached_rows(shard.parent / "features" / f"{shard.stem}.speech-{layout}.npz",
+                        f"{sha256_file(shard)}:{FEATURES_VERSION}:{SPEECH_VERSION}", compute)
+    return [r["speech"] for r in rows]
 
 
 def load_clips(directory: str | Path, split: str = "train", config: MotionConfig | None = None) -> list[ClipData]:

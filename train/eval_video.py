@@ -28,6 +28,7 @@ from engine.audio.frontend import AudioFeatures
 from engine.face.analysis import detect_landmarks
 from engine.render.renderer import Renderer
 from engine.timebase import FPS
+from train.eval_lipsync import MAX_LAG, lagged_r
 from train.synth.phones import SIL, Phone
 
 REFERENCE_SMOOTHING_S = 0.025  # Gaussian std: ~60 ms wide
@@ -105,8 +106,6 @@ class VideoScore:
 def score_video(name: str, driver: str, opening: np.ndarray, phones: Sequence[Phone], reference: np.ndarray
                 ) -> VideoScore:
     """Compare a measured opening track with the reference (frames where no face was found are filled in)."""
-    from train.eval_lipsync import MAX_LAG, lagged_r
-
     found = np.isfinite(opening)
     if found.sum() < 3:
         nan = float("nan")
@@ -154,8 +153,8 @@ def summary(scores: Sequence[VideoScore]) -> dict[str, dict[str, float]]:
 
 def markdown(title: str, scores: Sequence[VideoScore]) -> str:
     lines = [f"### {title}", "",
-             "| driver | recordings | r at lag 0 (min-max) | best lag | r at best lag | lips on p/b/m | pauses | "
-             "roughness | faces found |", "|---|---|---|---|---|---|---|---|---|"]
+             ("| driver | recordings | r at lag 0 (min-max) | best lag | r at best lag | lips on p/b/m | pauses | "
+              "roughness | faces found |"), "|---|---|---|---|---|---|---|---|---|"]
     for driver, s in summary(scores).items():
         lines.append(f"| {driver} | {s['recordings']} | {s['r']:.2f} ({s['min_r']:.2f}-{s['max_r']:.2f}) | "
                      f"{s['lag_ms']:+.0f} ms | {s['best_r']:.2f} | {s['bilabial']:.2f}x | {s['silence']:.2f}x | "

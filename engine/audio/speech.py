@@ -20,7 +20,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache, lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -94,12 +94,16 @@ class WhisperEncoder(nn.Module):
         if mel.shape[1] > 2 * self.config.n_positions or mel.shape[1] % 2:
             raise ValueError(f"mel must have an even number of frames <= {2 * self.config.n_positions}; "
                              f"got {mel.shape[1]}")
-        x = F.gelu(self.conv1(mel.transpose(1, 2)))  # (B, d, 2T)
-        x = F.gelu(self.conv2(x)).transpose(1, 2)  # (B, T, d)
-        x = x + self.positions[: x.shape[1]]
+        x = self.stem(mel)
         for block in self.blocks:
             x = block(x)
         return self.norm(x)
+
+    def stem(self, mel: Tensor) -> Tensor:
+        """Log-mel (B, 2T, n_mels) -> the first block's input (B, T, d): convolutions and positions."""
+        x = F.gelu(self.conv1(mel.transpose(1, 2)))  # (B, d, 2T)
+        x = F.gelu(self.conv2(x)).transpose(1, 2)  # (B, T, d)
+        return x + self.positions[: x.shape[1]]
 
     def frames(self, mel: Tensor, frames: int) -> Tensor:
         """Mel of a window of video frames (B, S, MELS_PER_FRAME, n_mels) -> its last `frames` frames'
@@ -177,7 +181,7 @@ def weights_path() -> Path:
     return path
 
 
-@lru_cache(maxsize=None)
+@cache
 def load_speech_encoder(layers: int = 4) -> WhisperEncoder:
     """The pretrained encoder (first `layers` blocks), frozen, on the CPU; shared by every session."""
     encoder = WhisperEncoder(WhisperEncoderConfig(), layers)

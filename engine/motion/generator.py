@@ -20,7 +20,7 @@ from engine.audio.speech import WhisperEncoder, load_speech_encoder
 from engine.motion import spec
 from engine.motion.baseline import EMOTIONS
 from engine.motion.cache import KVCache
-from engine.motion.model import NO_EMOTION, N_PROSODY, Conditions, Embedded, MotionConfig, MotionTransformer
+from engine.motion.model import N_PROSODY, NO_EMOTION, Conditions, Embedded, MotionConfig, MotionTransformer
 from engine.motion.sampler import SamplerOptions, guidance_batch, sample
 from engine.timebase import FPS, MELS_PER_FRAME, N_MELS
 
@@ -94,6 +94,16 @@ def speech_encoder(config: MotionConfig, device=None) -> WhisperEncoder:
     return encoder if torch.device(device or "cpu").type == "cpu" else copy.deepcopy(encoder).to(device)
 
 
+def speech_windows(features: AudioFeatures, config: MotionConfig) -> np.ndarray:
+    """Offline: (ceil(T / L), S, 4, 80) the mel window the streaming generator's encode meets at each chunk of
+    a clip streamed from its first frame (silent history before it, the end padded with silence)."""
+    L, K, S = config.chunk, config.lookahead, config.speech_window
+    # frame f sits at f + S - L - K; chunk j (frames j L ..) has its window end after frame j L + L + K - 1
+    mel = AudioFeatures.concat([silence(S - L - K), features, silence(L + K)]).mel
+    windows = np.lib.stride_tricks.sliding_window_view(mel, S, axis=0)  # (frames, 4, 80, S), views: no copy
+    return windows[: len(features) : L].transpose(0, 3, 1, 2)
+
+
 class StreamingGenerator:
     def __init__(self, model: MotionTransformer, options: SamplerOptions = SamplerOptions(), seed: int = 0):
         self.model = model.eval()
@@ -129,16 +139,19 @@ class StreamingGenerator:
         if noise is None:
             noise = torch.randn(cfg.chunk, cfg.motion_dim, generator=self.rng, device=self.device)
         noise = torch.as_tensor(noise, dtype=torch.float32, device=self.device)
-        clean = self._advance(self.conditions(features, emotion, ref), noise.reshape(1, cfg.chunk, cfg.motion_dim))
+        window = AudioFeatures.concat([self.past, features])  # speech_window frames
+        clean = self._advance(self._conditions(window, emotion, ref), noise.reshape(1, cfg.chunk, cfg.motion_dim))
 
         self.stats.update(prosody_features(features[: cfg.chunk]))
-        self.past = AudioFeatures.concat([self.past, features])[cfg.chunk : -cfg.lookahead or None]
+        self.past = window[cfg.chunk : -cfg.lookahead or None]
         return spec.clip(spec.denormalize(clean[0].cpu().numpy()))
 
     def conditions(self, features: AudioFeatures, emotion: str | None = "neutral", ref: np.ndarray | None = None
                    ) -> Conditions:
         """The next chunk's conditions from its L + K frames of features and the stream's state so far."""
-        window = AudioFeatures.concat([self.past, features])  # speech_window frames
+        return self._conditions(AudioFeatures.concat([self.past, features]), emotion, ref)
+
+    def _conditions(self, window: AudioFeatures, emotion: str | None, ref: np.ndarray | None) -> Conditions:
         ref = spec.neutral() if ref is None else ref
         return make_conditions(window[-self.config.audio_frames:], self.encode(window.mel), self.stats.vector(),
                                emotion, ref, self.device)
