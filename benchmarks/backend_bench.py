@@ -2,7 +2,7 @@
 inputs in one process, backends taking turns pass by pass; --threads intra-op threads for both.
 
   * stages: audio frontend per frame (any backend); generator per chunk (`StreamingGenerator.step`
-    against the chunk graph in `OrtStreamingGenerator`); renderer, 1 and L frames a call (torch
+    against the chunk graph in `OrtStep`); renderer, 1 and L frames a call (torch
     against renderer.onnx); as detail, each exported generator graph per call;
   * end to end over the sample speech (features -> motion -> uint8 frames, chunk by chunk): frames/s
     and per-chunk latency of torch eager, onnxruntime (ORT generator + torch renderer: the shipped CPU
@@ -39,15 +39,19 @@ from benchmarks.generator_bench import EMOTION
 from engine import assets
 from engine.audio.frontend import AudioFeatures, AudioFrontend, extract_features
 from engine.audio.io import load_audio
+from engine.backends import ChunkStep
+from engine.backends.cuda_graph import CudaGraphStep
+from engine.backends.eager import TorchStep
+from engine.backends.onnxruntime import OrtStep, ort_session
 from engine.errors import UserError
 from engine.io import sha256_file
-from engine.motion.generator import silence, streaming_generator
+from engine.motion.generator import StreamingGenerator, silence
 from engine.motion.learned import LearnedDriver, LearnedOptions, load_generator
 from engine.render.renderer import Renderer, to_uint8
 from engine.runtime import set_threads
 from engine.timebase import SAMPLES_PER_FRAME
-from export.onnx import export_all, export_graph, ort_session
-from export.runtime import OrtModel, code_digest
+from export.onnx import export_all, export_graph
+from export.runtime import code_digest
 from export.specs import generator_specs, renderer_spec
 
 SCRIPT = "benchmarks/backend_bench.py"
@@ -154,7 +158,7 @@ def end_to_end(drivers: dict, renders: dict, windows: list, repeats: int) -> dic
 
 def gpu_status() -> dict:
     """Whether the GPU rows can run: "run", or why not."""
-    from export.tensorrt import runtime_unavailable
+    from engine.backends.tensorrt import runtime_unavailable
 
     cuda, trt = torch.cuda.is_available(), runtime_unavailable()
     return {"cuda": cuda, "device": torch.cuda.get_device_name() if cuda else None,
@@ -162,19 +166,29 @@ def gpu_status() -> dict:
             "TensorRT": "run" if trt is None else f"not run: {trt}" if cuda else NO_CUDA}
 
 
-def tensorrt_backend(ort_model: OrtModel, onnx_dir: Path, chunk: int) -> tuple[OrtModel, Callable]:
-    """The chunk graph and the renderers (1 and L frames a call) as TensorRT engines in onnx_dir/tensorrt."""
-    from export.tensorrt import EngineBuilder, EngineSession, OnnxGraph, load_tensorrt
+class _RendererEngine:
+    """A renderer engine behind ONNX Runtime's `run(None, feed)`, for ort_render."""
 
-    out, builder = onnx_dir / "tensorrt", EngineBuilder(load_tensorrt())
-    out.mkdir(exist_ok=True)
+    def __init__(self, path: Path):
+        from engine.backends.tensorrt import TensorRTGraph
+
+        self.graph = TensorRTGraph(path)
+
+    def run(self, _, feed: dict) -> list[np.ndarray]:
+        return [self.graph.run(feed)["frames"]]
+
+
+def tensorrt_backend(onnx_dir: Path, chunk: int) -> tuple[ChunkStep, Callable]:
+    """The speech and chunk graphs and the renderers (1 and L frames a call) as TensorRT engines in
+    onnx_dir/tensorrt."""
+    from engine.backends.tensorrt import TensorRTStep
+    from export.runtime import build_engine
+
     batches = {1: "renderer", chunk: f"renderer_batch{chunk}" if chunk > 1 else "renderer"}
-    for name in {"chunk", *batches.values()} - {p.stem for p in out.glob("*.engine")}:
-        progress(f"building the TensorRT engine of {name} ...")
-        builder.build(OnnxGraph(name, onnx_dir / f"{name}.onnx", {}), out)
-    model = copy.copy(ort_model)  # the same config, sampler and manifest; another session
-    model.session = EngineSession(out / "chunk.engine", ort_model.manifest["graphs"]["chunk"]["outputs"])
-    return model, ort_render({b: EngineSession(out / f"{name}.engine", ["frames"]) for b, name in batches.items()})
+    for name in {"speech", "chunk", *batches.values()}:
+        build_engine(onnx_dir, name)
+    return TensorRTStep(onnx_dir), ort_render({b: _RendererEngine(onnx_dir / "tensorrt" / f"{name}.engine")
+                                               for b, name in batches.items()})
 
 
 def stage(frames_per_call: int, ms: dict[str, dict]) -> dict:
@@ -187,7 +201,7 @@ def bench_stages(samples: np.ndarray, models: dict, renders: dict, motion: np.nd
     hop = chunk * SAMPLES_PER_FRAME
     pieces = [samples[i : i + hop] for i in range(0, len(samples) - hop + 1, hop)]
     stages = {"audio frontend": stage(chunk, interleaved({"any": AudioFrontend().push}, pieces, repeats))}
-    generators = {b: streaming_generator(m, LEARNED.sampler()) for b, m in models.items()}
+    generators = {b: StreamingGenerator(step) for b, step in models.items()}
     stages["generator"] = stage(chunk, interleaved({b: (lambda w, g=g: g.step(w, EMOTION))
                                                     for b, g in generators.items()}, windows, repeats))
     for batch in dict.fromkeys((1, chunk)):
@@ -224,13 +238,13 @@ def run(args: argparse.Namespace, command: str) -> dict:
                                                                          cfg.chunk).items()}
         graphs = {s.name: (s, ort_session(onnx_dir / f"{s.name}.onnx", args.threads))
                   for s in generator_specs(model, LEARNED.sampler())}
-        models = {"torch": model, "onnxruntime": OrtModel(onnx_dir, args.threads)}
+        models = {"torch": TorchStep(model, LEARNED.sampler()), "onnxruntime": OrtStep(onnx_dir, args.threads)}
         renders = {"torch": torch_render(renderer), "onnxruntime": ort_render(sessions)}
         if gpu["torch CUDA graph"] == "run":
-            models["torch CUDA"] = copy.deepcopy(model).to("cuda")
+            models["torch CUDA"] = CudaGraphStep(copy.deepcopy(model).to("cuda"), LEARNED.sampler())
             renders["torch CUDA"] = torch_render(copy.deepcopy(renderer).to("cuda"))
         if gpu["TensorRT"] == "run":
-            models["TensorRT"], renders["TensorRT"] = tensorrt_backend(models["onnxruntime"], onnx_dir, cfg.chunk)
+            models["TensorRT"], renders["TensorRT"] = tensorrt_backend(onnx_dir, cfg.chunk)
         drivers = {name: LearnedDriver(models[g], LEARNED) for name, (g, _) in PIPELINES.items() if g in models}
         windows = clip_windows(features, cfg.chunk, cfg.lookahead)
 
@@ -317,7 +331,7 @@ def markdown(result: dict) -> str:
         (f"Audio frontend (streaming, {frontend['frames_per_call']} frames a push; any backend): "
          f"{cell(fe)} ms per frame, {frontend['frames_per_s']['any']:.0f} frames/s."), "",
         (f"ms per call: median (range) over {reps} pass(es). Generator: `step` over the clip's chunks on a running "
-         "stream (torch `StreamingGenerator` against the chunk graph in `OrtStreamingGenerator`). Renderer: the "
+         "stream (torch `StreamingGenerator` against the chunk graph in `OrtStep`). Renderer: the "
          f"first {RENDER_FRAMES} frames of the clip's motion, to uint8. Speed-up: torch ms / that backend's ms."), "",
         *table(["stage", "frames a call", *(f"{b} ms" for b in backends), *(f"{b} frames/s" for b in backends),
                 *(f"{b} speed-up" for b in backends[1:])], stage_rows), "",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 import statistics
 from pathlib import Path
@@ -72,3 +73,17 @@ def fmt(value: float | None, spec: str = ".0f") -> str:
 def table(header: list[str], rows: list[list]) -> list[str]:
     """A Markdown table."""
     return [f"| {' | '.join(header)} |", "|---" * len(header) + "|", *(f"| {' | '.join(map(str, r))} |" for r in rows)]
+
+
+@functools.cache
+def _registry(backend: str, device: str, threads: int, batching: bool):
+    from engine.backends.registry import StepRegistry
+    from export.runtime import prepare
+
+    return StepRegistry(backend, device, threads, prepare, batching)
+
+
+def preset_step(preset, backend: str = "auto", device: str = "cpu", threads: int = 1, batching: bool = False):
+    """A preset's chunk step on a backend, loaded once per process and shared by the sessions that use it
+    (as the server shares it); `batching` hands out the batched step (engine.backends.batching)."""
+    return _registry(backend, device, threads, batching).get(preset.weights, preset.steps)

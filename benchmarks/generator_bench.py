@@ -39,6 +39,7 @@ from benchmarks.common import cpu_name, run_benchmark, stats
 from engine import assets
 from engine.audio.frontend import AudioFeatures, AudioFrontend, extract_features
 from engine.audio.io import load_audio
+from engine.backends.eager import TorchStep
 from engine.io.checkpoint import load_model
 from engine.motion import spec
 from engine.motion.cache import KVCache
@@ -99,7 +100,7 @@ def chunk_features(features: AudioFeatures, config: MotionConfig, start: int, co
 def bench_step(model: MotionTransformer, options: SamplerOptions, features: AudioFeatures, plan: Plan) -> list[float]:
     """ms per chunk of each timed repeat, on a stream whose cache is full (steady state)."""
     cfg = model.config
-    generator = StreamingGenerator(model, options)
+    generator = StreamingGenerator(TorchStep(model, options))
     per_repeat = max(1, plan.frames // cfg.chunk)
     warm = cfg.context // cfg.chunk + 2  # fill the cache, then a couple more
     for f in chunk_features(features, cfg, 0, warm):
@@ -198,14 +199,14 @@ class RecomputingGenerator:
     W / L chunks and, before every step, recomputes the window's keys/values (recompute_cache)."""
 
     def __init__(self, model: MotionTransformer):
-        self.generator = StreamingGenerator(model, SHIPPED)
+        self.generator = StreamingGenerator(TorchStep(model, SHIPPED))
         self.window = deque(maxlen=model.config.context // model.config.chunk)  # (clean (1, L, D), Conditions)
         self.next_frame = 0
 
     def step(self, features: AudioFeatures) -> np.ndarray:
         g = self.generator
         cond = g.conditions(features, EMOTION)
-        g.cache = recompute_cache(g.model, self.window, self.next_frame)
+        g.cache = recompute_cache(g.chunk_step.model, self.window, self.next_frame)
         motion = g.step(features, EMOTION)
         self.window.append((torch.from_numpy(spec.normalize(motion))[None], cond))
         self.next_frame += g.config.chunk
@@ -245,11 +246,11 @@ def bench_stream(model: MotionTransformer, plan: Plan, features: AudioFeatures) 
         raise ValueError(f"the stream needs a chunk L={L} that divides the context window W={W}")
     n_chunks = max(1, stream_frames(plan) // L)
     inputs = chunk_features(features, cfg, 0, n_chunks)
-    warm_cached, warm_uncached = StreamingGenerator(model, SHIPPED), RecomputingGenerator(model)
+    warm_cached, warm_uncached = StreamingGenerator(TorchStep(model, SHIPPED)), RecomputingGenerator(model)
     for f in inputs[: W // L + 2]:  # warm-up on a throwaway pair, past the window
         warm_cached.step(f, EMOTION)
         warm_uncached.step(f)
-    cached, uncached = StreamingGenerator(model, SHIPPED), RecomputingGenerator(model)
+    cached, uncached = StreamingGenerator(TorchStep(model, SHIPPED)), RecomputingGenerator(model)
     ms_cached, ms_uncached, max_diff = np.zeros(n_chunks), np.zeros(n_chunks), 0.0
     for i, f in enumerate(tqdm(inputs, desc="stream", unit="chunk", leave=False)):
         t = time.perf_counter()

@@ -48,7 +48,7 @@ import torch
 from scipy.signal import resample_poly
 from tqdm import tqdm
 
-from benchmarks.common import cpu_name, fmt, percentiles, progress, run_benchmark, stats, table
+from benchmarks.common import cpu_name, fmt, percentiles, preset_step, progress, run_benchmark, stats, table
 from benchmarks.generator_bench import stream_bins
 from engine import assets
 from engine.audio.io import load_audio
@@ -57,7 +57,7 @@ from engine.face.rig import Rig
 from engine.render.renderer import Renderer
 from engine.runtime import resolve_device, set_threads
 from engine.stream import PRESETS, Preset, Session, SessionOptions
-from engine.stream.presets import latency_floor_s, preset_model
+from engine.stream.presets import latency_floor_s
 from engine.timebase import FPS, SAMPLE_RATE, checked_div
 
 SCRIPT = "benchmarks/stream_bench.py"
@@ -188,20 +188,23 @@ def keeps_up(s: dict) -> bool:
                 and s["frames_dropped"] == 0 and s["audio_dropped_s"] == 0)
 
 
-BACKEND = {"name": "torch", "device": "cpu"}  # --backend and --device of this run, set once by run()
+BACKEND = {"name": "auto", "device": "cpu"}  # --backend and --device of this run, set once by run()
 
 
-def generator(preset: Preset):
-    """The preset's generator on the run's backend (loaded once, shared by its sessions)."""
-    return preset_model(preset.weights, BACKEND["name"], preset.steps, BACKEND["device"])
+def generator(preset: Preset, batching: bool = True):
+    """The preset's chunk step on the run's backend (loaded once, shared by its sessions as a server shares
+    it; batched as a server batches it unless `batching` is off)."""
+    return preset_step(preset, BACKEND["name"], BACKEND["device"], batching=batching)
 
 
 def measure(renderer: Renderer, preset: Preset, seconds: float, sessions: int = 1,
-            bin_ends: list[int] | None = None) -> tuple[list[dict], list[Trace], dict]:
+            bin_ends: list[int] | None = None, batching: bool = True) -> tuple[list[dict], list[Trace], dict]:
     """`sessions` sessions at once for `seconds` of video: a summary and a trace per session, and CPU use."""
     frames = round(seconds * FPS)
     started, cpu = time.monotonic(), time.process_time()
-    opened = [Session(renderer, generator(preset), preset, options=OPTIONS) for _ in range(sessions)]
+    step = generator(preset, batching)
+    calls = getattr(step, "calls", 0), getattr(step, "streams", 0)
+    opened = [Session(renderer, step, preset, options=OPTIONS) for _ in range(sessions)]
     mic = Mic(opened, mic_audio())
     try:
         with tqdm(total=frames, desc=f"{preset.name} x{sessions}", unit="frame", leave=False, mininterval=1) as bar:
@@ -213,6 +216,9 @@ def measure(renderer: Renderer, preset: Preset, seconds: float, sessions: int = 
             s.close()
     wall, cpu = time.monotonic() - started, time.process_time() - cpu
     use = {"core_pct": 100 * cpu / wall, "machine_pct": 100 * cpu / wall / os.cpu_count()}
+    if batching:  # streams per backend call, encoder and chunk calls together
+        calls = getattr(step, "calls", 0) - calls[0], getattr(step, "streams", 0) - calls[1]
+        use["streams_per_call"] = calls[1] / calls[0] if calls[0] else None
     return [summarize(s, t, mic, started) for s, t in zip(opened, traces)], traces, use
 
 
@@ -238,12 +244,12 @@ def bench_preset(renderer: Renderer, preset: Preset, args: argparse.Namespace) -
             "seconds": args.seconds, "run": run, "cpu": cpu, "starts": len(starts) + 1, **first, "targets": targets}
 
 
-def bench_concurrency(renderer: Renderer, preset: Preset, seconds: float, most: int) -> dict:
+def bench_concurrency(renderer: Renderer, preset: Preset, seconds: float, most: int, batching: bool) -> dict:
     """1, 2, ... sessions at once until one falls behind real time (or `most` held)."""
-    measure(renderer, preset, WARMUP_S)
+    measure(renderer, preset, WARMUP_S, batching=batching)
     rows = []
     for n in range(1, most + 1):
-        runs, _, cpu = measure(renderer, preset, seconds, n)
+        runs, _, cpu = measure(renderer, preset, seconds, n, batching=batching)
         rows.append({"sessions": n, "held": all(map(keeps_up, runs)), "slowest_fps": min(r["fps"] or 0 for r in runs),
                      "most_late_pct": max(100 * r["frames_late"] / max(r["frames"], 1) for r in runs),
                      "frames_dropped": sum(r["frames_dropped"] for r in runs),
@@ -251,11 +257,11 @@ def bench_concurrency(renderer: Renderer, preset: Preset, seconds: float, most: 
                      "worst_engine_p95_ms": max((r["engine_latency_ms"]["p95"] for r in runs if r["engine_latency_ms"]),
                                                 default=None),
                      "cpu": cpu})
-        progress(f"{preset.name}, {n} at once: slowest {rows[-1]['slowest_fps']:.2f} fps, "
-                 f"{'held' if rows[-1]['held'] else 'fell behind'}")
+        progress(f"{preset.name}, batching {'on' if batching else 'off'}, {n} at once: slowest "
+                 f"{rows[-1]['slowest_fps']:.2f} fps, {'held' if rows[-1]['held'] else 'fell behind'}")
         if not rows[-1]["held"]:
             break
-    return {"preset": preset.name, "seconds": seconds, "rows": rows,
+    return {"preset": preset.name, "batching": batching, "seconds": seconds, "rows": rows,
             "held": max((r["sessions"] for r in rows if r["held"]), default=0), "ceiling_found": not rows[-1]["held"]}
 
 
@@ -304,7 +310,8 @@ def run(args: argparse.Namespace, command: str) -> dict:
     else:
         result["presets"] = [bench_preset(renderer, PRESETS[name], args) for name in args.preset]
         result["concurrency"] = [bench_concurrency(renderer, PRESETS[name], args.concurrency_seconds,
-                                                   args.max_sessions) for name in ramps]
+                                                   args.max_sessions, batching == "on")
+                                 for name in ramps for batching in args.batching]
     result["machine"]["torch_threads"] = torch.get_num_threads()  # as it stood after the runs
     return result
 
@@ -344,17 +351,22 @@ def preset_section(presets: list[dict]) -> list[str]:
 
 
 def concurrency_section(ramps: list[dict]) -> list[str]:
-    rows = [[c["preset"], r["sessions"], f"{r['slowest_fps']:.2f}", f"{r['most_late_pct']:.1f} %",
+    def batching(c: dict) -> str:
+        return "on" if c.get("batching", False) else "off"
+
+    rows = [[c["preset"], batching(c), r["sessions"], f"{r['slowest_fps']:.2f}", f"{r['most_late_pct']:.1f} %",
              f"{r['frames_dropped']} / {r['audio_dropped_s']:.2f}", fmt(r["worst_engine_p95_ms"]), cpu_cell(r["cpu"]),
-             "held" if r["held"] else "fell behind"] for c in ramps for r in c["rows"]]
+             fmt(r["cpu"].get("streams_per_call"), ".1f"), "held" if r["held"] else "fell behind"]
+            for c in ramps for r in c["rows"]]
     return [
         "## Concurrent sessions", "",
         f"Sessions at once (one renderer and generator shared, a worker thread each), {ramps[0]['seconds']:g} s a "
         f"step, until one falls behind real time (< {MIN_FPS:g} fps, > {MAX_LATE:.0%} of frames late, or anything "
-        "dropped).", "",
-        *table(["preset", "sessions", "slowest fps", "most late", "dropped frames / audio s", "worst engine p95 ms",
-                "CPU", "real time"], rows), "",
-        *(f"{c['preset']}: **{c['held']}** session(s) held real time"
+        "dropped). Batching on: the sessions' generator calls that meet share one backend call (streams a call: "
+        "their mean); off: each session calls the backend alone.", "",
+        *table(["preset", "batching", "sessions", "slowest fps", "most late", "dropped frames / audio s",
+                "worst engine p95 ms", "CPU", "streams a call", "real time"], rows), "",
+        *(f"{c['preset']}, batching {batching(c)}: **{c['held']}** session(s) held real time"
           + ("." if c["ceiling_found"] else " (the most tried; raise --max-sessions).") + "  " for c in ramps),
     ]
 
@@ -410,8 +422,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (default 1: real-time workers run one each, DESIGN.md §13)")
     parser.add_argument("--size", type=int, default=512, help="renderer resolution in px (default 512)")
-    parser.add_argument("--backend", choices=("torch", "onnxruntime", "tensorrt"), default="torch",
-                        help="where the generator runs (default torch; the renderer is torch either way)")
+    parser.add_argument("--backend", choices=("auto", "torch", "onnxruntime", "tensorrt"), default="auto",
+                        help="where the generator runs (default auto: ONNX Runtime on a CPU; the renderer is torch "
+                        "either way)")
+    parser.add_argument("--batching", nargs="+", choices=("on", "off"), default=["off", "on"],
+                        help="concurrency ramps with sessions sharing each generator call (on, as the server runs "
+                        "them) and each calling alone (off); default: both")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="torch's device for the renderer and a torch generator (default cpu)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,

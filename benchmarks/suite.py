@@ -44,18 +44,20 @@ def bench_stages(renderer, backends: list[str], device: str, preset, samples: np
                  repeats: int) -> dict:
     """Per backend, ms per chunk of each stage over the clip: a median and range over `repeats` passes
     after a warm-up pass, backends and stages taking turns pass by pass (one machine state for all)."""
+    import torch
+
     from benchmarks.backend_bench import clip_windows
+    from benchmarks.common import preset_step
     from engine.audio.frontend import AudioFrontend
     from engine.motion.generator import speech_windows
     from engine.motion.learned import LearnedDriver, LearnedOptions
-    from engine.stream.presets import preset_model
     from engine.timebase import SAMPLES_PER_FRAME
 
     calls, shape = {}, {}
     for backend in backends:
-        model = preset_model(preset.weights, backend, preset.steps, device)
-        cfg = model.config
-        driver = LearnedDriver(model, LearnedOptions(steps=preset.steps))
+        step = preset_step(preset, backend, device)
+        cfg = step.config
+        driver = LearnedDriver(step, LearnedOptions(steps=preset.steps))
         windows = clip_windows(features, cfg.chunk, cfg.lookahead)
         hop = cfg.chunk * SAMPLES_PER_FRAME
         batch = min(preset.render_batch, cfg.chunk)
@@ -64,7 +66,7 @@ def bench_stages(renderer, backends: list[str], device: str, preset, samples: np
         mels = speech_windows(features, cfg)[: len(windows)]
         calls[backend] = {
             "audio frontend": (AudioFrontend().push, pieces),
-            "speech encoder": (driver.generator.encode, mels),
+            "speech encoder": (lambda mel, s=step: s.encode(torch.as_tensor(mel)[None]), mels),
             "generator": (driver.step, windows, driver.reset),
             "renderer": (lambda m, b=batch: [renderer.frames(m[i : i + b]) for i in range(0, len(m), b)], motion),
         }
@@ -100,17 +102,16 @@ def run(args: argparse.Namespace, command: str) -> dict:
     import torch
 
     from benchmarks import stream_bench
-    from engine import assets
+    from engine import assets, backends
     from engine.audio.frontend import extract_features
     from engine.audio.io import load_audio
     from engine.render.renderer import Renderer
     from engine.runtime import resolve_device, set_threads
     from engine.stream.presets import get_preset
-    from export.runtime import check_backend
 
     resolve_device(args.device)  # a missing GPU or backend fails now, saying what to use instead
     for backend in args.backend:
-        check_backend(backend, args.device)
+        backends.check(backend, args.device)
     samples = load_audio(assets.SAMPLE_SPEECH)
     features = extract_features(samples)
     renderer = Renderer.from_photo(assets.DEFAULT_PORTRAIT, args.size, args.device)

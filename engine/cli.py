@@ -12,10 +12,17 @@ import sys
 from pathlib import Path
 
 EMOTIONS = ("neutral", "happy", "sad", "angry", "surprise", "fear", "disgust")
-# engine.stream.presets.PRESETS' names and export.runtime.BACKENDS (a test keeps them equal): importing
+# engine.stream.presets.PRESETS' names and engine.backends.BACKENDS (a test keeps them equal): importing
 # either would pull in torch
 PRESETS = ("low-latency", "balanced", "quality")
-BACKENDS = ("torch", "onnxruntime", "tensorrt")
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+
+
+def _prepare():
+    """What makes the exported backends' graphs (export/ builds artifacts; only this module hands it to engine/)."""
+    from export.runtime import prepare
+
+    return prepare
 
 EXAMPLES = """\
 examples:
@@ -111,7 +118,7 @@ def _render(args) -> None:
         audio=args.audio, portrait=args.portrait, out=args.out, size=args.size, emotion=args.emotion,
         expressiveness=args.expressiveness, head_motion=args.head_motion, seed=args.seed,
         motion_out=args.motion_out, full_photo=args.full_photo, threads=args.threads, driver=args.driver,
-        checkpoint=args.checkpoint, backend=args.backend, device=args.device, **sampler,
+        checkpoint=args.checkpoint, backend=args.backend, device=args.device, prepare=_prepare(), **sampler,
     ))
     print(summary)
 
@@ -161,10 +168,11 @@ def _add_eval(sub) -> None:
 
 
 def _add_backend(p) -> None:
-    p.add_argument("--backend", choices=BACKENDS, default="torch",
-                   help="where the generator runs: torch; ONNX Runtime, the fastest on a CPU (its graph is exported "
-                   "on first use and cached; see `avatar export onnx`); or TensorRT on an NVIDIA GPU (the same "
-                   "graph built into an engine on first use). The renderer runs on torch")
+    p.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="where the generator runs: auto picks ONNX Runtime on a CPU and TensorRT (or, without its "
+                   "runtime, torch's CUDA graph) on a GPU; torch; ONNX Runtime, the fastest on a CPU (its graphs are "
+                   "exported on first use and cached; see `avatar export onnx`); or TensorRT on an NVIDIA GPU (the "
+                   "same graphs built into engines on first use). The renderer runs on torch")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="torch's device for the renderer and a torch generator; on cuda the generator's "
                    "per-chunk step is replayed from a CUDA graph")
@@ -282,7 +290,8 @@ def _add_live(sub) -> None:
 def _serve(args) -> None:
     from engine.server.run import serve
 
-    serve(_server_config(args, uploads=not args.no_uploads, idle_timeout_s=args.idle_timeout), threads=args.threads)
+    serve(_server_config(args, uploads=not args.no_uploads, idle_timeout_s=args.idle_timeout), threads=args.threads,
+          prepare=_prepare())
 
 
 def _live(args) -> None:
@@ -294,7 +303,7 @@ def _live(args) -> None:
     from engine.server.run import live
 
     live(_server_config(args, uploads=False, viewer_controls=args.viewer_controls), args.input_device,
-         threads=args.threads)
+         threads=args.threads, prepare=_prepare())
 
 
 def _add_export(sub) -> None:

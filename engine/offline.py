@@ -13,9 +13,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from engine import assets
+from engine import assets, backends
 from engine.audio.frontend import extract_features
 from engine.audio.io import load_audio
+from engine.backends import Prepare
 from engine.errors import UserError
 from engine.face.analysis import PasteBack, analyze_portrait
 from engine.face.rig import Rig
@@ -46,7 +47,8 @@ class RenderRequest:
     progress: bool = True  # show a progress bar
     driver: str = "learned"  # "learned" (the flow-matching generator) or "baseline"
     checkpoint: Path | None = None  # generator weights; None = the shipped ones
-    backend: str = "torch"  # the generator's: "torch", "onnxruntime" or "tensorrt" (export.runtime)
+    backend: str = "auto"  # the generator's (engine.backends): auto, torch, onnxruntime or tensorrt
+    prepare: Prepare | None = None  # makes the exported backends' graphs (engine/cli.py: export.runtime.prepare)
     device: str = "cpu"  # torch's (generator and renderer): "cpu" or "cuda"
     steps: int = LearnedOptions.steps  # learned: Euler steps per chunk
     guidance_audio: float = LearnedOptions.guidance_audio  # learned: classifier-free guidance scales (1 = none)
@@ -62,10 +64,9 @@ class RenderRequest:
             raise UserError(f"driver must be learned or baseline; got {self.driver!r}")
         options = LearnedOptions(**controls, steps=self.steps, guidance_audio=self.guidance_audio,
                                  guidance_emotion=self.guidance_emotion)
-        from export.runtime import load_motion_model
-
-        model = load_motion_model(self.backend, self.checkpoint, options.sampler(), self.threads, self.device)
-        return LearnedDriver(model, options)
+        step = backends.load(self.backend, self.checkpoint, options.sampler(), threads=self.threads, device=self.device,
+                             prepare=self.prepare)
+        return LearnedDriver(step, options)
 
 
 MAX_FULL_PHOTO_SIDE = 1920  # --full-photo output: larger photos are scaled down (an 8000 px one made a 4.5 GB file)
@@ -99,9 +100,7 @@ def render_file(req: RenderRequest) -> str:
         check_writable(req.motion_out, "--motion-out")
     set_threads(req.threads)
     if req.driver == "learned":
-        from export.runtime import check_backend
-
-        check_backend(req.backend, req.device)  # before the slow work: a backend that cannot run fails at once
+        backends.check(req.backend, req.device)  # before the slow work: a backend that cannot run fails at once
 
     audio_path = req.audio or assets.SAMPLE_SPEECH
     samples = load_audio(audio_path)

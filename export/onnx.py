@@ -23,10 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from engine.backends.onnxruntime import ort_session
 from engine.errors import UserError
 from engine.io import sha256_file
 from export.runtime import code_digest
-from export.specs import GraphSpec, generator_specs, renderer_spec
+from export.specs import GraphSpec, batch_axis, generator_specs, renderer_spec
 
 OPSET = 18
 
@@ -35,26 +36,16 @@ class ExportMismatch(UserError):
     """An exported graph computes something else than torch; the message names graph, output and error."""
 
 
-def ort_session(path: str | Path, threads: int = 1):
-    """An ONNX Runtime CPU session tuned for our small graphs: every graph optimization, `threads` intra-op."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-
-
 def export_graph(spec: GraphSpec, path: Path) -> None:
-    """Export one graph (legacy TorchScript exporter: static shapes, stable names) and check it."""
+    """Export one graph (legacy TorchScript exporter: static shapes but the stream batch, stable names) and check it."""
     import onnx
 
     dummy = spec.dummy()
     with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the tracer's notes on shape checks that are constants here
+        axes = {n: {batch_axis(n): "streams"} for n in (*spec.inputs, *spec.outputs)} if spec.batched else None
         torch.onnx.export(spec.module, tuple(dummy[n] for n in spec.inputs), str(path), input_names=list(spec.inputs),
-                          output_names=list(spec.outputs), opset_version=OPSET, dynamo=False)
+                          output_names=list(spec.outputs), opset_version=OPSET, dynamo=False, dynamic_axes=axes)
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
 
 
@@ -85,11 +76,12 @@ def real_inputs(model, options, seconds: float = 3.0) -> dict[str, dict[str, tor
     from engine import assets
     from engine.audio.frontend import extract_features
     from engine.audio.io import load_audio
+    from engine.backends.eager import TorchStep
     from engine.motion.generator import StreamingGenerator
 
     cfg = model.config
     features = extract_features(load_audio(assets.SAMPLE_SPEECH))
-    generator = StreamingGenerator(model, options)
+    generator = StreamingGenerator(TorchStep(model, options))
     n = int(seconds * 25) // cfg.chunk * cfg.chunk
     for start in range(0, n, cfg.chunk):
         generator.step(features[start: start + cfg.chunk + cfg.lookahead])
@@ -141,6 +133,8 @@ def export_all(checkpoint: Path, out: Path, options, portrait: Path | None = Non
         export_graph(spec, path)
         session = ort_session(path)
         errors = {"random": max_error(spec, session, spec.dummy(seed=7)), "real": max_error(spec, session, real[spec.name])}
+        if spec.batched:  # three streams in one call, each as torch computes it
+            errors["batch 3"] = max_error(spec, session, spec.dummy(seed=8, batch=3))
         graphs[spec.name] = {
             "file": path.name, "sha256": sha256_file(path), "bytes": path.stat().st_size,
             "inputs": {n: s.to_json() for n, s in spec.inputs.items()}, "outputs": list(spec.outputs),

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from engine.backends.eager import chunk_step, speech_encoder
 from engine.motion.cache import KVCache
-from engine.motion.generator import chunk_step, speech_encoder
 from engine.motion.model import NO_EMOTION, Conditions, Embedded, MotionTransformer
 from engine.motion.sampler import SamplerOptions
 from engine.timebase import MELS_PER_FRAME, N_MELS
@@ -50,12 +50,18 @@ class GraphSpec:
     outputs: tuple[str, ...]
     atol: float  # an exported graph must match torch within atol + rtol * |torch| on every output
     rtol: float = 1e-3
+    batched: bool = False  # exported with a dynamic stream batch (batch_axis), so one call serves many streams
 
-    def dummy(self, seed: int = 0) -> dict[str, Tensor]:
-        """Random inputs of the right shapes and ranges (a cache with every slot valid, positions in order)."""
+    def dummy(self, seed: int = 0, batch: int = 1) -> dict[str, Tensor]:
+        """Random inputs of the right shapes and ranges (a cache with every slot valid, positions in order),
+        `batch` streams where the graph is batched."""
         g = torch.Generator().manual_seed(seed)
         out = {}
         for name, spec in self.inputs.items():
+            if batch != 1:
+                shape = list(spec.shape)
+                shape[batch_axis(name)] = batch
+                spec = Tensorspec(tuple(shape), spec.dtype)
             if name == "valid":
                 out[name] = torch.ones(spec.shape, dtype=torch.bool)
             elif name == "pos":
@@ -79,6 +85,12 @@ class GraphSpec:
         result = self.module(*(inputs[n] for n in self.inputs))
         result = result if isinstance(result, tuple) else (result,)
         return {name: value.numpy() for name, value in zip(self.outputs, result, strict=True)}
+
+
+def batch_axis(name: str) -> int:
+    """Where a batched graph's input or output `name` holds its streams: the caches' keys and values are
+    (layers, B, ...), everything else is (B, ...)."""
+    return 1 if name.removeprefix("new_") in ("keys", "values") else 0
 
 
 # --------------------------------------------------------------------------------------- wrappers
@@ -170,7 +182,8 @@ def generator_specs(model: MotionTransformer, options: SamplerOptions) -> list[G
     return [
         # whisper's activations reach ~10: 1e-3 is still 1e-4 relative
         GraphSpec("speech", SpeechGraph(speech_encoder(cfg), A),
-                  {"mel": Tensorspec((1, cfg.speech_window, MELS_PER_FRAME, N_MELS), f32)}, ("speech",), atol=1e-3),
+                  {"mel": Tensorspec((1, cfg.speech_window, MELS_PER_FRAME, N_MELS), f32)}, ("speech",), atol=1e-3,
+                  batched=True),
         GraphSpec("embed", EmbedGraph(model), {**audio, "audio_on": Tensorspec((1,), b),
                                                 "emotion": Tensorspec((1,), i64), "ref": Tensorspec((1, D), f32)},
                   ("levels", "static"), atol=1e-4),
@@ -182,7 +195,7 @@ def generator_specs(model: MotionTransformer, options: SamplerOptions) -> list[G
         GraphSpec("chunk", ChunkGraph(model, options), {**audio, "emotion": Tensorspec((1,), i64),
                                                          "ref": Tensorspec((1, D), f32),
                                                          "noise": Tensorspec((1, L, D), f32), **cache},
-                  ("clean", *new_cache), atol=1e-3),
+                  ("clean", *new_cache), atol=1e-3, batched=True),
     ]
 
 

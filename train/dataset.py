@@ -37,6 +37,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from engine.audio.frontend import AudioFeatures, extract_features
+from engine.backends.eager import speech_encoder
 from engine.errors import UserError
 from engine.io import sha256_file
 from engine.motion import spec
@@ -45,7 +46,6 @@ from engine.motion.generator import (
     emotion_index,
     prosody_features,
     silence,
-    speech_encoder,
     speech_windows,
 )
 from engine.motion.model import MotionConfig

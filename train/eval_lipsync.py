@@ -34,6 +34,7 @@ from tqdm import tqdm
 
 from engine.audio.frontend import AudioFeatures, extract_features
 from engine.audio.io import load_audio
+from engine.backends.eager import TorchStep
 from engine.errors import UserError
 from engine.motion import spec
 from engine.motion.baseline import BaselineDriver, BaselineOptions
@@ -236,13 +237,13 @@ def make_drivers(which: str, checkpoint: Path | None, seed: int,
     drivers: dict[str, Driver] = {}
     names = DRIVER_SETS[which]
     if "learned" in names:
-        model = load_generator(checkpoint)
+        model = TorchStep(load_generator(checkpoint))
         for g in guidance:
             name = "learned" if len(guidance) == 1 else f"learned g={g:g}"
             drivers[name] = LearnedDriver(model, LearnedOptions(seed=seed, guidance_audio=g)).drive
     if "fast" in names:
         options = LearnedOptions(seed=seed, guidance_audio=guidance[0])
-        drivers["fast"] = LearnedDriver(load_generator(assets.FAST_MOTION), options).drive
+        drivers["fast"] = LearnedDriver(TorchStep(load_generator(assets.FAST_MOTION)), options).drive
     if "baseline" in names:
         drivers["baseline"] = BaselineDriver(BaselineOptions(seed=seed)).drive
     return drivers

@@ -10,18 +10,14 @@ calls is all named here: the cache, the audio history before the chunk and the u
 
 from __future__ import annotations
 
-import copy
-
 import numpy as np
 import torch
 
 from engine.audio.frontend import AudioFeatures
-from engine.audio.speech import WhisperEncoder, load_speech_encoder
+from engine.backends import ChunkStep
 from engine.motion import spec
 from engine.motion.baseline import EMOTIONS
-from engine.motion.cache import KVCache
-from engine.motion.model import N_PROSODY, NO_EMOTION, Conditions, Embedded, MotionConfig, MotionTransformer
-from engine.motion.sampler import SamplerOptions, guidance_batch, sample
+from engine.motion.model import N_PROSODY, NO_EMOTION, Conditions, MotionConfig
 from engine.timebase import FPS, MELS_PER_FRAME, N_MELS
 
 STATS_HORIZON = 2 * FPS  # speech frames the utterance statistics average over before they turn into an EMA
@@ -88,12 +84,6 @@ def make_conditions(window: AudioFeatures, speech: torch.Tensor, stats: np.ndarr
     )
 
 
-def speech_encoder(config: MotionConfig, device=None) -> WhisperEncoder:
-    """The pretrained speech encoder that `config`'s generator was trained on, on `device`."""
-    encoder = load_speech_encoder(config.speech_layers)  # shared by every CPU session
-    return encoder if torch.device(device or "cpu").type == "cpu" else copy.deepcopy(encoder).to(device)
-
-
 def speech_windows(features: AudioFeatures, config: MotionConfig) -> np.ndarray:
     """Offline: (ceil(T / L), S, 4, 80) the mel window the streaming generator's encode meets at each chunk of
     a clip streamed from its first frame (silent history before it, the end padded with silence)."""
@@ -105,25 +95,24 @@ def speech_windows(features: AudioFeatures, config: MotionConfig) -> np.ndarray:
 
 
 class StreamingGenerator:
-    def __init__(self, model: MotionTransformer, options: SamplerOptions = SamplerOptions(), seed: int = 0):
-        self.model = model.eval()
-        self.options = options
-        self.config = model.config
-        self.device = next(model.parameters()).device
-        self.speech = speech_encoder(self.config, self.device)
+    """One stream over a backend's ChunkStep (engine.backends): the host-side work of every chunk."""
+
+    def __init__(self, step: ChunkStep, seed: int = 0):
+        self.chunk_step = step
+        self.config = step.config
+        self.device = step.device
         self.seed = seed
         self.reset()
 
     def reset(self) -> None:
         """Forget the stream: empty cache, silent audio history, fresh statistics and noise."""
         cfg = self.config
-        self.cache = KVCache.empty(cfg, 1, self.device)
+        self.cache = self.chunk_step.empty_cache()
         # the audio frames before the next chunk: the speech window's start (P past frames at least)
         self.past = silence(cfg.speech_window - cfg.chunk - cfg.lookahead)
         self.stats = UtteranceStats()
         self.rng = torch.Generator(device=self.device).manual_seed(self.seed)
 
-    @torch.inference_mode()  # ~8% faster than no_grad per forward on CPU
     def step(self, features: AudioFeatures, emotion: str | None = "neutral", ref: np.ndarray | None = None,
              noise: torch.Tensor | np.ndarray | None = None) -> np.ndarray:
         """Features of L + K frames -> (L, D) raw motion of the first L, clipped to the spec's bounds.
@@ -140,8 +129,8 @@ class StreamingGenerator:
             noise = torch.randn(cfg.chunk, cfg.motion_dim, generator=self.rng, device=self.device)
         noise = torch.as_tensor(noise, dtype=torch.float32, device=self.device)
         window = AudioFeatures.concat([self.past, features])  # speech_window frames
-        clean = self._advance(self._conditions(window, emotion, ref), noise.reshape(1, cfg.chunk, cfg.motion_dim))
-
+        clean, self.cache = self.chunk_step(self._conditions(window, emotion, ref),
+                                            noise.reshape(1, cfg.chunk, cfg.motion_dim), self.cache)
         self.stats.update(prosody_features(features[: cfg.chunk]))
         self.past = window[cfg.chunk : -cfg.lookahead or None]
         return spec.clip(spec.denormalize(clean[0].cpu().numpy()))
@@ -153,44 +142,6 @@ class StreamingGenerator:
 
     def _conditions(self, window: AudioFeatures, emotion: str | None, ref: np.ndarray | None) -> Conditions:
         ref = spec.neutral() if ref is None else ref
-        return make_conditions(window[-self.config.audio_frames:], self.encode(window.mel), self.stats.vector(),
-                               emotion, ref, self.device)
-
-    @torch.inference_mode()
-    def encode(self, mel: np.ndarray) -> torch.Tensor:
-        """The speech window's mel (S, 4, 80) -> the chunk's (1, A, tokens, d) speech features.
-        A backend (export.runtime) may replace just this with its own graph."""
-        mel = torch.as_tensor(mel, device=self.device)[None]
-        return self.speech.frames(mel, self.config.audio_frames)
-
-    def _advance(self, cond: Conditions, noise: torch.Tensor) -> torch.Tensor:
-        """Sample the chunk (1, L, D) from noise, clamp it to the spec's bounds and commit it to the cache.
-        A backend (export.runtime, engine.motion.cuda) replaces just this with its own graph."""
-        clean, self.cache = chunk_step(self.model, self.options, cond, noise, self.cache)
-        return clean
-
-
-def chunk_step(model: MotionTransformer, options: SamplerOptions, cond: Conditions, noise: torch.Tensor,
-               cache: KVCache) -> tuple[torch.Tensor, KVCache]:
-    """A chunk's tensor work, a pure function of tensors with static shapes: (clean (1, L, D), new cache)."""
-    if options.guided:  # the commit's conditions are the guidance batch's last copy: encoded once, not twice
-        emb = model.embed(guidance_batch(cond))
-        clean, emb = sample(model, noise, emb, cache, options), Embedded(*(e[-noise.shape[0]:] for e in emb))
-    else:
-        emb = model.embed(cond)
-        clean = sample(model, noise, emb, cache, options)
-    clean = clean.clamp(-1.0, 1.0)  # the spec's bounds in normalized units
-    return clean, model.commit(clean, emb, cache)
-
-
-def streaming_generator(model, options: SamplerOptions, seed: int = 0) -> StreamingGenerator:
-    """The stream generator for `model`: torch weights (on a CUDA device, the per-chunk step runs as a
-    captured CUDA graph), or a backend's model (export.runtime.OrtModel) that makes its own."""
-    if isinstance(model, MotionTransformer):
-        if next(model.parameters()).device.type == "cuda":
-            from engine.motion.cuda import CudaGraphGenerator
-
-            return CudaGraphGenerator(model, options, seed)
-        return StreamingGenerator(model, options, seed)
-    return model.streaming(options, seed)
-
+        speech = self.chunk_step.encode(torch.as_tensor(window.mel, device=self.device)[None])
+        return make_conditions(window[-self.config.audio_frames:], speech, self.stats.vector(), emotion, ref,
+                               self.device)

@@ -23,11 +23,12 @@ import numpy as np
 
 from engine import assets
 from engine.audio.frontend import AudioFeatures
+from engine.backends import ChunkStep
 from engine.errors import UserError
 from engine.io.checkpoint import load_model
 from engine.motion import spec
 from engine.motion.baseline import EMOTIONS, BaselineOptions, BlinkProcess, frame_draws
-from engine.motion.generator import silence, streaming_generator
+from engine.motion.generator import StreamingGenerator, silence
 from engine.motion.model import MotionConfig, MotionTransformer
 from engine.motion.sampler import SamplerOptions
 
@@ -89,10 +90,11 @@ class Blinks:
 class LearnedDriver:
     """The generator plus drawn blinks plus the user's controls, as a stream (`step`) or a whole clip (`drive`)."""
 
-    def __init__(self, model: MotionTransformer, options: LearnedOptions = LearnedOptions()):
+    def __init__(self, step: ChunkStep, options: LearnedOptions = LearnedOptions()):
+        """step: a backend's chunk step (engine.backends), made to sample with the options' sampler."""
         self.options = options
-        self.generator = streaming_generator(model, options.sampler(), seed=options.seed)
-        self.config = model.config
+        self.generator = StreamingGenerator(step.with_sampler(options.sampler()), seed=options.seed)
+        self.config = step.config
         self.reset()
 
     def reset(self) -> None:
@@ -103,7 +105,7 @@ class LearnedDriver:
     def set_options(self, options: LearnedOptions) -> None:
         """New controls and sampler settings, applied from the next chunk (the stream goes on)."""
         self.options = options
-        self.generator.options = options.sampler()
+        self.generator.chunk_step = self.generator.chunk_step.with_sampler(options.sampler())
 
     def step(self, features: AudioFeatures) -> np.ndarray:
         """Features of the next L + K frames (the chunk and its lookahead) -> (L, spec.D) raw motion."""

@@ -154,9 +154,9 @@ class LocalAudioEncoder(nn.Module):
         h = self.frame(feats)  # (B, A, d)
         # The convolution as one matrix product over each output frame's window of frames (the
         # same sums; a fraction of the time of ONNX Runtime's and torch's Conv at these sizes).
-        B, A, d = h.shape
-        k = self.window.kernel_size[0]
-        windows = h.unfold(1, k, 1).reshape(B, A - k + 1, d * k)  # (B, L, d k): channel-major, as the weight
+        # Slices stacked, not Tensor.unfold: the ONNX exporter cannot give unfold a dynamic batch.
+        A, k = h.shape[1], self.window.kernel_size[0]
+        windows = torch.stack([h[:, j : j + A - k + 1] for j in range(k)], dim=-1).flatten(2)  # (B, L, d k), as the weight
         return F.linear(windows, self.window.weight.flatten(1), self.window.bias)  # (B, L, d)
 
 

@@ -61,6 +61,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 from websockets.protocol import OPEN
 
+from engine import backends
+from engine.backends.registry import StepRegistry
 from engine.errors import UserError
 from engine.face.analysis import analyze_portrait, decode_image
 from engine.face.rig import Rig
@@ -71,7 +73,6 @@ from engine.server import capacity, protocol
 from engine.server.media import FrameRelay, Viewer, pump_audio
 from engine.server.protocol import quote
 from engine.stream import PRESETS, Controls, Preset, Session, SessionOptions, get_preset
-from engine.stream.presets import preset_model
 
 log = logging.getLogger("avatar.server")
 
@@ -106,7 +107,7 @@ class ServerConfig:
     size: int = 512  # video width and height
     preset: str = "balanced"  # default preset; a client may ask for another
     driver: str = "learned"  # or "baseline"
-    backend: str = "torch"  # the generator's: "torch", "onnxruntime" or "tensorrt" (export.runtime)
+    backend: str = "auto"  # the generator's (engine.backends): auto, torch, onnxruntime or tensorrt
     device: str = "cpu"  # torch's (generator and renderer): "cpu" or "cuda"
     controls: Controls = Controls()  # initial controls of every session
     max_sessions: int | None = None  # converse: sessions; broadcast: viewers; None: measured at start (capacity)
@@ -215,8 +216,12 @@ class _Counters:
 class AvatarServer:
     """The server; `broadcast` (a running Session) switches it to broadcast mode."""
 
-    def __init__(self, config: ServerConfig, broadcast: Session | None = None):
+    def __init__(self, config: ServerConfig, broadcast: Session | None = None, models: StepRegistry | None = None):
+        """models: the generators sessions run (default: config's backend and device, one thread each, no
+        exported backend unless its graphs' `prepare` came with it: engine.server.run passes one)."""
         self.config = config
+        self._own_models = models is None
+        self.models = models or StepRegistry(config.backend, config.device)
         self.mode = "converse" if broadcast is None else "broadcast"
         self.relay = None if broadcast is None else FrameRelay(broadcast)
         self.max_sessions = config.max_sessions  # measured at start when None
@@ -247,7 +252,7 @@ class AvatarServer:
         if self.relay is None or self.max_sessions is None:  # broadcast: a renderer only to measure with
             renderer = await loop.run_in_executor(
                 None, Renderer.from_photo, config.portrait or DEFAULT_PORTRAIT, config.size, config.device)
-            model = await loop.run_in_executor(None, generator_for, config, preset)
+            model = await loop.run_in_executor(None, self.generator_for, preset)
             if self.relay is None:
                 self._default_renderer = renderer
         if self.relay is not None:
@@ -284,6 +289,12 @@ class AvatarServer:
         if self.relay is not None:
             await self.relay.close()
         self._upload_executor.shutdown(wait=False, cancel_futures=True)
+        if self._own_models:
+            self.models.close()
+
+    def generator_for(self, preset: Preset):
+        """The chunk step a preset runs (loaded once, shared by all its sessions), or None for the baseline."""
+        return None if self.config.driver == "baseline" else self.models.get(preset.weights, preset.steps)
 
     async def serve_forever(self) -> None:
         await self._server.serve_forever()
@@ -602,7 +613,7 @@ class Visitor:
                 raise protocol.ProtocolError("bad_offer", str(err), fatal=True) from None
             renderer, _ = await server.renderer_for(self.upload)
             loop = asyncio.get_running_loop()
-            model = await loop.run_in_executor(None, generator_for, server.config, preset)
+            model = await loop.run_in_executor(None, server.generator_for, preset)
             session = await loop.run_in_executor(
                 None, lambda: Session(renderer, model, preset, server.config.controls, options=LIVE_OPTIONS))
             self.relay = FrameRelay(session)
@@ -764,18 +775,10 @@ def vet_candidates(sdp: str, peer: str, relays: bool = False) -> str:
     return "\r\n".join(lines) + "\r\n"
 
 
-def generator_for(config: ServerConfig, preset: Preset):
-    """The generator a preset runs (loaded once, shared by all its sessions), or None for the baseline."""
-    return (None if config.driver == "baseline"
-            else preset_model(preset.weights, config.backend, preset.steps, config.device))
-
-
 def configure(config: ServerConfig, threads: int) -> None:
     """Before anything slow: torch and OpenCV intra-op threads for every session worker (DESIGN.md §13:
     1 per real-time worker is stable), and a UserError if the backend or device cannot run here."""
-    from export.runtime import check_backend
-
     set_threads(threads)
     resolve_device(config.device)
     if config.driver == "learned":
-        check_backend(config.backend, config.device)
+        backends.check(config.backend, config.device)

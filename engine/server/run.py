@@ -8,7 +8,9 @@ import contextlib
 import signal
 import sys
 
-from engine.server.app import LIVE_OPTIONS, AvatarServer, ServerConfig, configure, generator_for
+from engine.backends import Prepare
+from engine.backends.registry import StepRegistry
+from engine.server.app import LIVE_OPTIONS, AvatarServer, ServerConfig, configure
 
 
 async def _run(server: AvatarServer, banner: str) -> None:
@@ -28,13 +30,15 @@ async def _run(server: AvatarServer, banner: str) -> None:
         await server.close()
 
 
-def serve(config: ServerConfig, threads: int = 1) -> None:
-    """`avatar serve`: until interrupted."""
+def serve(config: ServerConfig, threads: int = 1, prepare: Prepare | None = None) -> None:
+    """`avatar serve`: until interrupted. `prepare` makes the exported backends' graphs (export.runtime)."""
     configure(config, threads)
-    asyncio.run(_run(AvatarServer(config), "avatar serve"))
+    with contextlib.closing(StepRegistry(config.backend, config.device, threads, prepare)) as models:
+        asyncio.run(_run(AvatarServer(config, models=models), "avatar serve"))
 
 
-def live(config: ServerConfig, input_device: str | int | None, threads: int = 1) -> None:
+def live(config: ServerConfig, input_device: str | int | None, threads: int = 1, prepare: Prepare | None = None
+         ) -> None:
     """`avatar live`: the microphone `input_device` drives one session that every viewer of the page sees."""
     from engine.assets import DEFAULT_PORTRAIT
     from engine.audio.mic import Microphone, resolve_device
@@ -46,13 +50,15 @@ def live(config: ServerConfig, input_device: str | int | None, threads: int = 1)
     mic_device = resolve_device(input_device)  # before the slow loading: a wrong device name fails at once
     renderer = Renderer.from_photo(config.portrait or DEFAULT_PORTRAIT, config.size, config.device)
     preset = get_preset(config.preset)
-    session = Session(renderer, generator_for(config, preset), preset, config.controls, options=LIVE_OPTIONS)
+    models = StepRegistry(config.backend, config.device, threads, prepare)
+    step = None if config.driver == "baseline" else models.get(preset.weights, preset.steps)
+    session = Session(renderer, step, preset, config.controls, options=LIVE_OPTIONS)
 
     async def main():
-        server = AvatarServer(config, broadcast=session)
+        server = AvatarServer(config, broadcast=session, models=models)
         with Microphone(session.push_audio, device=mic_device.index) as mic:
             print(f"avatar live: listening to {mic.device.name} at {mic.sample_rate} Hz", flush=True)
             await _run(server, "avatar live")
 
-    with contextlib.closing(session):
+    with contextlib.closing(models), contextlib.closing(session):  # the session stops before its generator
         asyncio.run(main())

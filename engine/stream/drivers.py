@@ -16,9 +16,9 @@ from typing import Protocol
 import numpy as np
 
 from engine.audio.frontend import AudioFeatures
+from engine.backends import ChunkStep
 from engine.motion.baseline import BaselineDriver, BaselineOptions
 from engine.motion.learned import LearnedDriver, LearnedOptions
-from engine.motion.model import MotionTransformer
 
 
 @dataclass(frozen=True)
@@ -51,9 +51,9 @@ class MotionStream(Protocol):
 
 
 class LearnedStream:
-    def __init__(self, model: MotionTransformer, controls: Controls, steps: int, seed: int = 0):
-        self.chunk, self.lookahead = model.config.chunk, model.config.lookahead
-        self._driver = LearnedDriver(model, LearnedOptions(**vars(controls), steps=steps, seed=seed))
+    def __init__(self, step: ChunkStep, controls: Controls, steps: int, seed: int = 0):
+        self.chunk, self.lookahead = step.config.chunk, step.config.lookahead
+        self._driver = LearnedDriver(step, LearnedOptions(**vars(controls), steps=steps, seed=seed))
 
     def reset(self) -> None:
         self._driver.reset()
@@ -91,9 +91,9 @@ class BaselineStream:
         return self._driver.step(features)
 
 
-def motion_stream(model: MotionTransformer | None, controls: Controls, steps: int, baseline_chunk: int,
+def motion_stream(step: ChunkStep | None, controls: Controls, steps: int, baseline_chunk: int,
                   seed: int = 0) -> MotionStream:
-    """The learned driver over `model`, or the baseline driver when `model` is None."""
-    if model is None:
+    """The learned driver over a backend's chunk `step`, or the baseline driver when `step` is None."""
+    if step is None:
         return BaselineStream(controls, baseline_chunk, seed)
-    return LearnedStream(model, controls, steps, seed)
+    return LearnedStream(step, controls, steps, seed)

@@ -29,7 +29,6 @@ its jitter; when it does not, frames are released late (the schedule holds) and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 from engine import assets
@@ -87,14 +86,3 @@ def get_preset(preset: str | Preset) -> Preset:
 def latency_floor_s(chunk: int, lookahead: int) -> float:
     """Seconds a chunk's first audio sample waits for the last sample its chunk depends on."""
     return ((chunk + lookahead) * SAMPLES_PER_FRAME + LOOKAHEAD_SAMPLES) / SAMPLE_RATE
-
-
-@lru_cache(maxsize=8)
-def preset_model(weights: Path, backend: str = "torch", steps: int | None = None, device: str = "cpu"):
-    """The generator for a preset's weights (`get_preset(p).weights`) on a backend and device, loaded
-    once per process and shared by every session that uses it (sessions keep their state apart). The
-    exported backends bake the Euler steps into their graph, so they need the preset's `steps`."""
-    from engine.motion.learned import LearnedOptions
-    from export.runtime import load_motion_model
-
-    return load_motion_model(backend, weights, LearnedOptions(steps=steps).sampler(), device=device)

@@ -61,8 +61,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 
+from engine.backends import ChunkStep
 from engine.frames import LiveFrame
-from engine.motion.model import MotionTransformer
 from engine.stream.clock import Clock, MonotonicClock
 from engine.stream.drivers import Controls, motion_stream
 from engine.stream.presets import Preset, get_preset, latency_floor_s
@@ -140,11 +140,12 @@ class Session:
 
     renderer: an engine.render.renderer.Renderer (anything whose `frames` takes (B, D) motion to
     (B, H, W, 3) uint8 RGB).
-    model: the generator weights for the learned driver, or None for the signal-processing baseline.
+    model: the generator's chunk step (engine.backends.load, shared by sessions) for the learned driver,
+    or None for the signal-processing baseline.
     preset: a name in engine.stream.presets.PRESETS, or a Preset.
     """
 
-    def __init__(self, renderer: torch.nn.Module, model: MotionTransformer | None = None,
+    def __init__(self, renderer: torch.nn.Module, model: ChunkStep | None = None,
                  preset: str | Preset = "balanced", controls: Controls = Controls(), *,
                  clock: Clock | None = None, options: SessionOptions = SessionOptions()):
         self.preset = get_preset(preset)

@@ -11,6 +11,7 @@ import torch
 
 from benchmarks import generator_bench as bench
 from engine.audio.frontend import AudioFeatures
+from engine.backends.eager import TorchStep
 from engine.motion.generator import StreamingGenerator
 from engine.motion.model import MotionConfig, MotionTransformer
 from engine.timebase import FPS, MELS_PER_FRAME, N_MELS
@@ -60,7 +61,7 @@ def test_recomputed_cache_equals_the_streaming_cache(rng):
     model = MotionTransformer(MotionConfig.tiny()).eval()
     cfg = model.config
     features = random_features(rng, 10 * cfg.chunk + cfg.lookahead)
-    cached, uncached = StreamingGenerator(model), bench.RecomputingGenerator(model)
+    cached, uncached = StreamingGenerator(TorchStep(model, bench.SHIPPED)), bench.RecomputingGenerator(model)
     for f in bench.chunk_features(features, cfg, 0, 10):  # past the window: the ring has wrapped
         cached.step(f, bench.EMOTION)
         uncached.step(f)

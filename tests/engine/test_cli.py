@@ -34,7 +34,7 @@ def test_the_parser_names_the_stream_presets_backends_and_emotions():
     from engine import cli
     from engine.motion.baseline import EMOTIONS
     from engine.stream.presets import PRESETS
-    from export.runtime import BACKENDS
+    from engine.backends import BACKENDS
 
     assert cli.PRESETS == tuple(PRESETS) and sorted(cli.EMOTIONS) == sorted(EMOTIONS) and cli.BACKENDS == BACKENDS
 

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.backends import tensorrt as trt_runtime
 from engine.io import sha256_file
 from export import tensorrt as trt_export
 from export.tensorrt import (
@@ -22,7 +23,7 @@ from export.tensorrt import (
 )
 
 try:
-    TRT = trt_export.load_tensorrt()
+    TRT = trt_runtime.load_tensorrt()
 except TensorRTMissing as err:
     TRT, MISSING = None, str(err)
 needs_trt = pytest.mark.skipif(TRT is None, reason=f"TensorRT(-RTX) not importable: {TRT is None and MISSING}")
@@ -136,7 +137,7 @@ def test_broken_manifest(tmp_path):
 
 def test_library_missing_says_how_to_install(tmp_path, monkeypatch):
     (tmp_path / "g.onnx").write_bytes(b"")
-    monkeypatch.setattr(trt_export, "LIBRARIES", ("no_such_tensorrt_module",))
+    monkeypatch.setattr(trt_runtime, "LIBRARIES", ("no_such_tensorrt_module",))
     with pytest.raises(TensorRTMissing, match=r"pip install \"\.\[tensorrt\]\""):
         build_engines(tmp_path, tmp_path / "out", progress=False)
 
@@ -176,7 +177,7 @@ def test_builds_every_graph_with_a_manifest(built, onnx_dir):
                                    "valid": {"shape": [1, 12], "dtype": "bool"}}
     assert attention["outputs"]["new_keys"] == {"shape": [1, 4, 12, 8], "dtype": "float32"}
     assert manifest["graphs"]["conv"]["outputs"] == {"y": {"shape": [1, 12, 32], "dtype": "float32"}}
-    if trt_export._is_rtx(TRT):  # timing caches are no-ops there
+    if trt_runtime._is_rtx(TRT):  # timing caches are no-ops there
         assert manifest["timing_cache"] is None
     else:
         assert (out / "timing.cache").stat().st_size > 0
@@ -288,15 +289,15 @@ def test_opset23_attention_is_refused(tmp_path):
 # -------------------------------------------------------------------------------------------- gpu
 
 
-NO_RUNTIME = trt_export.runtime_unavailable()
+NO_RUNTIME = trt_runtime.runtime_unavailable()
 
 
 @needs_trt
 @pytest.mark.skipif(NO_RUNTIME is None, reason="this machine can run engines")
 def test_running_without_a_gpu_says_why(built):
     out, _ = built
-    with pytest.raises((trt_export.EngineLoadError, TensorRTMissing), match="cannot run|cuda-python"):
-        trt_export.TensorRTGraph(out / "mlp.engine")
+    with pytest.raises((trt_runtime.EngineLoadError, TensorRTMissing), match="cannot run|cuda-python"):
+        trt_runtime.TensorRTGraph(out / "mlp.engine")
 
 
 @pytest.mark.gpu
@@ -310,7 +311,7 @@ def test_engines_match_onnxruntime_and_chain_on_device(built, onnx_dir, rng):
                   for n, t in example.items()}
         session = ort.InferenceSession(str(onnx_dir / f"{name}.onnx"), providers=["CPUExecutionProvider"])
         want = dict(zip(OUTPUTS[name], session.run(OUTPUTS[name], inputs), strict=True))
-        with trt_export.TensorRTGraph(out / manifest["graphs"][name]["engine"]) as graph:
+        with trt_runtime.TensorRTGraph(out / manifest["graphs"][name]["engine"]) as graph:
             got = graph.run(inputs)
         for output in OUTPUTS[name]:
             np.testing.assert_allclose(got[output], want[output], atol=1e-3, rtol=1e-3, err_msg=f"{name}.{output}")
@@ -318,8 +319,8 @@ def test_engines_match_onnxruntime_and_chain_on_device(built, onnx_dir, rng):
     x = rng.standard_normal((2, 16)).astype(np.float32)
     session = ort.InferenceSession(str(onnx_dir / "mlp.onnx"), providers=["CPUExecutionProvider"])
     want = session.run(["y"], {"x": session.run(["y"], {"x": x})[0]})[0]
-    with trt_export.TensorRTGraph(out / "mlp.engine") as first, \
-            trt_export.TensorRTGraph(out / "mlp.engine", stream=first.stream) as second:
+    with trt_runtime.TensorRTGraph(out / "mlp.engine") as first, \
+            trt_runtime.TensorRTGraph(out / "mlp.engine", stream=first.stream) as second:
         first.run({"x": x})  # x now sits in first's input buffer
         second.run_device({"x": first.run_device()["y"]})  # mlp(mlp(x)) without leaving the device
         got = second.download("y")

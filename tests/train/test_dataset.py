@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from engine.audio.frontend import AudioFeatures, extract_features
+from engine.backends.eager import TorchStep
 from engine.motion import spec
 from engine.motion.generator import StreamingGenerator, UtteranceStats, emotion_index, prosody_features, silence
 from engine.motion.model import NO_EMOTION, MotionConfig, MotionTransformer
@@ -62,7 +63,7 @@ def test_context_validity_follows_the_clip_start(train_set):
 def streamed_speech(features):
     """The speech features the streaming generator computes for each chunk of a clip (its own encode)."""
     c = CONFIG
-    generator = StreamingGenerator(MotionTransformer(c), SamplerOptions(steps=1))
+    generator = StreamingGenerator(TorchStep(MotionTransformer(c), SamplerOptions(steps=1)))
     seen = []
     encode = generator.encode
     generator.encode = lambda mel: seen.append(encode(mel)) or seen[-1]

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from engine.audio.frontend import extract_features
+from engine.backends.eager import TorchStep
 from engine.errors import UserError
 from engine.io.checkpoint import load_model
 from engine.motion import spec
@@ -109,7 +110,7 @@ def test_written_weights_drive_the_streaming_generator(data, tmp_path):
     assert np.isfinite(provenance["train_loss"]) and np.isfinite(provenance["val_loss"])
     clip = synth.load_shard(data / "shard_00000.npz")[0]
     feats = extract_features(clip["audio"])[: config.chunk + config.lookahead]
-    motion = StreamingGenerator(model).step(feats, emotion="happy")
+    motion = StreamingGenerator(TorchStep(model)).step(feats, emotion="happy")
     assert motion.shape == (config.chunk, spec.D) and np.isfinite(motion).all()
 
 

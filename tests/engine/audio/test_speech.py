@@ -16,6 +16,7 @@ from engine.audio.speech import (
     read_ctranslate2,
     weights_path,
 )
+from engine.backends.eager import TorchStep
 from engine.errors import UserError
 from engine.motion.generator import StreamingGenerator, silence
 from engine.motion.model import MotionConfig, MotionTransformer
@@ -84,7 +85,7 @@ def test_streaming_encoder_equals_the_windowed_offline_encoder():
     cfg = MotionConfig.tiny()
     L, K, S = cfg.chunk, cfg.lookahead, cfg.speech_window
     features = extract_features(load_audio(assets.SAMPLE_SPEECH)[:16000 * 2])
-    generator = StreamingGenerator(MotionTransformer(cfg), SamplerOptions(steps=1))
+    generator = StreamingGenerator(TorchStep(MotionTransformer(cfg), SamplerOptions(steps=1)))
     windows, seen = [], []
     encode = generator.encode
 

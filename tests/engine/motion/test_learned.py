@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from engine.audio.frontend import extract_features
+from engine.backends.eager import TorchStep
 from engine.errors import UserError
 from engine.io.checkpoint import save_checkpoint
 from engine.motion import spec
@@ -29,9 +30,9 @@ def features():
 
 def test_drive_is_the_streaming_generator_over_padded_chunks(model, features):
     """A clip whose length is no multiple of L: the tail is padded with silence, output trimmed to T."""
-    motion = LearnedDriver(model, LearnedOptions(seed=3)).drive(features)
+    motion = LearnedDriver(TorchStep(model), LearnedOptions(seed=3)).drive(features)
     assert motion.shape == (len(features), spec.D) and len(features) % CFG.chunk != 0
-    gen = StreamingGenerator(model, LearnedOptions().sampler(), seed=3)
+    gen = StreamingGenerator(TorchStep(model, LearnedOptions().sampler()), seed=3)
     padded = type(features).concat([features, silence(CFG.chunk + CFG.lookahead)])
     steps = [gen.step(padded[s : s + CFG.chunk + CFG.lookahead], "neutral")
              for s in range(0, len(features), CFG.chunk)]
@@ -39,7 +40,7 @@ def test_drive_is_the_streaming_generator_over_padded_chunks(model, features):
     rest = [i for i in range(spec.D) if i not in eyes]
     np.testing.assert_allclose(motion[:, rest], np.concatenate(steps)[: len(features), rest], atol=1e-6)
     np.testing.assert_array_equal(motion[:, eyes[0]], Blinks(3).step(features.vad))
-    np.testing.assert_array_equal(motion, LearnedDriver(model, LearnedOptions(seed=3)).drive(features))
+    np.testing.assert_array_equal(motion, LearnedDriver(TorchStep(model), LearnedOptions(seed=3)).drive(features))
 
 
 def test_blinks_do_not_depend_on_chunking_and_follow_the_seed():
@@ -53,8 +54,8 @@ def test_blinks_do_not_depend_on_chunking_and_follow_the_seed():
 
 
 def test_controls_scale_offsets_from_neutral_but_not_blinks(model, features):
-    full = LearnedDriver(model, LearnedOptions()).drive(features)
-    still = LearnedDriver(model, LearnedOptions(expressiveness=0.0, head_motion=0.0)).drive(features)
+    full = LearnedDriver(TorchStep(model), LearnedOptions()).drive(features)
+    still = LearnedDriver(TorchStep(model), LearnedOptions(expressiveness=0.0, head_motion=0.0)).drive(features)
     neutral = spec.neutral()
     head = [spec.index(n) for n in spec.NAMES if n.startswith("head")]
     blink = spec.index("eyeBlink_L")
@@ -100,25 +101,25 @@ def _mean(motion, *names):
 
 
 def test_shipped_emotion_control_changes_the_expression(shipped, speech_features):
-    neutral = LearnedDriver(shipped, LearnedOptions(emotion="neutral")).drive(speech_features)
-    happy = LearnedDriver(shipped, LearnedOptions(emotion="happy")).drive(speech_features)
-    sad = LearnedDriver(shipped, LearnedOptions(emotion="sad")).drive(speech_features)
+    neutral = LearnedDriver(TorchStep(shipped), LearnedOptions(emotion="neutral")).drive(speech_features)
+    happy = LearnedDriver(TorchStep(shipped), LearnedOptions(emotion="happy")).drive(speech_features)
+    sad = LearnedDriver(TorchStep(shipped), LearnedOptions(emotion="sad")).drive(speech_features)
     assert _mean(happy, "mouthSmile_L", "mouthSmile_R") > _mean(neutral, "mouthSmile_L", "mouthSmile_R") + 0.15
     assert _mean(sad, "mouthFrown_L", "mouthFrown_R") > _mean(neutral, "mouthFrown_L", "mouthFrown_R") + 0.1
-    guided = LearnedDriver(shipped, LearnedOptions(emotion="happy", guidance_emotion=2.0)).drive(speech_features)
+    guided = LearnedDriver(TorchStep(shipped), LearnedOptions(emotion="happy", guidance_emotion=2.0)).drive(speech_features)
     assert _mean(guided, "mouthSmile_L", "mouthSmile_R") > _mean(happy, "mouthSmile_L", "mouthSmile_R")
 
 
 def test_shipped_audio_guidance_scales_lip_motion(shipped, speech_features):
     jaw = spec.index("jawOpen")
-    amplitude = {g: LearnedDriver(shipped, LearnedOptions(guidance_audio=g)).drive(speech_features)[:, jaw].std()
+    amplitude = {g: LearnedDriver(TorchStep(shipped), LearnedOptions(guidance_audio=g)).drive(speech_features)[:, jaw].std()
                  for g in (0.0, 1.0, 2.0)}
     assert amplitude[0.0] < 0.5 * amplitude[1.0] < amplitude[2.0]
 
 
 def test_shipped_silence_idles_with_a_closed_mouth_and_blinks(shipped):
     quiet = extract_features(np.zeros(16000 * 12, np.float32))
-    motion = LearnedDriver(shipped, LearnedOptions(seed=0)).drive(quiet)
+    motion = LearnedDriver(TorchStep(shipped), LearnedOptions(seed=0)).drive(quiet)
     assert motion[:, spec.index("jawOpen")].max() < 0.08
     blinks = motion[:, spec.index("eyeBlink_L")] > 0.5
     assert 1 <= np.count_nonzero(np.diff(blinks.astype(int)) == 1) <= 8  # ~17 a minute, give or take

@@ -7,11 +7,18 @@ import torch
 import torch.nn.functional as F
 
 from engine.audio.frontend import AudioFeatures
+from engine.backends.eager import TorchStep, chunk_step
 from engine.motion import spec
 from engine.motion.cache import KVCache
-from engine.motion.generator import StreamingGenerator, UtteranceStats, chunk_step, prosody_features
+from engine.motion.generator import StreamingGenerator, UtteranceStats, prosody_features
 from engine.motion.model import (
-    NO_EMOTION, Conditions, LocalAudioEncoder, MotionConfig, MotionTransformer, adaln, timestep_embedding,
+    NO_EMOTION,
+    Conditions,
+    LocalAudioEncoder,
+    MotionConfig,
+    MotionTransformer,
+    adaln,
+    timestep_embedding,
 )
 from engine.motion.sampler import SamplerOptions, sample
 from engine.timebase import MELS_PER_FRAME, N_MELS
@@ -190,7 +197,7 @@ def speechlike(frames, seed=0):
 def test_generator_streams_bounded_reproducible_motion(model):
     L, K = CFG.chunk, CFG.lookahead
     features = speechlike(6 * L + K)
-    gen = StreamingGenerator(model, OPTIONS, seed=3)
+    gen = StreamingGenerator(TorchStep(model, OPTIONS), seed=3)
 
     def run():
         return np.concatenate([gen.step(features[i: i + L + K], "happy") for i in range(0, 6 * L, L)])

@@ -31,7 +31,10 @@ class ServerThread:
 
     @staticmethod
     async def _start(config, broadcast):
-        server = AvatarServer(config, broadcast)
+        from engine.backends.registry import StepRegistry
+        from export.runtime import prepare
+
+        server = AvatarServer(config, broadcast, StepRegistry(config.backend, config.device, 1, prepare))
         await server.start()
         return server
 
@@ -48,6 +51,7 @@ class ServerThread:
 
     def close(self) -> None:
         self.call(self.server.close())
+        self.server.models.close()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(10)
         import cv2

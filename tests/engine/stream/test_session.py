@@ -6,6 +6,7 @@ import torch
 
 from engine.audio.frontend import extract_features
 from engine.audio.io import to_mono_16k
+from engine.backends.eager import TorchStep
 from engine.errors import UserError
 from engine.motion import spec
 from engine.motion.learned import LearnedDriver, LearnedOptions
@@ -23,7 +24,7 @@ UPFRONT = SessionOptions(vad=False, max_backlog_s=60.0)  # room to push a whole 
 @pytest.fixture(scope="module")
 def tiny():
     torch.manual_seed(0)
-    return perturb_gates(MotionTransformer(MotionConfig.tiny())).eval()
+    return TorchStep(perturb_gates(MotionTransformer(MotionConfig.tiny())))
 
 
 def session(model=None, preset="balanced", options=FAST, **kwargs) -> Session:
@@ -340,7 +341,7 @@ def test_the_shipped_model_talks_stops_when_cut_off_and_idles_when_starved():
     from engine.audio.io import load_audio
     from engine.motion.learned import load_generator
 
-    model, speech = load_generator(), load_audio(assets.SAMPLE_SPEECH)
+    model, speech = TorchStep(load_generator()), load_audio(assets.SAMPLE_SPEECH)
     options = SessionOptions(max_backlog_s=30.0)  # with the VAD, as the model was trained
 
     def on_frame(frame):

@@ -1,13 +1,13 @@
-"""The torch CUDA path (`--device cuda`): the generator's per-chunk step as one captured CUDA graph.
+"""`--backend torch --device cuda`: the generator's per-chunk step as one captured CUDA graph.
 
 A chunk is embed + N Euler steps (three guidance rows each) + clamp + commit: a few hundred small
 kernels, each launched from Python in eager mode, so on a GPU the launches, not the arithmetic, set
 the chunk's time. Every shape in the step is static (the KV cache is a fixed window, the chunk a
 fixed L), so it is captured once into a torch.cuda.CUDAGraph and replayed: per chunk, the inputs
 are copied into the graph's own buffers, one replay launches everything, and the outputs are copied
-out. One graph per model and sampler options serves every stream (sessions take turns under a
-lock; their caches are inputs, not state), captured when the model is loaded (`warm_up`), before
-any session's work can run beside the capture.
+out. One graph per model, sampler options and batch size serves every stream (calls take turns
+under a lock; caches are inputs, not state); the one-stream graph is captured when the model is loaded
+(`warm_up`), before any session's work can run beside the capture, a batched one on first use.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ import weakref
 
 import torch
 
+from engine.backends.eager import TorchStep, chunk_step
 from engine.motion.cache import KVCache
-from engine.motion.generator import StreamingGenerator, chunk_step, silence
 from engine.motion.model import Conditions, MotionTransformer
 from engine.motion.sampler import SamplerOptions
 
 WARMUP_RUNS = 3  # eager runs on a side stream before capture (cuBLAS handles, allocator pools)
 _LOCK = threading.Lock()  # one capture or replay at a time: they share the graphs' buffers
-_GRAPHS: weakref.WeakKeyDictionary[MotionTransformer, dict[SamplerOptions, CapturedStep]] = weakref.WeakKeyDictionary()
+_GRAPHS: weakref.WeakKeyDictionary[MotionTransformer, dict[tuple[SamplerOptions, int], CapturedStep]] = weakref.WeakKeyDictionary()
 
 
 class CapturedStep:
@@ -55,40 +55,57 @@ class CapturedStep:
         return self.outputs
 
 
-class CudaGraphGenerator(StreamingGenerator):
-    """StreamingGenerator on a CUDA device, its chunk step (generator.chunk_step) replayed from the
-    model's CUDA graph for its sampler options; features, statistics, noise and clipping stay the
-    shared host code."""
+class CudaGraphStep:
+    """ChunkStep of a torch MotionTransformer on a CUDA device: `chunk_step` replayed from the model's
+    CUDA graph for its sampler options and batch size (captured on first use of that batch size);
+    the speech encoder runs eager."""
 
-    def __init__(self, model: MotionTransformer, *args, **kwargs):
-        super().__init__(model, *args, **kwargs)
+    def __init__(self, model: MotionTransformer, sampler: SamplerOptions | None = None):
+        sampler = sampler or SamplerOptions()
+        self.eager = TorchStep(model, sampler)
         if self.device.type != "cuda":
-            raise ValueError(f"CudaGraphGenerator needs the model on a CUDA device, not {self.device}")
+            raise ValueError(f"CudaGraphStep needs the model on a CUDA device, not {self.device}")
+        self.model, self.sampler, self.config = model, sampler, model.config
 
-    def _advance(self, cond: Conditions, noise: torch.Tensor) -> torch.Tensor:
-        tensors = (*cond, noise, *self.cache)
+    @property
+    def device(self) -> torch.device:
+        return self.eager.device
+
+    def empty_cache(self, batch: int = 1) -> KVCache:
+        return self.eager.empty_cache(batch)
+
+    def encode(self, mel: torch.Tensor) -> torch.Tensor:
+        return self.eager.encode(mel)
+
+    def __call__(self, cond: Conditions, noise: torch.Tensor, cache: KVCache) -> tuple[torch.Tensor, KVCache]:
+        tensors = (*cond, noise, *cache)
         with _LOCK:
-            step = _graph(self.model, self.options, tensors, len(cond))
-            clean, *cache = step(*tensors)
+            step = _graph(self.model, self.sampler, tensors, len(cond))
+            clean, *new = step(*tensors)
             # the next replay (any stream's) overwrites the graph's outputs: keep copies (a few hundred kB)
-            self.cache = KVCache(*(c.clone() for c in cache))
-            return clean.clone()
+            return clean.clone(), KVCache(*(c.clone() for c in new))
+
+    def with_sampler(self, sampler: SamplerOptions) -> CudaGraphStep:
+        return self if sampler == self.sampler else CudaGraphStep(self.model, sampler)
 
 
 def _graph(model: MotionTransformer, options: SamplerOptions, example: tuple, n_cond: int) -> CapturedStep:
-    """The captured chunk step of `model` with `options` (captured now if it is the first)."""
+    """The captured chunk step of `model` with `options` for this batch size (captured now if new)."""
     graphs = _GRAPHS.setdefault(model, {})
-    if options not in graphs:
+    key = (options, example[0].shape[0])
+    if key not in graphs:
         def flat(*ts):
             clean, cache = chunk_step(model, options, Conditions(*ts[:n_cond]), ts[n_cond], KVCache(*ts[n_cond + 1:]))
             return (clean, *cache)
 
-        graphs[options] = CapturedStep(flat, example)
-    return graphs[options]
+        graphs[key] = CapturedStep(flat, example)
+    return graphs[key]
 
 
-def warm_up(model: MotionTransformer, options: SamplerOptions) -> None:
-    """Capture `model`'s chunk step for `options` now (one chunk of silence), so that no session's
-    first chunk captures while others run."""
-    cfg = model.config
-    CudaGraphGenerator(model, options).step(silence(cfg.chunk + cfg.lookahead))
+def warm_up(step: CudaGraphStep) -> None:
+    """Capture the one-stream chunk step now (one chunk of silence), so that no session's first chunk
+    captures while others run."""
+    from engine.motion.generator import StreamingGenerator, silence
+
+    cfg = step.config
+    StreamingGenerator(step).step(silence(cfg.chunk + cfg.lookahead))

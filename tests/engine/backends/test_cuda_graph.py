@@ -1,4 +1,4 @@
-"""The torch CUDA path: the chunk step captured as a CUDA graph (engine.motion.cuda).
+"""The torch CUDA path: the chunk step captured as a CUDA graph (engine.backends.cuda_graph).
 
 The gpu tests run wherever torch sees a CUDA device (skipped here, on the CPU-only CI machine); the
 rest check, on any machine, what happens without one.
@@ -9,9 +9,11 @@ import pytest
 import torch
 
 from engine.audio.frontend import AudioFeatures
+from engine.backends import load
+from engine.backends.cuda_graph import CudaGraphStep
+from engine.backends.eager import TorchStep
 from engine.errors import UserError
-from engine.motion.cuda import CudaGraphGenerator
-from engine.motion.generator import StreamingGenerator, streaming_generator
+from engine.motion.generator import StreamingGenerator
 from engine.motion.model import MotionConfig, MotionTransformer
 from engine.motion.sampler import SamplerOptions
 from engine.runtime import resolve_device
@@ -48,9 +50,9 @@ def stream(generator: StreamingGenerator, feats: list[AudioFeatures]) -> np.ndar
 
 
 def test_a_cpu_model_streams_eagerly_and_cannot_be_captured(model):
-    assert type(streaming_generator(model, GUIDED)) is StreamingGenerator
+    assert type(load("torch", None, GUIDED)) is TorchStep
     with pytest.raises(ValueError, match="CUDA device"):
-        CudaGraphGenerator(model, GUIDED)
+        CudaGraphStep(model, GUIDED)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA device")
@@ -63,28 +65,29 @@ def test_asking_for_cuda_without_a_gpu_says_what_to_do():
 @pytest.mark.gpu
 @needs_cuda
 def test_captured_chunks_match_eager_cuda_and_the_cpu(model):
-    from engine.motion import cuda
+    from engine.backends import cuda_graph
 
     feats = windows(model.config, 12)
-    cpu = stream(StreamingGenerator(model, GUIDED), feats)
+    cpu = stream(StreamingGenerator(TorchStep(model, GUIDED)), feats)
     on_gpu = model.to("cuda")
     try:
-        cuda.warm_up(on_gpu, GUIDED)
-        graph = cuda._GRAPHS[on_gpu][GUIDED].graph
-        eager = StreamingGenerator(on_gpu, GUIDED)
-        captured, other = streaming_generator(on_gpu, GUIDED), streaming_generator(on_gpu, GUIDED)
-        assert isinstance(captured, CudaGraphGenerator)
+        step = CudaGraphStep(on_gpu, GUIDED)
+        cuda_graph.warm_up(step)
+        graph = cuda_graph._GRAPHS[on_gpu][GUIDED, 1].graph
+        eager = StreamingGenerator(TorchStep(on_gpu, GUIDED))
+        captured, other = StreamingGenerator(step), StreamingGenerator(step)
         graph_motion = stream(captured, feats)
         np.testing.assert_allclose(graph_motion, stream(eager, feats), atol=1e-5)
         np.testing.assert_allclose(graph_motion, cpu, atol=1e-3)
         # one graph, captured at warm-up, replayed for every chunk of every stream; a stream's cache
         # is its own: a second stream from the start gives the same motion again
         np.testing.assert_allclose(stream(other, feats), graph_motion, atol=1e-6)
-        assert cuda._GRAPHS[on_gpu][GUIDED].graph is graph and len(cuda._GRAPHS[on_gpu]) == 1
+        assert cuda_graph._GRAPHS[on_gpu][GUIDED, 1].graph is graph and len(cuda_graph._GRAPHS[on_gpu]) == 1
         # other sampler options are another graph
-        captured.options = eager.options = SamplerOptions(steps=2)
+        two = SamplerOptions(steps=2)
+        captured.chunk_step, eager.chunk_step = step.with_sampler(two), eager.chunk_step.with_sampler(two)
         captured.reset(), eager.reset()
         np.testing.assert_allclose(stream(captured, feats), stream(eager, feats), atol=1e-5)
-        assert len(cuda._GRAPHS[on_gpu]) == 2
+        assert len(cuda_graph._GRAPHS[on_gpu]) == 2
     finally:
         model.to("cpu")
