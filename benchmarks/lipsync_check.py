@@ -22,6 +22,7 @@ import numpy as np
 from engine.audio.io import load_audio
 from engine.face.measure import face_openings, frame_energy_db
 from engine.io.video import read_frames
+from engine.motion.choice import Baseline, Learned
 from engine.offline import RenderRequest, render_file
 from engine.timebase import FPS, SAMPLES_PER_FRAME
 
@@ -31,7 +32,8 @@ MAX_LAG = 5  # frames either side
 
 def check(audio: Path, size: int, driver: str, workdir: Path) -> dict:
     out = workdir / f"{audio.stem}.mp4"
-    render_file(RenderRequest(audio=audio, out=out, size=size, driver=driver, progress=False))
+    choice = Baseline() if driver == "baseline" else Learned(backend="torch")
+    render_file(RenderRequest(audio=audio, out=out, size=size, driver=choice, progress=False))
     mouth = np.array([face_openings(f)[0] for f in read_frames(out)])
     energy = frame_energy_db(load_audio(audio), len(mouth), SAMPLES_PER_FRAME)
     ok = np.isfinite(mouth)

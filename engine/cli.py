@@ -18,6 +18,23 @@ PRESETS = ("low-latency", "balanced", "quality")
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 
 
+def _driver(args):
+    """--driver and the learned generator's options as one typed choice; a learned-only option given with
+    --driver baseline is an error, not ignored."""
+    from engine.errors import UserError
+    from engine.motion.choice import Baseline, Learned
+
+    names = ("checkpoint", "backend", "steps", "guidance_audio", "guidance_emotion")
+    learned = {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+    if args.driver == "learned":
+        return Learned(**learned)
+    if learned:
+        flags = ", ".join("--" + n.replace("_", "-") for n in learned)
+        raise UserError(f"{flags} set the learned generator, and --driver baseline runs none: drop "
+                        f"{'them' if len(learned) > 1 else 'it'} or use --driver learned")
+    return Baseline()
+
+
 def _prepare():
     """What makes the exported backends' graphs (export/ builds artifacts; only this module hands it to engine/)."""
     from export.runtime import prepare
@@ -113,12 +130,11 @@ def _add_portrait(sub) -> None:
 def _render(args) -> None:
     from engine.offline import RenderRequest, render_file
 
-    sampler = {k: getattr(args, k) for k in ("steps", "guidance_audio", "guidance_emotion") if hasattr(args, k)}
     summary = render_file(RenderRequest(
         audio=args.audio, portrait=args.portrait, out=args.out, size=args.size, emotion=args.emotion,
         expressiveness=args.expressiveness, head_motion=args.head_motion, seed=args.seed,
-        motion_out=args.motion_out, full_photo=args.full_photo, threads=args.threads, driver=args.driver,
-        checkpoint=args.checkpoint, backend=args.backend, device=args.device, prepare=_prepare(), **sampler,
+        motion_out=args.motion_out, full_photo=args.full_photo, threads=args.threads, driver=_driver(args),
+        device=args.device, prepare=_prepare(),
     ))
     print(summary)
 
@@ -168,11 +184,11 @@ def _add_eval(sub) -> None:
 
 
 def _add_backend(p) -> None:
-    p.add_argument("--backend", choices=BACKENDS, default="auto",
+    p.add_argument("--backend", choices=BACKENDS, default=None,
                    help="where the generator runs: auto picks ONNX Runtime on a CPU and TensorRT (or, without its "
                    "runtime, torch's CUDA graph) on a GPU; torch; ONNX Runtime, the fastest on a CPU (its graphs are "
                    "exported on first use and cached; see `avatar export onnx`); or TensorRT on an NVIDIA GPU (the "
-                   "same graphs built into engines on first use). The renderer runs on torch")
+                   "same graphs built into engines on first use). The renderer runs on torch. Default: auto")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                    help="torch's device for the renderer and a torch generator; on cuda the generator's "
                    "per-chunk step is replayed from a CUDA graph")
@@ -245,7 +261,7 @@ def _server_config(args, **extra):
 
     return ServerConfig(
         host=args.host, port=args.port, portrait=args.portrait, size=args.size, preset=args.preset,
-        driver=args.driver, backend=args.backend, device=args.device,
+        driver=_driver(args), device=args.device,
         controls=Controls(args.emotion, args.expressiveness, args.head_motion),
         max_sessions=getattr(args, "max_sessions", None), ice_servers=tuple(args.ice_server),
         turn_secret=_turn_secret(args), turn_ttl_s=args.turn_ttl, allow_origins=tuple(args.allow_origin),

@@ -23,6 +23,7 @@ from engine.face.rig import Rig
 from engine.io.video import Mp4Writer
 from engine.motion import spec
 from engine.motion.baseline import BaselineDriver, BaselineOptions
+from engine.motion.choice import Baseline, Driver, Learned
 from engine.motion.learned import LearnedDriver, LearnedOptions
 from engine.render.renderer import Renderer
 from engine.runtime import resolve_device, set_threads
@@ -45,27 +46,19 @@ class RenderRequest:
     full_photo: bool = False  # paste back into the whole photo instead of the square frame
     threads: int = 2  # torch intra-op threads
     progress: bool = True  # show a progress bar
-    driver: str = "learned"  # "learned" (the flow-matching generator) or "baseline"
-    checkpoint: Path | None = None  # generator weights; None = the shipped ones
-    backend: str = "auto"  # the generator's (engine.backends): auto, torch, onnxruntime or tensorrt
+    driver: Driver = Learned()  # the generator (its weights, backend and sampler) or the baseline
     prepare: Prepare | None = None  # makes the exported backends' graphs (engine/cli.py: export.runtime.prepare)
     device: str = "cpu"  # torch's (generator and renderer): "cpu" or "cuda"
-    steps: int = LearnedOptions.steps  # learned: Euler steps per chunk
-    guidance_audio: float = LearnedOptions.guidance_audio  # learned: classifier-free guidance scales (1 = none)
-    guidance_emotion: float = LearnedOptions.guidance_emotion
 
     def make_driver(self):
         """The motion driver this request asks for (options verified, weights loaded)."""
         controls = dict(emotion=self.emotion, expressiveness=self.expressiveness, head_motion=self.head_motion,
                         seed=self.seed)
-        if self.driver == "baseline":
+        if isinstance(self.driver, Baseline):
             return BaselineDriver(BaselineOptions(**controls))
-        if self.driver != "learned":
-            raise UserError(f"driver must be learned or baseline; got {self.driver!r}")
-        options = LearnedOptions(**controls, steps=self.steps, guidance_audio=self.guidance_audio,
-                                 guidance_emotion=self.guidance_emotion)
-        step = backends.load(self.backend, self.checkpoint, options.sampler(), threads=self.threads, device=self.device,
-                             prepare=self.prepare)
+        options = LearnedOptions(**controls, **self.driver.sampler_options())
+        step = backends.load(self.driver.backend, self.driver.checkpoint, options.sampler(), threads=self.threads,
+                             device=self.device, prepare=self.prepare)
         return LearnedDriver(step, options)
 
 
@@ -99,8 +92,8 @@ def render_file(req: RenderRequest) -> str:
     if req.motion_out is not None:
         check_writable(req.motion_out, "--motion-out")
     set_threads(req.threads)
-    if req.driver == "learned":
-        backends.check(req.backend, req.device)  # before the slow work: a backend that cannot run fails at once
+    if isinstance(req.driver, Learned):
+        backends.check(req.driver.backend, req.device)  # before the slow work: a backend that cannot run fails at once
 
     audio_path = req.audio or assets.SAMPLE_SPEECH
     samples = load_audio(audio_path)

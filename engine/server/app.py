@@ -67,6 +67,7 @@ from engine.errors import UserError
 from engine.face.analysis import analyze_portrait, decode_image
 from engine.face.rig import Rig
 from engine.motion.baseline import EMOTIONS
+from engine.motion.choice import Baseline, Driver, Learned
 from engine.render.renderer import Renderer
 from engine.runtime import resolve_device, set_threads
 from engine.server import capacity, protocol
@@ -106,8 +107,7 @@ class ServerConfig:
     portrait: Path | None = None  # the default avatar (None: the bundled portrait)
     size: int = 512  # video width and height
     preset: str = "balanced"  # default preset; a client may ask for another
-    driver: str = "learned"  # or "baseline"
-    backend: str = "auto"  # the generator's (engine.backends): auto, torch, onnxruntime or tensorrt
+    driver: Driver = Learned()  # the generator (on its backend; weights and steps from the preset) or the baseline
     device: str = "cpu"  # torch's (generator and renderer): "cpu" or "cuda"
     controls: Controls = Controls()  # initial controls of every session
     max_sessions: int | None = None  # converse: sessions; broadcast: viewers; None: measured at start (capacity)
@@ -123,8 +123,9 @@ class ServerConfig:
 
     def __post_init__(self):
         get_preset(self.preset)
-        if self.driver not in ("learned", "baseline"):
-            raise UserError(f"driver must be 'learned' or 'baseline', got {self.driver!r}")
+        if isinstance(self.driver, Learned) and (self.driver.checkpoint or self.driver.sampler_options()):
+            raise UserError("a live session takes its generator's weights and steps from its preset "
+                            "(engine/stream/presets.py); pick one with --preset")
         if self.max_sessions is not None and self.max_sessions < 1:
             raise UserError(f"--max-sessions must be at least 1, got {self.max_sessions}")
         for url in self.ice_servers:
@@ -221,7 +222,7 @@ class AvatarServer:
         exported backend unless its graphs' `prepare` came with it: engine.server.run passes one)."""
         self.config = config
         self._own_models = models is None
-        self.models = models or StepRegistry(config.backend, config.device)
+        self.models = models or StepRegistry(backend_of(config), config.device)
         self.mode = "converse" if broadcast is None else "broadcast"
         self.relay = None if broadcast is None else FrameRelay(broadcast)
         self.max_sessions = config.max_sessions  # measured at start when None
@@ -294,7 +295,7 @@ class AvatarServer:
 
     def generator_for(self, preset: Preset):
         """The chunk step a preset runs (loaded once, shared by all its sessions), or None for the baseline."""
-        return None if self.config.driver == "baseline" else self.models.get(preset.weights, preset.steps)
+        return None if isinstance(self.config.driver, Baseline) else self.models.get(preset.weights, preset.steps)
 
     async def serve_forever(self) -> None:
         await self._server.serve_forever()
@@ -780,5 +781,10 @@ def configure(config: ServerConfig, threads: int) -> None:
     1 per real-time worker is stable), and a UserError if the backend or device cannot run here."""
     set_threads(threads)
     resolve_device(config.device)
-    if config.driver == "learned":
-        backends.check(config.backend, config.device)
+    if isinstance(config.driver, Learned):
+        backends.check(config.driver.backend, config.device)
+
+
+def backend_of(config: ServerConfig) -> str:
+    """Where the config's generator runs (the baseline has none: its registry is never asked)."""
+    return config.driver.backend if isinstance(config.driver, Learned) else "auto"

@@ -10,7 +10,8 @@ import sys
 
 from engine.backends import Prepare
 from engine.backends.registry import StepRegistry
-from engine.server.app import LIVE_OPTIONS, AvatarServer, ServerConfig, configure
+from engine.motion.choice import Baseline
+from engine.server.app import LIVE_OPTIONS, AvatarServer, ServerConfig, backend_of, configure
 
 
 async def _run(server: AvatarServer, banner: str) -> None:
@@ -33,7 +34,7 @@ async def _run(server: AvatarServer, banner: str) -> None:
 def serve(config: ServerConfig, threads: int = 1, prepare: Prepare | None = None) -> None:
     """`avatar serve`: until interrupted. `prepare` makes the exported backends' graphs (export.runtime)."""
     configure(config, threads)
-    with contextlib.closing(StepRegistry(config.backend, config.device, threads, prepare)) as models:
+    with contextlib.closing(StepRegistry(backend_of(config), config.device, threads, prepare)) as models:
         asyncio.run(_run(AvatarServer(config, models=models), "avatar serve"))
 
 
@@ -50,8 +51,8 @@ def live(config: ServerConfig, input_device: str | int | None, threads: int = 1,
     mic_device = resolve_device(input_device)  # before the slow loading: a wrong device name fails at once
     renderer = Renderer.from_photo(config.portrait or DEFAULT_PORTRAIT, config.size, config.device)
     preset = get_preset(config.preset)
-    models = StepRegistry(config.backend, config.device, threads, prepare)
-    step = None if config.driver == "baseline" else models.get(preset.weights, preset.steps)
+    models = StepRegistry(backend_of(config), config.device, threads, prepare)
+    step = None if isinstance(config.driver, Baseline) else models.get(preset.weights, preset.steps)
     session = Session(renderer, step, preset, config.controls, options=LIVE_OPTIONS)
 
     async def main():

@@ -113,3 +113,12 @@ def test_gpu_options_without_a_gpu_say_why_and_what_to_use(tmp_path):
     out = avatar("render", "--backend", "onnxruntime", "--device", "cuda", "--out", str(tmp_path / "x.mp4"))
     assert out.returncode == 1 and "runs on the CPU" in out.stderr
     assert not (tmp_path / "x.mp4").exists()
+
+
+def test_a_learned_option_with_the_baseline_driver_is_refused_not_ignored(tmp_path):
+    for command in (["render", "--out", str(tmp_path / "x.mp4"), "--steps", "2", "--backend", "torch"],
+                    ["serve", "--port", "0", "--backend", "onnxruntime"]):
+        out = avatar(*command, "--driver", "baseline")
+        assert out.returncode == 1 and "--driver baseline runs none" in out.stderr, out.stderr
+        assert ("--backend, --steps set" if command[0] == "render" else "--backend set") in out.stderr
+    assert not (tmp_path / "x.mp4").exists()

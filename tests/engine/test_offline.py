@@ -10,6 +10,7 @@ from engine.audio.io import load_audio
 from engine.face.measure import face_openings, frame_energy_db
 from engine.io.video import probe, read_frames
 from engine.motion import spec
+from engine.motion.choice import Baseline
 from engine.offline import RenderRequest, render_file
 from engine.timebase import FPS, SAMPLES_PER_FRAME, frames_for_samples
 
@@ -102,6 +103,6 @@ def test_full_photo_output_is_bounded_in_size(tmp_path, sample_clip, portrait):
     path = tmp_path / "huge.png"
     cv2.imwrite(str(path), cv2.cvtColor(cv2.resize(portrait.frame, (2400, 2400)), cv2.COLOR_RGB2BGR))
     summary = render_file(RenderRequest(audio=sample_clip(0.3), portrait=path, out=tmp_path / "full.mp4", size=128,
-                                        full_photo=True, driver="baseline", progress=False))
+                                        full_photo=True, driver=Baseline(), progress=False))
     info = probe(tmp_path / "full.mp4")
     assert (info.width, info.height) == (MAX_FULL_PHOTO_SIDE, MAX_FULL_PHOTO_SIDE) and "scaled down" in summary

@@ -14,6 +14,7 @@ from engine.backends.onnxruntime import OrtStep, ort_session
 from engine.errors import UserError
 from engine.io.checkpoint import save_checkpoint
 from engine.motion.baseline import EMOTIONS
+from engine.motion.choice import Learned
 from engine.motion.learned import LearnedDriver, LearnedOptions
 from engine.motion.model import MotionConfig, MotionTransformer
 from export.onnx import ExportMismatch, export_all, max_error
@@ -89,16 +90,16 @@ def test_render_on_onnxruntime_gives_the_torch_motion(checkpoint, monkeypatch, t
     motions = {}
     for backend in ("torch", "onnxruntime"):
         out = tmp_path / backend
-        render_file(RenderRequest(audio=clip, out=out.with_suffix(".mp4"), size=128, checkpoint=checkpoint,
-                                  backend=backend, prepare=prepare, motion_out=out.with_suffix(".npz"), steps=2,
-                                  guidance_audio=2.0, guidance_emotion=1.5))
+        render_file(RenderRequest(audio=clip, out=out.with_suffix(".mp4"), size=128, prepare=prepare,
+                                  driver=Learned(checkpoint, backend, 2, 2.0, 1.5), motion_out=out.with_suffix(".npz")))
         motions[backend] = np.load(out.with_suffix(".npz"))["coeffs"]
     np.testing.assert_allclose(motions["onnxruntime"], motions["torch"], atol=1e-4)
 
 
 def test_every_exported_graph_builds_into_a_tensorrt_engine(exported, tmp_path):
     """TensorRT(-RTX) parses and builds every graph on this CPU: no op it rejects, no plugins."""
-    from export.tensorrt import TensorRTMissing, build_engines
+    from engine.backends.tensorrt import TensorRTMissing
+    from export.tensorrt import build_engines
 
     out, manifest = exported
     try:
@@ -132,9 +133,8 @@ def test_render_on_cuda_gives_the_cpu_motion_and_frames(checkpoint, tmp_path, sa
 
     clip, out = sample_clip(2.0), {}
     for device in ("cpu", "cuda"):
-        render_file(RenderRequest(audio=clip, out=tmp_path / f"{device}.mp4", size=128, checkpoint=checkpoint,
-                                  device=device, motion_out=tmp_path / f"{device}.npz", steps=2,
-                                  guidance_audio=2.0, guidance_emotion=1.5))
+        render_file(RenderRequest(audio=clip, out=tmp_path / f"{device}.mp4", size=128, device=device,
+                                  driver=Learned(checkpoint, "torch", 2, 2.0, 1.5), motion_out=tmp_path / f"{device}.npz"))
         out[device] = np.load(tmp_path / f"{device}.npz")["coeffs"], np.stack(list(read_frames(tmp_path / f"{device}.mp4")))
     np.testing.assert_allclose(out["cuda"][0], out["cpu"][0], atol=1e-3)
     assert np.abs(out["cuda"][1].astype(int) - out["cpu"][1]).mean() < 1.0  # through H.264, both

@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.backends import tensorrt as trt_runtime
+from engine.backends.tensorrt import TensorRTMissing
 from engine.io import sha256_file
 from export import tensorrt as trt_export
 from export.tensorrt import (
@@ -17,7 +18,6 @@ from export.tensorrt import (
     OnnxDirError,
     OnnxParseError,
     TensorRTBuildError,
-    TensorRTMissing,
     build_engines,
     main,
 )

@@ -9,7 +9,7 @@ import urllib.request
 
 import numpy as np
 
-from engine.server.app import AvatarServer, ServerConfig, configure
+from engine.server.app import AvatarServer, ServerConfig, backend_of, configure
 from engine.stream import Session
 
 LIPS = [0, 13, 14, 17, 61, 291, 78, 308]  # FaceMesh lip landmarks: outer/inner midpoints and corners
@@ -34,7 +34,7 @@ class ServerThread:
         from engine.backends.registry import StepRegistry
         from export.runtime import prepare
 
-        server = AvatarServer(config, broadcast, StepRegistry(config.backend, config.device, 1, prepare))
+        server = AvatarServer(config, broadcast, StepRegistry(backend_of(config), config.device, 1, prepare))
         await server.start()
         return server
 

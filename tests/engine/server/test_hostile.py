@@ -25,6 +25,7 @@ from websockets.exceptions import ConnectionClosed
 from client.peer import ClientOptions, run_client
 from client.tracks import FileAudioTrack
 from engine import assets
+from engine.motion.choice import Baseline
 from engine.server import app, protocol
 from engine.server.app import ServerConfig
 from engine.timebase import FPS
@@ -48,7 +49,7 @@ class LogSize(logging.Handler):
 
 @pytest.fixture(scope="module")
 def server():
-    thread = ServerThread(ServerConfig(port=0, size=SIZE, driver="baseline", max_sessions=1, setup_timeout_s=SETUP_S,
+    thread = ServerThread(ServerConfig(port=0, size=SIZE, driver=Baseline(), max_sessions=1, setup_timeout_s=SETUP_S,
                                        idle_timeout_s=IDLE_S, lobby_timeout_s=LOBBY_S))
     yield thread
     thread.close()
