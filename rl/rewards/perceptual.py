@@ -1,15 +1,17 @@
 """Perceptual/identity regulariser: outside the mouth the rendered face stays the portrait's, its texture kept.
 
 On rendered frames (T, H, W, 3), against a reference frame (the clip's first frame, or `reference="portrait"`:
-the portrait's own framed image resized to the frames' size), over the face with the mouth region cut out (both
-from the portrait's FaceMesh landmarks, scaled to the frames: the face oval, less the outer lips grown by
-`mouth_margin` of the face width and reaching down to the chin, where the jaw moves):
-- ssim: mean SSIM (Gaussian window, sigma 1.5 px, on luma) over that mask;
-- l1: mean absolute difference in [0, 1];
-- texture: high-frequency energy (variance of the Laplacian) of the frame over the reference's, on the mask;
-  under 1 means the face went blurry.
-value = ssim - l1_weight * l1 - texture_weight * max(0, 1 - texture). A moving head lowers SSIM against a still
-reference too; keep the weight modest, or pass a reference render of the same head pose.
+the portrait's own framed image resized to the frames' size), over the face with the mouth region cut out (the
+mask, from the portrait's FaceMesh landmarks scaled to the frames: the face oval, less the outer lips grown by
+`mouth_margin` of the face width and reaching down to the chin, where the jaw moves). The head moves, so each
+frame is first aligned to the reference by an affine ECC fit on the mask (cv2.findTransformECC, started from the
+previous frame's fit): identity is judged after the pose is undone.
+- ssim: mean SSIM (Gaussian window, sigma 1.5 px, on luma) of the aligned frame over the mask;
+- l1: mean absolute difference in [0, 1], the same way;
+- texture: band-pass energy (variance of a difference of Gaussians, sigma 1 and 3 px) of the frame on the mask
+  carried to the frame's pose, over the reference's on the mask. Under 1 the face went blurry. (The finest
+  scale, a Laplacian's, is not used: the renderer's own resampling halves it whenever the head moves.)
+value = ssim - l1_weight * l1 - texture_weight * max(0, 1 - texture).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ from engine.face import topology
 from rl.rewards.base import Sample, TermResult, stack
 
 SSIM_SIGMA = 1.5
+TEXTURE_BAND = (1.0, 3.0)  # px: the difference of Gaussians whose energy is the texture
+ECC_CRITERIA = (3, 50, 1e-5)  # cv2.TERM_CRITERIA_COUNT | EPS, iterations, epsilon
 _C1, _C2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
 
 
@@ -66,9 +70,20 @@ def ssim_map(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return ((2 * mu_a * mu_b + _C1) * (2 * cov + _C2)) / ((mu_a ** 2 + mu_b ** 2 + _C1) * (var_a + var_b + _C2))
 
 
-def high_frequency(luma: np.ndarray, mask: np.ndarray) -> float:
-    """Variance of the Laplacian on the mask: the texture's energy."""
-    return float(cv2.Laplacian(luma, cv2.CV_32F)[mask].var())
+def texture_energy(luma: np.ndarray, mask: np.ndarray) -> float:
+    """Variance of the band-pass (difference of Gaussians) on the mask: the texture's energy."""
+    fine, coarse = (cv2.GaussianBlur(luma, (0, 0), s) for s in TEXTURE_BAND)
+    return float((fine - coarse)[mask].var())
+
+
+def align(reference: np.ndarray, luma: np.ndarray, mask: np.ndarray, start: np.ndarray) -> np.ndarray | None:
+    """(2, 3) affine taking reference pixels to `luma`'s (an ECC fit on the mask), or None if it failed."""
+    try:
+        _, warp = cv2.findTransformECC(reference, luma, start.copy(), cv2.MOTION_AFFINE, ECC_CRITERIA,
+                                       mask.astype(np.uint8), 3)
+    except cv2.error:  # did not converge (a frame too unlike the reference)
+        return None
+    return warp
 
 
 class PerceptualTerm:
@@ -98,13 +113,20 @@ class PerceptualTerm:
         else:
             reference = cv2.resize(sample.portrait.frame, (W, H), interpolation=cv2.INTER_AREA)
         ref = _luma(reference)
-        ref_hf = max(high_frequency(ref, mask), 1e-6)
-        ssim, l1, texture = [], [], []
+        ref_texture = max(texture_energy(ref, mask), 1e-6)
+        ssim, l1, texture, failed = [], [], [], 0
+        warp = np.eye(2, 3, dtype=np.float32)
         for frame in frames:
             luma = _luma(frame)
-            ssim.append(ssim_map(luma, ref)[mask].mean())
-            l1.append(np.abs(frame.astype(np.float32) - reference)[mask].mean() / 255)
-            texture.append(high_frequency(luma, mask) / ref_hf)
+            fit = align(ref, luma, mask, warp)
+            failed += fit is None
+            warp = warp if fit is None else fit
+            aligned = cv2.warpAffine(frame, warp, (W, H), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                                     borderMode=cv2.BORDER_REPLICATE)  # frame(warp x) at reference pixel x
+            ssim.append(ssim_map(_luma(aligned), ref)[mask].mean())
+            l1.append(np.abs(aligned.astype(np.float32) - reference)[mask].mean() / 255)
+            moved = cv2.warpAffine(mask.astype(np.uint8), warp, (W, H), flags=cv2.INTER_NEAREST).astype(bool)
+            texture.append(texture_energy(luma, moved) / ref_texture if moved.any() else 0.0)
         ssim_, l1_, texture_ = float(np.mean(ssim)), float(np.mean(l1)), float(np.mean(texture))
         value = ssim_ - o.l1_weight * l1_ - o.texture_weight * max(0.0, 1 - texture_)
-        return {"value": value, "ssim": ssim_, "l1": l1_, "texture": texture_}
+        return {"value": value, "ssim": ssim_, "l1": l1_, "texture": texture_, "unaligned": failed / T}

@@ -95,6 +95,10 @@ class AlignmentTerm:
             if phones is None:
                 rows.append({"r": 0.0, "best_lag": 0.0, "aligned": 0.0})
                 continue
-            r0, lag, _ = lagged_r(mouth_opening(s.motion), reference_opening(phones, len(s)))
+            opening = mouth_opening(s.motion)
+            if opening.std() < 1e-6:  # a still mouth follows nothing (and Pearson r is undefined)
+                rows.append({"r": 0.0, "best_lag": 0.0, "aligned": 1.0})
+                continue
+            r0, lag, _ = lagged_r(opening, reference_opening(phones, len(s)))
             rows.append({"r": r0 if np.isfinite(r0) else 0.0, "best_lag": float(lag), "aligned": 1.0})
         return TermResult(np.array([r["r"] for r in rows]), stack(rows))
