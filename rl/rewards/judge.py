@@ -154,7 +154,7 @@ class JudgeCache:
 
     @staticmethod
     def key(model_id: str, rubric: str, inputs: JudgeInput) -> str:
-        return hashlib.sha256("\0".join((model_id, rubric, inputs.digest())).encode()).hexdigest()
+        return hashlib.sha256(f"{model_id}\0{rubric}\0{inputs.digest()}".encode()).hexdigest()
 
     def get(self, key: str) -> Rating | None:
         rating = self._memory.get(key)

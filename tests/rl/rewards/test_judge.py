@@ -14,8 +14,18 @@ import pytest
 
 from engine.errors import UserError
 from rl.rewards import CompositeReward, Sample
-from rl.rewards.judge import (RUBRICS, HTTPJudge, JudgeCache, JudgeInput, JudgeOptions, JudgeTerm, LocalJudge,
-                              expected_score, parse_score, rating_from_reply)
+from rl.rewards.judge import (
+    RUBRICS,
+    HTTPJudge,
+    JudgeCache,
+    JudgeInput,
+    JudgeOptions,
+    JudgeTerm,
+    LocalJudge,
+    expected_score,
+    parse_score,
+    rating_from_reply,
+)
 
 FRAMES = 4  # frames shown to the judge in these tests
 
@@ -76,7 +86,7 @@ class FakeJudgeServer:
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.url = f"http://127.0.0.1:{self.httpd.server_port}/v1"
-        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
 
     def reply(self, body: dict) -> dict:
         text = next(c["text"] for c in body["messages"][1]["content"] if c["type"] == "text")
@@ -216,35 +226,76 @@ def test_client_errors_fail_at_once_and_a_closed_port_is_unreachable(server, jud
 # ------------------------------------------------------------------------------------------ local backend
 
 
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory):
-    """A randomly initialised 2-layer Llama and a word-level tokenizer with a chat template, saved with
-    save_pretrained: the layout a downloaded judge has (no MLLM weights exist offline)."""
+def _tiny_tokenizer(image_token: str | None = None):
+    """A word-level tokenizer over the judge's prompts (digits "1".."5" single tokens), with a chat template."""
     import re
 
-    import torch
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import PreTrainedTokenizerFast
 
     from rl.rewards.judge import SYSTEM_PROMPT, prompt_text
 
     words = re.findall(r"\w+|[^\w\s]", " ".join([SYSTEM_PROMPT, prompt_text(" ".join(RUBRICS.values()), 4, 1.0,
-                                                                            "hello there"), "system user assistant"]))
-    specials = ["[UNK]", "[PAD]", "<s>", "</s>"]
+                                                                              "hello there"), "system user assistant"]))
+    specials = ["[UNK]", "[PAD]", "<s>", "</s>"] + ([image_token] if image_token else [])
     vocab = {w: i for i, w in enumerate(dict.fromkeys(specials + list("12345") + words))}
     tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
-    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", bos_token="<s>",
-                                        eos_token="</s>")
+    extra = {"extra_special_tokens": {"image_token": image_token}} if image_token else {}
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", bos_token="<s>",
+                                   eos_token="</s>", **extra)
+
+
+def _text_config(vocab_size: int):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, pad_token_id=1,
+                       bos_token_id=2, eos_token_id=3)
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory):
+    """A randomly initialised 2-layer Llama and a word-level tokenizer with a chat template, saved with
+    save_pretrained: the layout a downloaded judge has (no MLLM weights exist offline)."""
+    import torch
+    from transformers import LlamaForCausalLM
+
+    tokenizer = _tiny_tokenizer()
     tokenizer.chat_template = ("{% for m in messages %}{{ m['role'] }} : {{ m['content'] }} {% endfor %}"
                                "{% if add_generation_prompt %}assistant :{% endif %}")
-    config = LlamaConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         pad_token_id=1, bos_token_id=2, eos_token_id=3)
     torch.manual_seed(0)
     out = tmp_path_factory.mktemp("tiny_judge")
-    LlamaForCausalLM(config).save_pretrained(out)
+    LlamaForCausalLM(_text_config(len(tokenizer))).save_pretrained(out)
     tokenizer.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def tiny_vision_model_dir(tmp_path_factory):
+    """A randomly initialised tiny LLaVA (CLIP vision tower, 28 px images, 4 tokens each) with its processor and
+    chat template, saved with save_pretrained: the image path a real multimodal judge takes."""
+    import torch
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
+    from transformers.models.clip import CLIPImageProcessorPil
+
+    tokenizer = _tiny_tokenizer("<image>")
+    template = ("{% for m in messages %}{{ m['role'] }} :{% for c in m['content'] %}{% if c['type'] == 'image' %}"
+                " <image>{% elif c['type'] == 'text' %} {{ c['text'] }}{% endif %}{% endfor %} {% endfor %}"
+                "{% if add_generation_prompt %}assistant :{% endif %}")
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessorPil(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28}),
+        tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default", chat_template=template,
+        image_token="<image>", num_additional_image_tokens=1)
+    vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                              image_size=28, patch_size=14, projection_dim=32)
+    config = LlavaConfig(vision_config=vision, text_config=_text_config(len(tokenizer)),
+                         image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+                         vision_feature_select_strategy="default", vision_feature_layer=-1)
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("tiny_vision_judge")
+    LlavaForConditionalGeneration(config).save_pretrained(out)
+    processor.save_pretrained(out)
     return out
 
 
@@ -284,3 +335,16 @@ def test_local_judge_from_the_reward_config(tiny_model_dir, judge_samples):
 def test_a_missing_model_directory_is_named(tmp_path):
     with pytest.raises(UserError, match=f"{tmp_path / 'judge'} is not a transformers model directory"):
         JudgeTerm.from_options(JudgeOptions(backend="local", path=str(tmp_path / "judge")))
+
+
+def test_local_multimodal_judge_sees_the_frames(tiny_vision_model_dir, judge_samples):
+    judge = LocalJudge(tiny_vision_model_dir)
+    assert type(judge.model).__name__ == "LlavaForConditionalGeneration" and judge.processor is not None
+    inputs = JudgeInput.of(judge_samples[0], FRAMES)
+    batch = judge.encode(inputs, RUBRICS["expressiveness"])
+    assert batch["pixel_values"].shape[0] == FRAMES
+    image_id = judge.tokenizer.convert_tokens_to_ids("<image>")
+    assert int((batch["input_ids"] == image_id).sum()) == FRAMES * 4  # 4 patch tokens per 28 px frame
+    rating = judge.rate(inputs, RUBRICS["expressiveness"])
+    other = judge.rate(JudgeInput(255 - inputs.frames, inputs.audio, inputs.transcript), RUBRICS["expressiveness"])
+    assert rating.source == "logprobs" and 1 < rating.score < 5 and rating.score != other.score  # pixels matter
