@@ -1,0 +1,139 @@
+"""The WHIP publisher against a real SFU: Janus (VideoRoom) behind simple-whip-server, in a network namespace
+this module makes (benchmarks/sfu.py), fed by a real broadcast Session and watched by real aiortc
+subscribers through Janus's own API. The request-level errors that need no SFU run without one."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+
+import pytest
+
+from benchmarks import sfu as local_sfu
+from client.janus import JanusSession, wait_for_publisher, watch_room
+from engine.server.media import FrameRelay
+from engine.server.whip import WhipError, WhipPublisher, WhipTarget
+from engine.stream import Session, SessionOptions
+from engine.timebase import FPS
+from tests.engine.stream.harness import small_renderer
+
+SIZE = 128  # small_renderer's
+
+
+@pytest.fixture(scope="module")
+def renderer():
+    return small_renderer()
+
+
+@pytest.fixture(scope="module")
+def sfu(tmp_path_factory):
+    reason = local_sfu.unavailable()
+    if reason:
+        pytest.skip(f"no local SFU: {reason}")
+    with local_sfu.LocalSfu(tmp_path_factory.mktemp("sfu")) as server:
+        yield server
+
+
+async def _broadcast(renderer, body):
+    """Run `body(relay)` with a live broadcast session (the baseline driver, silence in: idle motion)."""
+    relay = FrameRelay(Session(renderer, None, "balanced", options=SessionOptions(vad=False)))
+    relay.start()
+    try:
+        return await body(relay)
+    finally:
+        await relay.close()
+
+
+@pytest.mark.slow
+def test_frames_reach_janus_subscribers_and_close_deletes_the_session(sfu, renderer):
+    url = sfu.endpoint("frames", token="s3cret")
+
+    async def body(relay):
+        publisher = WhipPublisher(relay, WhipTarget(url, "s3cret"))
+        await publisher.start()
+        try:
+            assert len(relay.viewers) == 1  # the publisher is one subscriber of the broadcast
+            watches = await asyncio.gather(*(watch_room(sfu.janus_ws, local_sfu.ROOM, 4.0) for _ in range(2)))
+            endpoint = next(e for e in sfu.endpoints() if e["id"] == "frames")
+            assert endpoint["enabled"]  # publishing
+        finally:
+            await publisher.close()
+        assert not relay.viewers
+        return watches
+
+    watches = asyncio.run(_broadcast(renderer, body))
+    for watch in watches:
+        # ~4 s at 25 fps, less the join and the first keyframe
+        assert watch.video_frames > 2 * FPS and watch.sizes == {(SIZE, SIZE)}, watch
+        assert watch.audio_frames > 2 * 50, watch  # 20 ms Opus frames
+    # simple-whip-server logs this for a DELETE of the resource (a peer that just goes is "detected as closed")
+    assert "[frames] Terminating WHIP session" in sfu.logs()
+    assert not next(e for e in sfu.endpoints() if e["id"] == "frames")["enabled"]
+
+
+@pytest.mark.slow
+def test_a_wrong_token_names_the_url_and_the_status(sfu, renderer):
+    url = sfu.endpoint("guarded", token="right")
+
+    async def body(relay):
+        with pytest.raises(WhipError) as refused:
+            await WhipPublisher(relay, WhipTarget(url, "wrong")).start()
+        assert not relay.viewers  # the failed try let go of its subscription
+        return str(refused.value)
+
+    message = asyncio.run(_broadcast(renderer, body))
+    assert url in message and "403" in message and "--whip-token" in message
+
+
+@pytest.mark.slow
+def test_publishes_again_after_the_sfu_hangs_up(sfu, renderer):
+    url = sfu.endpoint("again")
+
+    async def kick():
+        janus = await JanusSession.open(sfu.janus_ws)
+        try:
+            feed = await wait_for_publisher(janus, local_sfu.ROOM)
+            await janus.request({}, body={"request": "kick", "room": local_sfu.ROOM, "id": feed})
+        finally:
+            await janus.close()
+
+    async def body(relay):
+        publisher = WhipPublisher(relay, WhipTarget(url), backoff_s=(0.2, 1.0))
+        await publisher.start()
+        try:
+            await kick()
+            for _ in range(100):  # the hang-up is seen (DTLS close), then a new POST is answered
+                if publisher.connections == 2 and publisher.pc is not None:
+                    break
+                await asyncio.sleep(0.1)
+            assert publisher.connections == 2
+            return await watch_room(sfu.janus_ws, local_sfu.ROOM, 3.0)
+        finally:
+            await publisher.close()
+
+    watch = asyncio.run(_broadcast(renderer, body))
+    assert watch.video_frames > FPS, watch
+
+
+def _closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_an_unreachable_endpoint_is_named():
+    url = f"http://127.0.0.1:{_closed_port()}/whip/endpoint/x"
+
+    async def body():
+        relay = FrameRelay(None)  # never started: the POST fails before anything is sent
+        with pytest.raises(WhipError) as refused:
+            await WhipPublisher(relay, WhipTarget(url)).start()
+        return str(refused.value), relay.viewers
+
+    message, viewers = asyncio.run(body())
+    assert url in message and "cannot be reached" in message and not viewers
+
+
+def test_only_http_urls_are_taken():
+    with pytest.raises(ValueError, match="not an http"):
+        WhipTarget("rtmp://example.org/live")
