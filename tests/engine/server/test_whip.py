@@ -5,12 +5,17 @@ subscribers through Janus's own API. The request-level errors that need no SFU r
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from benchmarks import sfu as local_sfu
 from client.janus import JanusSession, wait_for_publisher, watch_room
+from engine.cli import main
 from engine.server.media import FrameRelay
 from engine.server.whip import WhipError, WhipPublisher, WhipTarget
 from engine.stream import Session, SessionOptions
@@ -113,6 +118,36 @@ def test_publishes_again_after_the_sfu_hangs_up(sfu, renderer):
 
     watch = asyncio.run(_broadcast(renderer, body))
     assert watch.video_frames > FPS, watch
+
+
+@pytest.mark.slow
+def test_avatar_live_publishes_its_broadcast(sfu, pulse_source):
+    url = sfu.endpoint("cli", token="t0ken")
+    command = [sys.executable, "-m", "engine.cli", "live", "--port", str(_closed_port()), "--size", str(SIZE),
+               "--driver", "baseline", "--max-sessions", "1", "--publish-whip", url, "--whip-token", "t0ken"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        lines = []
+        for line in process.stdout:  # the banner comes once the broadcast is published and the page listens
+            lines.append(line)
+            if line.startswith("avatar live: open"):
+                break
+        assert process.poll() is None and f"avatar live: publishing to {url}\n" in lines, \
+            "".join(lines) + process.stderr.read()
+        watch = asyncio.run(watch_room(sfu.janus_ws, local_sfu.ROOM, 3.0))
+    finally:
+        process.terminate()
+        process.wait(15)
+    assert watch.video_frames > FPS and watch.sizes == {(SIZE, SIZE)}, watch
+    assert "[cli] Terminating WHIP session" in sfu.logs()  # Ctrl-C (SIGTERM) ends the session with a DELETE
+
+
+def test_whip_options_are_checked_before_anything_loads(capsys):
+    assert main(["live", "--publish-whip", "rtmp://example.org/live"]) == 1
+    assert "--publish-whip 'rtmp://example.org/live' is not an http(s) URL" in capsys.readouterr().err
+    assert main(["live", "--whip-token", "t"]) == 1
+    assert "--whip-token is for --publish-whip" in capsys.readouterr().err
 
 
 def _closed_port() -> int:
