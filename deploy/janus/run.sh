@@ -30,7 +30,8 @@ command -v janus >/dev/null || { echo "run.sh: janus is not installed (apt-get i
 mkdir -p "$run/whip/src"
 cp "$whip/src/server.js" "$whip/src/whip-janus.js" "$run/whip/src/"
 cp "$here/whip-server.config.js" "$run/whip/src/config.js"
-mkdir -p "$run/whip/web"
+mkdir -p "$run/whip/web"  # served at http://<host>:$WHIP_PORT/: the page that watches the room
+cp "$here/../../client/web/watch.html" "$run/whip/web/"
 
 set -- -F "$here" -C "$here/janus.jcfg" -r "$RTP_PORTS" -o -N -L "$run/janus.log"
 [ -n "${NAT_1_1:-}" ] && set -- "$@" --nat-1-1="$NAT_1_1"
@@ -52,5 +53,5 @@ if [ -n "${WHIP_CREATE:-}" ]; then
 	curl -sf -H 'content-type: application/json' -d "$WHIP_CREATE" "http://127.0.0.1:$WHIP_PORT/whip/create" >/dev/null
 	echo "run.sh: endpoint created: $WHIP_CREATE"
 fi
-echo "run.sh: WHIP http://<host>:$WHIP_PORT/whip/endpoint/<id>, Janus ws://<host>:$JANUS_WS_PORT, RTP UDP $RTP_PORTS (logs in $run)"
+echo "run.sh: WHIP http://<host>:$WHIP_PORT/whip/endpoint/<id>, watch http://<host>:$WHIP_PORT/watch.html, Janus ws://<host>:$JANUS_WS_PORT, RTP UDP $RTP_PORTS (logs in $run)"
 wait $whip_pid

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -94,19 +97,11 @@ def test_a_wrong_token_names_the_url_and_the_status(sfu, renderer):
 def test_publishes_again_after_the_sfu_hangs_up(sfu, renderer):
     url = sfu.endpoint("again")
 
-    async def kick():
-        janus = await JanusSession.open(sfu.janus_ws)
-        try:
-            feed = await wait_for_publisher(janus, local_sfu.ROOM)
-            await janus.request({}, body={"request": "kick", "room": local_sfu.ROOM, "id": feed})
-        finally:
-            await janus.close()
-
     async def body(relay):
         publisher = WhipPublisher(relay, WhipTarget(url), backoff_s=(0.2, 1.0))
         await publisher.start()
         try:
-            await kick()
+            await _kick(sfu)
             for _ in range(100):  # the hang-up is seen (DTLS close), then a new POST is answered
                 if publisher.connections == 2 and publisher.pc is not None:
                     break
@@ -148,6 +143,65 @@ def test_whip_options_are_checked_before_anything_loads(capsys):
     assert "--publish-whip 'rtmp://example.org/live' is not an http(s) URL" in capsys.readouterr().err
     assert main(["live", "--whip-token", "t"]) == 1
     assert "--whip-token is for --publish-whip" in capsys.readouterr().err
+
+
+async def _kick(sfu) -> None:
+    """Have Janus throw the room's publisher out: its peer connection is hung up from the SFU's side."""
+    janus = await JanusSession.open(sfu.janus_ws)
+    try:
+        feed = await wait_for_publisher(janus, local_sfu.ROOM)
+        await janus.request({}, body={"request": "kick", "room": local_sfu.ROOM, "id": feed})
+    finally:
+        await janus.close()
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+def test_the_watch_page_plays_the_room_and_follows_a_republish(sfu, renderer, tmp_path):
+    webdriver = pytest.importorskip("selenium.webdriver", reason="selenium is needed: pip install selenium")
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.skip("headless Chromium and its driver are needed: apt-get install chromium chromium-driver")
+    from selenium.webdriver.chrome.service import Service
+
+    from tests.client.web.test_browser import CHROMIUM_FLAGS
+
+    loop = asyncio.new_event_loop()  # the broadcast runs here while the test drives the browser
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+
+    def call(coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, loop).result(60)
+
+    async def publish():
+        relay = FrameRelay(Session(renderer, None, "balanced", options=SessionOptions(vad=False)))
+        relay.start()
+        publisher = WhipPublisher(relay, WhipTarget(sfu.endpoint("page")), backoff_s=(0.2, 1.0))
+        await publisher.start()
+        return relay, publisher
+
+    def frames_after(driver, least: int, timeout_s: float = 20.0) -> int:
+        deadline = time.monotonic() + timeout_s
+        while (frames := driver.execute_script("return watchState.frames")) < least:
+            assert time.monotonic() < deadline, driver.execute_script("return [watchState, " \
+                "document.getElementById('status').textContent]")
+            time.sleep(0.2)
+        return frames
+
+    relay, publisher = call(publish())
+    options = webdriver.ChromeOptions()
+    for flag in CHROMIUM_FLAGS + (f"--user-data-dir={tmp_path / 'chromium'}",):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+    try:
+        driver.get(f"http://{sfu.sfu_ip}:{local_sfu.WHIP_PORT}/watch.html")  # run.sh serves it
+        shown = frames_after(driver, 2 * FPS)
+        call(_kick(sfu))  # the publisher comes back with a new POST; the page finds the new feed
+        frames_after(driver, shown + 2 * FPS, timeout_s=30)
+        assert publisher.connections == 2
+    finally:
+        driver.quit()
+        call(publisher.close())
+        call(relay.close())
+        loop.call_soon_threadsafe(loop.stop)
 
 
 def _closed_port() -> int:
