@@ -17,7 +17,7 @@ import contextlib
 import logging
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urljoin, urlsplit
 
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -40,7 +40,7 @@ class WhipError(UserError):
 @dataclass(frozen=True)
 class WhipTarget:
     url: str  # the WHIP endpoint (http or https)
-    token: str | None = None  # bearer token, when the endpoint asks for one
+    token: str | None = field(default=None, repr=False)  # bearer token, when the endpoint asks for one
 
     def __post_init__(self):
         parts = urlsplit(self.url)

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ from benchmarks import sfu as local_sfu
 from client.janus import JanusSession, wait_for_publisher, watch_room
 from engine.cli import main
 from engine.server.media import FrameRelay
-from engine.server.whip import WhipError, WhipPublisher, WhipTarget
+from engine.server.whip import WhipError, WhipPublisher, WhipTarget, post_offer
 from engine.stream import Session, SessionOptions
 from engine.timebase import FPS
 from tests.engine.stream.harness import small_renderer
@@ -226,3 +227,63 @@ def test_an_unreachable_endpoint_is_named():
 def test_only_http_urls_are_taken():
     with pytest.raises(ValueError, match="not an http"):
         WhipTarget("rtmp://example.org/live")
+
+
+@pytest.fixture
+def misbehaving():
+    """A local HTTP server standing in for WHIP endpoints that answer wrongly (no real SFU can be made to):
+    the path picks the reply. Yields its base URL; records the requests' headers."""
+    replies = {
+        "/no-location": (201, {}, "v=0\r\n"),
+        "/not-sdp": (201, {"Location": "/r/1"}, "<html>welcome</html>"),
+        "/bad-sdp": (201, {"Location": "/r/1"}, "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"),
+        "/broken": (500, {}, "janus unavailable"),
+    }
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(dict(self.headers))
+            status, headers, body = replies[self.path]
+            self.send_response(status)
+            for name, value in headers.items():
+                self.send_header(name, value)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body.encode())
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    server.shutdown()
+
+
+@pytest.mark.parametrize("path, says", [
+    ("/no-location", "without a Location header"),
+    ("/not-sdp", "is not an SDP answer"),
+    ("/bad-sdp", "cannot use"),
+    ("/broken", "answered 500 (janus unavailable)"),
+])
+def test_a_wrong_answer_names_the_url_and_what_was_wrong(misbehaving, path, says):
+    base, seen = misbehaving
+    url = base + path
+
+    async def body():
+        relay = FrameRelay(None)  # never started: nothing is sent before the answer is applied
+        with pytest.raises(WhipError) as refused:
+            await WhipPublisher(relay, WhipTarget(url, "t")).start()
+        return str(refused.value), relay.viewers
+
+    message, viewers = asyncio.run(body())
+    assert url in message and says in message and not viewers
+    assert seen[-1]["Content-Type"] == "application/sdp" and seen[-1]["Authorization"] == "Bearer t"
+
+
+def test_the_location_is_resolved_against_the_endpoint(misbehaving):
+    base, _ = misbehaving
+    resource, answer = asyncio.run(post_offer(WhipTarget(base + "/bad-sdp"), "v=0\r\n"))
+    assert resource == base + "/r/1" and answer.startswith("v=0")
