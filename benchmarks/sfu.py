@@ -17,6 +17,7 @@ import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Self
 
 ROOT = Path(__file__).resolve().parents[1]
 RUN_SH = ROOT / "deploy" / "janus" / "run.sh"
@@ -37,16 +38,16 @@ def unavailable() -> str | None:
     if shutil.which("ip") is None or os.geteuid() != 0:
         return "a network namespace needs root and iproute2's `ip netns` (Janus and aioice refuse 127.0.0.1)"
     probe = f"avprobe{os.getpid()}"
-    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True, check=False)
     if made.returncode != 0:
         return f"cannot create a network namespace here ({made.stderr.strip()})"
-    subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    subprocess.run(["ip", "netns", "del", probe], capture_output=True, check=False)
     return None
 
 
 def _ip(*args: str, ns: str | None = None) -> None:
     command = (["ip", "netns", "exec", ns, "ip"] if ns else ["ip"]) + list(args)
-    done = subprocess.run(command, capture_output=True, text=True)
+    done = subprocess.run(command, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise RuntimeError(f"{' '.join(command)} failed: {done.stderr.strip()}")
 
@@ -60,10 +61,11 @@ class LocalSfu:
         net = 1 + os.getpid() % 250  # one /24 per process: parallel runs on one machine do not collide
         self.host_ip, self.sfu_ip = f"10.231.{net}.1", f"10.231.{net}.2"
         self.process: subprocess.Popen | None = None
+        self.log = None  # run.sh's output, while it runs
 
     def start(self, timeout_s: float = 20.0) -> LocalSfu:
         outer, inner = f"{self.ns}a", f"{self.ns}b"
-        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)  # a leftover of a killed run
+        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, check=False)  # a leftover of a killed run
         _ip("netns", "add", self.ns)
         try:
             _ip("link", "add", outer, "type", "veth", "peer", "name", inner)
@@ -74,7 +76,7 @@ class LocalSfu:
             _ip("link", "set", inner, "up", ns=self.ns)
             _ip("link", "set", "lo", "up", ns=self.ns)
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            self.log = open(self.run_dir / "run.log", "w")
+            self.log = open(self.run_dir / "run.log", "w")  # noqa: SIM115 (open while the servers run; stop() closes it)
             self.process = subprocess.Popen(
                 ["ip", "netns", "exec", self.ns, str(RUN_SH)], stdout=self.log, stderr=subprocess.STDOUT,
                 env={**os.environ, "RUN_DIR": str(self.run_dir), "ICE_ENFORCE": inner,
@@ -134,11 +136,11 @@ class LocalSfu:
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, 9)
                 self.process.wait()
-        if getattr(self, "log", None) is not None:
+        if self.log is not None:
             self.log.close()
-        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True)  # takes the veth pair with it
+        subprocess.run(["ip", "netns", "del", self.ns], capture_output=True, check=False)  # takes the veth pair with it
 
-    def __enter__(self) -> LocalSfu:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc) -> None:

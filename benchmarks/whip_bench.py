@@ -17,7 +17,7 @@ import asyncio
 import os
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks import sfu as local_sfu
@@ -78,7 +78,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
         raise UserError(f"cannot start the local SFU: {reason}")
     with tempfile.TemporaryDirectory(prefix="whip-bench-") as run_dir, local_sfu.LocalSfu(Path(run_dir)) as sfu:
         steps = asyncio.run(_bench(args, sfu))
-    return {"command": command, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    return {"command": command, "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "load_average_at_start": os.getloadavg()[0]},
             "size": args.size, "window_s": args.seconds, "steps": steps}
 
@@ -94,16 +94,16 @@ def markdown(result: dict) -> str:
         "# WHIP to an SFU: what the publisher sends per viewer count", "",
         f"Command: `{result['command']}`  ", f"Date: {result['date']}  ",
         f"Machine: {m['cpu']}, {m['cores']} cores, load average {m['load_average_at_start']:.2f} at start  ",
-        f"SFU: Janus 1.1 VideoRoom behind simple-whip-server (Debian 12), in a network namespace on this machine. "
-        f"Broadcast: {result['size']} px, baseline driver, idle motion; VP8 + Opus from aiortc. "
-        f"Each step: viewers join, {JOIN_S:g} s to settle, then a {result['window_s']:g} s window.", "",
+        (f"SFU: Janus 1.1 VideoRoom behind simple-whip-server (Debian 12), in a network namespace on this machine. "
+         f"Broadcast: {result['size']} px, baseline driver, idle motion; VP8 + Opus from aiortc. "
+         f"Each step: viewers join, {JOIN_S:g} s to settle, then a {result['window_s']:g} s window."), "",
         *table(["viewers", "video packets/s", "vs fewest", "video kbit/s", "audio packets/s", "audio kbit/s",
                 "each viewer's decoded fps (whole run)", "process CPU"], rows),
         "",
-        "The publisher's packets stay flat as viewers are added: Janus forwards one incoming stream to each "
-        "subscriber, so the engine's upload and encode do not grow with the audience. The bitrate follows "
-        "aiortc's congestion control and Janus's REMB (the room's cap); process CPU includes the in-process "
-        "viewers' decoding.", "",
+        ("The publisher's packets stay flat as viewers are added: Janus forwards one incoming stream to each "
+         "subscriber, so the engine's upload and encode do not grow with the audience. The bitrate follows "
+         "aiortc's congestion control and Janus's REMB (the room's cap); process CPU includes the in-process "
+         "viewers' decoding."), "",
     ])
 
 

@@ -138,7 +138,7 @@ class _Connection:
                             "accept VP8 or H.264 video and Opus audio") from None
         try:
             await asyncio.wait_for(self.connected.wait(), CONNECT_TIMEOUT_S)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise WhipError(f"WHIP session at {target.url} did not connect within {CONNECT_TIMEOUT_S:.0f} s (ICE "
                             f"state {self.pc.iceConnectionState}); the media server's UDP ports must be reachable "
                             "from here, or give a TURN server with --ice-server") from None
