@@ -55,6 +55,7 @@ examples:
   avatar eval lipsync --audio-dir data/human --rendered --driver all   # lip sync measured in the rendered video
   avatar serve                                   # talk to the avatar: open http://127.0.0.1:8080/
   avatar live --portrait me.jpg                  # your microphone drives it; viewers open the page
+  avatar live --publish-whip http://sfu:7080/whip/endpoint/avatar --whip-token T   # and to an SFU's viewers
   avatar client ws://127.0.0.1:8080/ws --audio speech.wav --record out/reply.mp4
   avatar export onnx --out out/onnx               # ONNX graphs of generator and renderer, checked against torch
   avatar render --backend onnxruntime             # the generator on ONNX Runtime (exported once, cached)
@@ -300,6 +301,10 @@ def _add_live(sub) -> None:
     p.add_argument("--list-devices", action="store_true", help="list the input devices and exit")
     p.add_argument("--viewer-controls", action="store_true",
                    help="let viewers change the emotion and sliders and interrupt (off: they only watch)")
+    p.add_argument("--publish-whip", metavar="URL",
+                   help="also publish the broadcast to a media server's WHIP endpoint (Janus via simple-whip-server, "
+                   "MediaMTX, LiveKit ingress...), which serves any number of viewers; republished if it drops")
+    p.add_argument("--whip-token", metavar="T", help="bearer token for --publish-whip, when the endpoint wants one")
     p.set_defaults(handler=_live)
 
 
@@ -316,10 +321,15 @@ def _live(args) -> None:
 
         print(format_devices(list_input_devices()))
         return
+    from engine.errors import UserError
     from engine.server.run import live
+    from engine.server.whip import WhipTarget
 
+    if args.whip_token is not None and args.publish_whip is None:
+        raise UserError("--whip-token is for --publish-whip; pass the WHIP endpoint's URL with it")
+    whip = None if args.publish_whip is None else WhipTarget(args.publish_whip, args.whip_token)
     live(_server_config(args, uploads=False, viewer_controls=args.viewer_controls), args.input_device,
-         threads=args.threads, prepare=_prepare())
+         threads=args.threads, prepare=_prepare(), publish=whip)
 
 
 def _add_export(sub) -> None:

@@ -12,10 +12,20 @@ from engine.backends import Prepare
 from engine.backends.registry import StepRegistry
 from engine.motion.choice import Baseline
 from engine.server.app import LIVE_OPTIONS, AvatarServer, ServerConfig, backend_of, configure
+from engine.server.whip import WhipPublisher, WhipTarget
 
 
-async def _run(server: AvatarServer, banner: str) -> None:
+async def _run(server: AvatarServer, banner: str, publish: WhipTarget | None = None) -> None:
     await server.start()
+    publisher = None
+    if publish is not None:
+        publisher = WhipPublisher(server.relay, publish, server.ice_configuration())
+        try:
+            await publisher.start()
+        except BaseException:
+            await server.close()
+            raise
+        print(f"{banner}: publishing to {publish.url}", flush=True)
     noun = "sessions" if server.mode == "converse" else "viewers"
     limit = f"--max-sessions {server.capacity.describe()}" if server.capacity else f"{server.max_sessions} {noun}"
     print(f"{banner}: up to {limit}", flush=True)
@@ -28,6 +38,8 @@ async def _run(server: AvatarServer, banner: str) -> None:
         await stop.wait()
     finally:
         print("stopping: closing sessions", file=sys.stderr, flush=True)
+        if publisher is not None:
+            await publisher.close()
         await server.close()
 
 
@@ -38,9 +50,10 @@ def serve(config: ServerConfig, threads: int = 1, prepare: Prepare | None = None
         asyncio.run(_run(AvatarServer(config, models=models), "avatar serve"))
 
 
-def live(config: ServerConfig, input_device: str | int | None, threads: int = 1, prepare: Prepare | None = None
-         ) -> None:
-    """`avatar live`: the microphone `input_device` drives one session that every viewer of the page sees."""
+def live(config: ServerConfig, input_device: str | int | None, threads: int = 1, prepare: Prepare | None = None,
+         publish: WhipTarget | None = None) -> None:
+    """`avatar live`: the microphone `input_device` drives one session that every viewer of the page sees,
+    and that `publish` (a WHIP endpoint) receives too. `prepare` makes the exported backends' graphs."""
     from engine.assets import DEFAULT_PORTRAIT
     from engine.audio.mic import Microphone, resolve_device
     from engine.render.renderer import Renderer
@@ -59,7 +72,7 @@ def live(config: ServerConfig, input_device: str | int | None, threads: int = 1,
         server = AvatarServer(config, broadcast=session, models=models)
         with Microphone(session.push_audio, device=mic_device.index) as mic:
             print(f"avatar live: listening to {mic.device.name} at {mic.sample_rate} Hz", flush=True)
-            await _run(server, "avatar live")
+            await _run(server, "avatar live", publish)
 
     with contextlib.closing(models), contextlib.closing(session):  # the session stops before its generator
         asyncio.run(main())
