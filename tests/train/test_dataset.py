@@ -63,10 +63,14 @@ def test_context_validity_follows_the_clip_start(train_set):
 def streamed_speech(features):
     """The speech features the streaming generator computes for each chunk of a clip (its own encode)."""
     c = CONFIG
-    generator = StreamingGenerator(TorchStep(MotionTransformer(c), SamplerOptions(steps=1)))
     seen = []
-    encode = generator.encode
-    generator.encode = lambda mel: seen.append(encode(mel)) or seen[-1]
+
+    class Spy(TorchStep):
+        def encode(self, mel):
+            seen.append(super().encode(mel))
+            return seen[-1]
+
+    generator = StreamingGenerator(Spy(MotionTransformer(c), SamplerOptions(steps=1)))
     padded = AudioFeatures.concat([features, silence(c.chunk + c.lookahead)])
     for s in range(0, len(features), c.chunk):
         generator.step(padded[s : s + c.chunk + c.lookahead])
