@@ -56,13 +56,16 @@ def test_short_run_writes_every_table(tmp_path):
                                                    "fps >= 25 sustained (held real time)"]
     assert all(isinstance(t["met"], bool) for t in p["targets"])
 
-    (c,) = result["concurrency"]
-    assert [row["sessions"] for row in c["rows"]] == [1] and c["held"] in (0, 1)
-    assert c["ceiling_found"] == (c["held"] == 0)
+    off, on = result["concurrency"]  # the ramp without batching, then with it
+    assert (off["batching"], on["batching"]) == (False, True)
+    for c in (off, on):
+        assert [row["sessions"] for row in c["rows"]] == [1] and c["held"] in (0, 1)
+        assert c["ceiling_found"] == (c["held"] == 0)
+    assert on["rows"][0]["cpu"]["streams_per_call"] == 1.0  # one session: every call carries its one stream
 
     md = out.with_suffix(".md").read_text()
     assert f"`{result['command']}`" in md and result["command"].startswith("python benchmarks/stream_bench.py")
-    assert md.count("\n| ") == 2 + 2 + 3 + 2  # headers and rows: preset, start-up, targets (2), concurrency
+    assert md.count("\n| ") == 2 + 2 + 3 + 3  # headers and rows: preset, start-up, targets (2), concurrency (2)
 
 
 @pytest.mark.slow  # real time: ~12 s of streams
