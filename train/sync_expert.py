@@ -6,8 +6,17 @@ audio, and by how many frames it is off (DESIGN.md §7; an evaluation metric now
     result = sync_offsets(load_expert("ckpt/sync/sync_expert.safetensors"), features, motion)
 
 Two small encoders map a window of `window` video frames centred on frame c to unit embeddings: the audio
-window (its log-mel rows) and the mouth window (the jaw*/mouth* coefficients of engine.motion.spec,
-normalized). Their dot product (cosine similarity) is high when the mouth moves with the sound.
+window (its speech-encoder tokens, below) and the mouth window (the jaw*/mouth* coefficients of
+engine.motion.spec, normalized). Their dot product (cosine similarity) is high when the mouth moves with the
+sound.
+
+The audio input is the speech track: for each video frame, the whisper tiny.en encoder's tokens
+(engine.audio.speech, 2 per frame, 384 wide) exactly as the streaming generator's `encode` sees them in the
+chunk that holds the frame (engine.motion.generator.speech_windows; the clip streamed from its first frame).
+So the expert hears what the generator hears, offline and live alike, and its training reads the corpus's
+cached speech features (train.dataset.speech_table, keyed by the same layout) instead of recomputing them.
+The layout (speech_window, chunk, lookahead, layers) is the shipped generator's and lives in SyncConfig;
+frames beyond a clip's edges hear a silent chunk's tokens.
 
 Training (InfoNCE): for each anchor audio window centred on a speech frame c of a training clip, the
 candidates are the same clip's mouth windows centred on c + o for o = 0 (the positive) and
@@ -29,6 +38,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple
 
@@ -38,13 +48,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from engine.audio.frontend import AudioFeatures
+from engine.audio.speech import TOKENS_PER_FRAME, WhisperEncoderConfig
 from engine.errors import UserError
 from engine.io import sha256_file
 from engine.io.checkpoint import load_model, save_checkpoint
 from engine.motion import spec
 from engine.motion.generator import silence
-from engine.timebase import FPS, MELS_PER_FRAME, N_MELS, checked_div
-from train.dataset import ClipData, load_clips
+from engine.motion.model import MotionConfig
+from engine.timebase import FPS, checked_div
+from train.dataset import ClipData, load_clips, speech_table
 from train.pretrain import lr_factor
 from train.run import add_run_arguments, load_state, resume, save_state, train_steps
 
@@ -67,9 +79,15 @@ class SyncConfig:
     embed: int = 64  # size of the unit embeddings
     audio_width: int = 128  # channels of the audio encoder
     motion_width: int = 64  # channels of the mouth encoder
-    n_mels: int = N_MELS  # mel bins per mel row
-    mels_per_frame: int = MELS_PER_FRAME  # mel rows per video frame
+    speech_dim: int = WhisperEncoderConfig.d_model  # width of a speech-encoder token
+    speech_tokens: int = TOKENS_PER_FRAME  # speech-encoder tokens per video frame
     mouth_dim: int = len(MOUTH)  # mouth and jaw coefficients per frame
+    # The streaming layout whose speech features the expert reads (engine.motion.model.MotionConfig's fields of
+    # the same names; default: the shipped generator's, so training hits the corpus's speech cache).
+    speech_window: int = MotionConfig.speech_window  # video frames of mel the encoder hears per chunk
+    speech_chunk: int = MotionConfig.chunk  # L: frames per chunk
+    speech_lookahead: int = MotionConfig.lookahead  # K: frames the window reaches past the chunk
+    speech_layers: int = MotionConfig.speech_layers  # encoder blocks used
 
     def __post_init__(self):
         if self.window < 1 or self.window % 2 == 0:
@@ -77,6 +95,16 @@ class SyncConfig:
         if self.mouth_dim != len(MOUTH):
             raise ValueError(f"mouth_dim is {self.mouth_dim} but engine.motion.spec has {len(MOUTH)} mouth/jaw "
                              "coefficients: the checkpoint was made for another motion space; retrain it")
+        layout = self.layout()  # checks the layout's own constraints
+        if (self.speech_dim, self.speech_tokens) != (layout.speech_dim, layout.speech_tokens):
+            raise ValueError(f"speech_dim x speech_tokens is {self.speech_dim} x {self.speech_tokens} but the speech "
+                             f"encoder gives {layout.speech_dim} x {layout.speech_tokens} per frame; retrain the expert")
+
+    def layout(self) -> MotionConfig:
+        """The generator config whose speech features the expert reads (only its speech layout matters; audio_past
+        stays the default, which places the chunk in the cached rows and changes no token)."""
+        return MotionConfig(chunk=self.speech_chunk, lookahead=self.speech_lookahead,
+                            speech_window=self.speech_window, speech_layers=self.speech_layers)
 
     @property
     def half(self) -> int:
@@ -85,8 +113,8 @@ class SyncConfig:
 
     @staticmethod
     def tiny() -> SyncConfig:
-        """For tests: trains in seconds on a CPU."""
-        return SyncConfig(window=5, embed=16, audio_width=16, motion_width=16)
+        """For tests: trains in seconds on a CPU (one encoder block over 8-frame windows)."""
+        return SyncConfig(window=5, embed=16, audio_width=16, motion_width=16, speech_window=8, speech_layers=1)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -94,6 +122,9 @@ class SyncConfig:
     @classmethod
     def from_dict(cls, values: dict) -> SyncConfig:
         unknown = set(values) - {f.name for f in fields(cls)}
+        if "n_mels" in unknown:
+            raise ValueError("this expert reads log-mel (made before the speech encoder, issue 12); retrain it on "
+                             "speech features with `avatar train sync`")
         if unknown:
             raise ValueError(f"unknown SyncConfig fields {sorted(unknown)}: not a lip-sync expert checkpoint, "
                              "or one newer than this code")
@@ -107,10 +138,10 @@ class SyncExpert(nn.Module):
         super().__init__()
         self.config = c = config
         w, wm = c.audio_width, c.motion_width
-        self.audio = nn.Sequential(
-            nn.Conv1d(c.n_mels, w, 3, padding=1), nn.GELU(),
+        self.audio = nn.Sequential(  # over the window's tokens (2 per frame)
+            nn.Conv1d(c.speech_dim, w, 3, padding=1), nn.GELU(),
             nn.Conv1d(w, w, 3, padding=1), nn.GELU(),
-            nn.AvgPool1d(c.mels_per_frame),  # one vector per video frame
+            nn.AvgPool1d(c.speech_tokens),  # one vector per video frame
             nn.Conv1d(w, w, 3, padding=1), nn.GELU(),
             nn.Flatten(), nn.Linear(w * c.window, c.embed),
         )
@@ -120,18 +151,18 @@ class SyncExpert(nn.Module):
             nn.Flatten(), nn.Linear(wm * c.window, c.embed),
         )
 
-    def embed_audio(self, mel: Tensor) -> Tensor:
-        """(B, window, mels_per_frame, n_mels) normalized log-mel -> (B, embed) unit vectors."""
-        x = mel.flatten(1, 2).transpose(1, 2)  # (B, n_mels, window * mels_per_frame)
+    def embed_audio(self, speech: Tensor) -> Tensor:
+        """(B, window, speech_tokens, speech_dim) speech-encoder tokens -> (B, embed) unit vectors."""
+        x = speech.flatten(1, 2).transpose(1, 2)  # (B, speech_dim, window * speech_tokens)
         return F.normalize(self.audio(x), dim=-1)
 
     def embed_motion(self, mouth: Tensor) -> Tensor:
         """(B, window, mouth_dim) normalized mouth coefficients -> (B, embed) unit vectors."""
         return F.normalize(self.motion(mouth.transpose(1, 2)), dim=-1)
 
-    def forward(self, mel: Tensor, mouth: Tensor) -> Tensor:
+    def forward(self, speech: Tensor, mouth: Tensor) -> Tensor:
         """(B,) cosine similarity of each audio window with its mouth window."""
-        return (self.embed_audio(mel) * self.embed_motion(mouth)).sum(-1)
+        return (self.embed_audio(speech) * self.embed_motion(mouth)).sum(-1)
 
 
 def mouth_track(motion: np.ndarray) -> np.ndarray:
@@ -148,11 +179,30 @@ def _pad_edges(x: np.ndarray, n: int) -> np.ndarray:
     return np.concatenate([np.repeat(x[:1], n, 0), x, np.repeat(x[-1:], n, 0)]) if n else x
 
 
-def _pad_mel(mel: np.ndarray, n: int) -> np.ndarray:
-    """Digital silence (what the frontend gives for zeros) on both sides: an audio window that overhangs the clip
-    hears nothing there."""
-    pad = silence(n).mel
-    return np.concatenate([pad, mel, pad])
+def frame_track(table: np.ndarray, layout: MotionConfig, frames: int) -> np.ndarray:
+    """A clip's speech_table (chunks, P + L + K, tokens, d) -> (frames, tokens, d): each frame's tokens from the
+    chunk that holds it (the chunk's own L frames, after its P past ones)."""
+    P, L = layout.audio_past, layout.chunk
+    return table[:, P : P + L].reshape(-1, *table.shape[2:])[:frames]
+
+
+def speech_track(config: SyncConfig, features: AudioFeatures) -> np.ndarray:
+    """(T, speech_tokens, speech_dim) float16: the expert's audio input for a clip's features, as the streaming
+    generator's encoder sees each frame (computed with the engine's encoder; the corpus caches the same)."""
+    layout = config.layout()
+    return frame_track(speech_table(features, layout), layout, len(features))
+
+
+@lru_cache
+def _silent_tokens(config: SyncConfig) -> np.ndarray:
+    """(tokens, d): a frame's tokens in a silent stream."""
+    return speech_track(config, silence(config.speech_chunk))[0]
+
+
+def _pad_speech(track: np.ndarray, n: int, config: SyncConfig) -> np.ndarray:
+    """A silent frame's tokens on both sides: an audio window that overhangs the clip hears nothing there."""
+    pad = np.repeat(_silent_tokens(config)[None], n, 0).astype(track.dtype)
+    return np.concatenate([pad, track, pad])
 
 
 # ------------------------------------------------------------------------------------------ inference
@@ -192,10 +242,15 @@ def _sliding(x: np.ndarray, window: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def audio_embeddings(expert: SyncExpert, features: AudioFeatures) -> np.ndarray:
-    """(T, embed): row c embeds the audio window centred on frame c (silence beyond the clip's edges)."""
+def audio_embeddings(expert: SyncExpert, features: AudioFeatures, track: np.ndarray | None = None) -> np.ndarray:
+    """(T, embed): row c embeds the audio window centred on frame c (silence beyond the clip's edges).
+    `track`: the clip's speech_track when already at hand (the corpus's cache), else computed here."""
     c = expert.config
-    windows = _sliding(_pad_mel(features.mel, c.half), c.window)
+    track = speech_track(c, features) if track is None else track
+    if track.shape != (len(features), c.speech_tokens, c.speech_dim):
+        raise ValueError(f"the speech track must be ({len(features)}, {c.speech_tokens}, {c.speech_dim}) for "
+                         f"{len(features)} frames of features; got {track.shape} (use speech_track)")
+    windows = _sliding(_pad_speech(track, c.half, c), c.window)
     return _embed(expert.embed_audio, windows, c.embed)
 
 
@@ -208,7 +263,7 @@ def motion_embeddings(expert: SyncExpert, motion: np.ndarray) -> np.ndarray:
 
 
 def _embed(encoder, windows: np.ndarray, size: int) -> np.ndarray:
-    parts = [encoder(torch.from_numpy(np.ascontiguousarray(windows[i : i + _EMBED_BLOCK]))).numpy()
+    parts = [encoder(torch.from_numpy(np.ascontiguousarray(windows[i : i + _EMBED_BLOCK], np.float32))).numpy()
              for i in range(0, len(windows), _EMBED_BLOCK)]
     return np.concatenate(parts) if parts else np.zeros((0, size), np.float32)
 
@@ -277,7 +332,7 @@ def load_expert(path: str | Path) -> SyncExpert:
 class SyncBatch(NamedTuple):
     """B anchor windows and, for each, its clip's mouth windows at K = 2 max_offset + 1 offsets."""
 
-    mel: Tensor  # (B, window, mels_per_frame, n_mels) audio window centred on the anchor frame
+    speech: Tensor  # (B, window, speech_tokens, speech_dim) audio window centred on the anchor frame
     mouth: Tensor  # (B, K, window, mouth_dim) mouth windows centred on frame + offset, offsets -R..R
     valid: Tensor  # (B, K) bool: that centre lies inside the clip
     clip: Tensor  # (B,) int64 the anchor's clip number in the split
@@ -287,16 +342,19 @@ class SyncBatch(NamedTuple):
 class SyncWindows:
     """The speech frames of a split's clips, and the windows around them, ready to gather into batches."""
 
-    def __init__(self, clips: Sequence[ClipData], config: SyncConfig, max_offset: int):
+    def __init__(self, clips: Sequence[ClipData], tracks: Sequence[np.ndarray], config: SyncConfig, max_offset: int):
+        """`tracks`: each clip's speech_track (clip_tracks reads them from the corpus's cache)."""
         h, self.max_offset, self.config = config.half, max_offset, config
         reach = h + max_offset  # a mouth window max_offset away overhangs its centre by this much
         if not clips:
             raise ValueError("SyncWindows needs at least one clip")
         self.length = np.array([len(c.motion) for c in clips], np.int64)
-        # Clip i's frame f sits at mel_base[i] + f in `mel` and at mouth_base[i] + f in `mouth`.
-        self.mel = np.concatenate([_pad_mel(c.features.mel, h) for c in clips])
+        if [len(t) for t in tracks] != list(self.length):
+            raise ValueError("each clip needs a speech track of its length (speech_track)")
+        # Clip i's frame f sits at speech_base[i] + f in `speech` (float16, as cached) and mouth_base[i] + f in `mouth`.
+        self.speech = np.concatenate([_pad_speech(t, h, config) for t in tracks])
         self.mouth = np.concatenate([_pad_edges(mouth_track(c.motion), reach) for c in clips])
-        self.mel_base = np.cumsum(np.r_[0, self.length[:-1] + 2 * h]) + h
+        self.speech_base = np.cumsum(np.r_[0, self.length[:-1] + 2 * h]) + h
         self.mouth_base = np.cumsum(np.r_[0, self.length[:-1] + 2 * reach]) + reach
         speech = [np.flatnonzero(c.features.vad > SPEECH_VAD) for c in clips]
         self.centre_clip = np.concatenate([np.full(len(s), i) for i, s in enumerate(speech)])
@@ -311,11 +369,11 @@ class SyncWindows:
         clip, frame = self.centre_clip[pick], self.centre_frame[pick]
         h, offsets = self.config.half, np.arange(-self.max_offset, self.max_offset + 1)
         span = np.arange(-h, h + 1)
-        mel = self.mel[(self.mel_base[clip] + frame)[:, None] + span]  # (B, window, 4, 80)
+        speech = self.speech[(self.speech_base[clip] + frame)[:, None] + span].astype(np.float32)  # (B, window, 2, d)
         centres = frame[:, None] + offsets  # (B, K)
         mouth = self.mouth[(self.mouth_base[clip][:, None] + centres)[:, :, None] + span]  # (B, K, window, M)
         valid = (centres >= 0) & (centres < self.length[clip][:, None])
-        return SyncBatch(*(torch.from_numpy(x) for x in (mel, mouth, valid, clip, frame)))
+        return SyncBatch(*(torch.from_numpy(x) for x in (speech, mouth, valid, clip, frame)))
 
 
 @dataclass(frozen=True)
@@ -380,7 +438,7 @@ def contrastive_loss(expert: SyncExpert, batch: SyncBatch, options: SyncOptions)
     batch's other clips' in-sync ones."""
     B, K = batch.valid.shape
     R = options.max_offset
-    audio = expert.embed_audio(batch.mel)  # (B, E)
+    audio = expert.embed_audio(batch.speech)  # (B, E)
     motion = expert.embed_motion(batch.mouth.flatten(0, 1)).view(B, K, -1)  # (B, K, E)
     offsets = torch.arange(-R, R + 1).abs()
     candidate = batch.valid & ((offsets == 0) | (offsets >= options.min_negative_offset))  # (B, K)
@@ -401,13 +459,15 @@ def shift_motion(motion: np.ndarray, frames: int) -> np.ndarray:
 
 @torch.no_grad()
 def offset_accuracy(expert: SyncExpert, clips: Sequence[ClipData], segment: int,
-                    max_offset: int = MAX_OFFSET) -> dict:
+                    max_offset: int = MAX_OFFSET, tracks: Sequence[np.ndarray] | None = None) -> dict:
     """Find known shifts: each clip's motion is shifted by VAL_SHIFTS in turn (per segment), cut into segments
     of `segment` frames (the last kept if at least half that), and searched over -max_offset..max_offset.
-    Returns the share found exactly, within one frame, the mean |error| in frames, and the segments scored."""
+    `tracks`: the clips' speech tracks when at hand (else computed). Returns the share found exactly, within
+    one frame, the mean |error| in frames, and the segments scored."""
     errors, k = [], 0
-    for clip in clips:
-        audio, speech = audio_embeddings(expert, clip.features), clip.features.vad > SPEECH_VAD
+    for i, clip in enumerate(clips):
+        audio = audio_embeddings(expert, clip.features, None if tracks is None else tracks[i])
+        speech = clip.features.vad > SPEECH_VAD
         for start in range(0, len(clip.motion), segment):
             end = min(start + segment, len(clip.motion))
             if end - start < segment // 2 or not speech[start:end].any():
@@ -468,10 +528,10 @@ class Run:
 
 
 @torch.no_grad()
-def validate(run: Run, batches: list[SyncBatch], clips: Sequence[ClipData]) -> dict:
+def validate(run: Run, batches: list[SyncBatch], clips: Sequence[ClipData], tracks: Sequence[np.ndarray]) -> dict:
     """Validation loss on the fixed windows, and the shift search on the held-out voices' segments."""
     loss = float(np.mean([contrastive_loss(run.model, b, run.options).item() for b in batches]))
-    found = offset_accuracy(run.model, clips, run.options.val_segment, run.options.max_offset)
+    found = offset_accuracy(run.model, clips, run.options.val_segment, run.options.max_offset, tracks)
     return {"val_loss": loss, "val_accuracy": found["accuracy"], "val_within_1": found["within_1"],
             "val_error": found["error"]}
 
@@ -498,19 +558,29 @@ def _plot(records: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def clip_tracks(data: str | Path, split: str, config: SyncConfig) -> tuple[list[ClipData], list[np.ndarray]]:
+    """A split's clips (their speech tables dropped) and each one's speech_track, from the corpus's speech cache
+    for config's layout (train.dataset: computed once and cached if missing)."""
+    layout = config.layout()
+    clips = load_clips(data, split, layout)
+    tracks = [frame_track(c.speech, layout, len(c.features)) for c in clips]
+    return [c._replace(speech=None) for c in clips], tracks
+
+
 def train_sync(data: str | Path, out: str | Path, options: SyncOptions, progress: bool = True) -> Path:
     """Train (or continue training) until options.steps; returns the path of sync_expert.safetensors."""
     out = Path(out)
     run = Run(options)
     records = resume(run, out)
 
-    train_clips = load_clips(data, "train")
-    train_set = SyncWindows(train_clips, run.config, options.max_offset) if train_clips else []
+    train_clips, train_tracks = clip_tracks(data, "train", run.config)
+    train_set = SyncWindows(train_clips, train_tracks, run.config, options.max_offset) if train_clips else []
+    del train_tracks  # SyncWindows holds its own padded copy
     if not len(train_set):
         raise UserError(f"the train split of {data} has no speech frames; build a corpus with "
                         "`avatar data synth --out DIR --hours H --seed S`")
-    val_clips = load_clips(data, "val")
-    val_set = SyncWindows(val_clips, run.config, options.max_offset) if val_clips else []
+    val_clips, val_tracks = clip_tracks(data, "val", run.config)
+    val_set = SyncWindows(val_clips, val_tracks, run.config, options.max_offset) if val_clips else []
     rng = np.random.default_rng(VAL_SEED)
     val_batches = [val_set.sample(rng, options.batch) for _ in range(options.val_batches)] if len(val_set) else []
     if not val_batches:
@@ -523,7 +593,7 @@ def train_sync(data: str | Path, out: str | Path, options: SyncOptions, progress
         return shown
 
     train_steps(run, options, out, records, step=lambda: run.train_step(train_set),
-                validate=(lambda: validate(run, val_batches, val_clips)) if val_batches else None,
+                validate=(lambda: validate(run, val_batches, val_clips, val_tracks)) if val_batches else None,
                 postfix=postfix, desc="sync expert", progress=progress)
 
     manifest = Path(data) / "manifest.json"
@@ -548,7 +618,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="avatar train sync",
         description="Train the lip-sync expert (SyncNet-like, DESIGN.md §7) on a synthetic corpus: two small "
-                    "encoders embed a 200 ms audio window and the mouth/jaw motion window; each audio window "
+                    "encoders embed a 200 ms window of speech-encoder features and the mouth/jaw motion window; each audio window "
                     "learns to pick its own mouth window over the same clip shifted by 2..max-offset frames "
                     "and over other clips. It scores lip sync for `avatar eval lipsync` and the RL reward. "
                     "Validation finds known shifts in held-out voices' clips. Kill it at any time: rerunning "

@@ -4,11 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from engine.audio.frontend import extract_features
+from engine import assets
+from engine.audio.frontend import AudioFeatures, extract_features
 from engine.errors import UserError
 from engine.io.checkpoint import read_metadata, save_checkpoint
 from engine.motion import spec
+from engine.motion.generator import StreamingGenerator, silence
 from engine.motion.model import MotionConfig, MotionTransformer
+from engine.motion.sampler import SamplerOptions
 from train import sync_expert as sx
 from train.dataset import load_clips
 
@@ -48,6 +51,12 @@ def test_config_round_trips_and_the_default_is_small():
         sx.SyncConfig.from_dict(dict(config.to_dict(), chunk=4))
     with pytest.raises(ValueError, match="odd"):
         sx.SyncConfig(window=4)
+    log_mel = {k: v for k, v in config.to_dict().items() if not k.startswith("speech")}
+    log_mel |= {"n_mels": 80, "mels_per_frame": 4}
+    with pytest.raises(ValueError, match="reads log-mel.*retrain"):  # the expert shipped before issue 12
+        sx.SyncConfig.from_dict(log_mel)
+    with pytest.raises(ValueError, match="speech encoder gives 384 x 2"):
+        sx.SyncConfig(speech_dim=80)
     assert config.mouth_dim == len(sx.MOUTH) and all(n.startswith(("jaw", "mouth")) for n in sx.MOUTH)
     assert "jawOpen" in sx.MOUTH and "eyeBlink_L" not in sx.MOUTH and "headYaw" not in sx.MOUTH
     size = sum(p.numel() * p.element_size() for p in sx.SyncExpert(config).parameters())
@@ -85,14 +94,39 @@ def test_inputs_are_checked():
         sx.sync_offsets(expert, features, spec.neutral(12))
     with pytest.raises(ValueError, match=f"motion must be \\(13, {spec.D}\\).* got \\(13, 10\\)"):
         sx.sync_offsets(expert, features, np.zeros((13, 10), np.float32))
+    with pytest.raises(ValueError, match="speech track must be \\(13, 2, 384\\).* got \\(12, 2, 384\\)"):
+        sx.audio_embeddings(expert, features, np.zeros((12, 2, 384), np.float16))
+
+
+def test_speech_track_is_what_the_streaming_generator_hears(data):
+    """Offline == live: each frame's tokens are those the streaming generator's encoder gives the chunk holding
+    it (MotionConfig.tiny has the tiny expert's speech layout, with another audio_past, which changes no token)."""
+    config = sx.SyncConfig.tiny()
+    features = load_clips(data, "val")[0].features[:30]
+    track = sx.speech_track(config, features)
+    assert track.shape == (30, 2, 384) and track.dtype == np.float16
+
+    model_config = MotionConfig.tiny()
+    assert model_config.audio_past != config.layout().audio_past
+    generator = StreamingGenerator(MotionTransformer(model_config), SamplerOptions(steps=1))
+    L, K, P = model_config.chunk, model_config.lookahead, model_config.audio_past
+    stream = AudioFeatures.concat([features, silence(L + K)])
+    live = []
+    for start in range(0, len(features), L):
+        chunk = stream[start : start + L + K]
+        live.append(generator.conditions(chunk).speech[0, P : P + L].numpy())
+        generator.step(chunk)
+    np.testing.assert_allclose(track.astype(np.float32), np.concatenate(live)[:30], atol=1e-2, rtol=1e-2)
 
 
 def test_batches_hold_the_windows_around_speech_frames(data):
-    clips = load_clips(data, "train")
     config, R = sx.SyncConfig.tiny(), 15
+    clips, tracks = sx.clip_tracks(data, "train", config)
+    assert all(c.speech is None for c in clips)  # the chunk tables are dropped once the tracks are cut
+    np.testing.assert_array_equal(tracks[0], sx.speech_track(config, clips[0].features))  # the cache's = computed
     h = config.half
-    b = sx.SyncWindows(clips, config, R).sample(np.random.default_rng(0), 200)
-    assert b.mel.shape == (200, config.window, 4, 80) and b.mouth.shape == (200, 2 * R + 1, config.window, 24)
+    b = sx.SyncWindows(clips, tracks, config, R).sample(np.random.default_rng(0), 200)
+    assert b.speech.shape == (200, config.window, 2, 384) and b.mouth.shape == (200, 2 * R + 1, config.window, 24)
     for i in range(200):
         clip, f = clips[int(b.clip[i])], int(b.frame[i])
         assert clip.features.vad[f] > sx.SPEECH_VAD
@@ -102,14 +136,15 @@ def test_batches_hold_the_windows_around_speech_frames(data):
         for k in np.flatnonzero((centres - h >= 0) & (centres + h < len(clip.motion))):
             assert np.array_equal(b.mouth[i, k].numpy(), mouth[centres[k] - h : centres[k] + h + 1])
         if h <= f < len(clip.motion) - h:
-            assert np.array_equal(b.mel[i].numpy(), clip.features.mel[f - h : f + h + 1])
+            assert np.array_equal(b.speech[i].numpy(), tracks[int(b.clip[i])][f - h : f + h + 1].astype(np.float32))
 
 
 def test_tiny_expert_learns(data, tmp_path):
-    sx.train_sync(data, tmp_path, sx.SyncOptions(steps=40, **dict(TINY, batch=32)), progress=False)
+    # 100 steps: the tiny audio encoder's first ~40 steps on 384-wide speech tokens barely move the loss
+    sx.train_sync(data, tmp_path, sx.SyncOptions(steps=100, **dict(TINY, batch=32, val_every=25)), progress=False)
     records = _log(tmp_path)
     losses = [r["loss"] for r in records]
-    assert len(losses) == 40 and np.mean(losses[-10:]) < 0.95 * np.mean(losses[:10])
+    assert len(losses) == 100 and np.mean(losses[-10:]) < 0.95 * np.mean(losses[:10])
     val = [r for r in records if "val_loss" in r]
     assert len(val) == 4 and all(np.isfinite(r["val_loss"]) and 0 <= r["val_accuracy"] <= 1 for r in val)
     assert (tmp_path / "loss.png").stat().st_size > 0
@@ -178,3 +213,13 @@ def test_help_teaches(capsys):
     assert exit_.value.code == 0
     text = capsys.readouterr().out
     assert "avatar train sync" in text and "--data" in text and "last.pt" in text and "avatar data synth" in text
+
+
+def test_shipped_expert_hears_the_shipped_generators_speech_layout():
+    """The shipped expert reads the speech features the default generator conditions on (and the corpus caches)."""
+    expert = sx.load_expert(assets.ASSETS_DIR / "sync_expert.safetensors")
+    generator, _ = read_metadata(assets.DEFAULT_MOTION)
+    layout = expert.config.layout()
+    assert expert.config == sx.SyncConfig()
+    for name in ("chunk", "lookahead", "speech_window", "speech_layers", "speech_dim", "speech_tokens"):
+        assert getattr(layout, name) == generator[name], name
