@@ -6,6 +6,7 @@ import torch
 
 from engine import assets
 from engine.audio.frontend import AudioFeatures, extract_features
+from engine.backends.eager import TorchStep
 from engine.errors import UserError
 from engine.io.checkpoint import read_metadata, save_checkpoint
 from engine.motion import spec
@@ -108,7 +109,7 @@ def test_speech_track_is_what_the_streaming_generator_hears(data):
 
     model_config = MotionConfig.tiny()
     assert model_config.audio_past != config.layout().audio_past
-    generator = StreamingGenerator(MotionTransformer(model_config), SamplerOptions(steps=1))
+    generator = StreamingGenerator(TorchStep(MotionTransformer(model_config), SamplerOptions(steps=1)))
     L, K, P = model_config.chunk, model_config.lookahead, model_config.audio_past
     stream = AudioFeatures.concat([features, silence(L + K)])
     live = []
