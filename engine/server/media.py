@@ -147,8 +147,9 @@ class Viewer:
     def put(self, encoded: Encoded) -> None:
         video, audio = self._queues["video"], self._queues["audio"]
         if encoded.video:  # one VP8 packet a frame
-            if self._synced and len(video) >= VIEWER_QUEUE:  # fallen behind: without the oldest, the rest
-                self.frames_dropped += len(video)             # cannot be decoded either; resume at a keyframe
+            if self._synced and len(video) >= VIEWER_QUEUE:
+                # fallen behind: without the oldest frame the rest cannot be decoded either; resume at a keyframe
+                self.frames_dropped += len(video)
                 video.clear()
                 self._synced = False
                 if not encoded.keyframe:
