@@ -3,9 +3,10 @@
 
 The server runs in its own process, as `avatar live` runs it (AvatarServer in broadcast mode, one Session
 fed in real time by the bench's Mic with the sample speech, one torch thread); the viewers are real aiortc
-peers (client.peer.run_client) in this process, so their decoding is not counted. For each viewer count the
-viewers connect, the stream settles for SETTLE_S, then the server process' CPU time (user + system, every
-thread) is read over --viewer-seconds of stream: CPU seconds per second of stream, as % of one core.
+peers in this process whose receivers skip decoding (_Undecoded: decoding would compete with the server for
+the CPU). For each viewer count the viewers connect, the stream settles for SETTLE_S, then the server
+process' CPU time (user + system, every thread) is read over --viewer-seconds: CPU seconds per second of
+stream the median viewer received (so a starved server is not flattered), as % of one core.
 Viewer counts and, with --baseline-root, the two servers are interleaved repeat by repeat, and each
 figure is the median of --repeats (this machine is shared and noisy).
 
@@ -24,7 +25,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+import av
+
 from benchmarks.common import stats
+from engine.timebase import FPS
 
 ROOT = Path(__file__).resolve().parents[1]
 SETTLE_S = 2.0  # after the last viewer's first frame, before the CPU window opens
@@ -52,12 +56,14 @@ def serve_broadcast(port: int, size: int, preset: str, backend: str, device: str
         mic.start()
         print(f"ready {server.port}", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # the bench closes it to stop us
+        mic.stop()  # before the server closes the session
         await server.close()
 
     try:
         asyncio.run(main())
     finally:
-        mic.stop()
+        if mic.is_alive():
+            mic.stop()
         session.close()
 
 
@@ -97,25 +103,81 @@ class ServerProcess:
             self.process.wait()
 
 
-async def _window(server: ServerProcess, viewers: int, seconds: float) -> dict:
-    """`viewers` real viewers at once; the server's CPU over `seconds` once they all receive video."""
-    from client.peer import ClientOptions, run_client
+class _Undecoded:
+    """What the viewers' receivers get instead of a decoder: a video frame per encoded frame, undecoded (a
+    16 px stand-in with its timestamp), no audio. The server's packets and the viewers' RTP, SRTP, RTCP and
+    jitter buffers are real; only the decoding, which would compete with the server for the CPU, is not done."""
 
-    loop = asyncio.get_running_loop()
+    def __init__(self, kind: str):
+        self.kind = kind
+
+    def decode(self, encoded_frame) -> list:
+        if self.kind == "audio":
+            return []
+        frame = av.VideoFrame(16, 16, "yuv420p")
+        frame.pts = encoded_frame.timestamp
+        return [frame]
+
+
+async def _viewer(url: str, arrivals: list[float], stop: asyncio.Event) -> None:
+    """A real aiortc viewer (receivers left undecoded) that notes each video frame's arrival until `stop`."""
+    from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+    from aiortc.mediastreams import MediaStreamError
+    from websockets.asyncio.client import connect
+
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    pc.addTransceiver("audio", direction="recvonly")
+    pc.addTransceiver("video", direction="recvonly")
+
+    async def take(track):
+        while True:
+            try:
+                await track.recv()
+            except MediaStreamError:
+                return
+            arrivals.append(time.monotonic())
+
+    tasks = []
+    pc.on("track", lambda track: track.kind == "video" and tasks.append(asyncio.create_task(take(track))))
+    await pc.setLocalDescription(await pc.createOffer())
+    async with connect(url) as ws:
+        await ws.recv()  # hello
+        await ws.send(json.dumps({"type": "offer", "sdp": pc.localDescription.sdp}))
+        reply = json.loads(await ws.recv())
+        if reply["type"] != "answer":
+            raise RuntimeError(f"the server refused a viewer: {reply}")
+        await pc.setRemoteDescription(RTCSessionDescription(reply["sdp"], "answer"))
+        await stop.wait()
+        await pc.close()
+    for task in tasks:
+        task.cancel()
+
+
+async def _window(server: ServerProcess, viewers: int, seconds: float) -> dict:
+    """`viewers` viewers at once; the server's CPU over `seconds` once they all receive video."""
+    from aiortc import rtcrtpreceiver
+
+    rtcrtpreceiver.get_decoder = lambda codec: _Undecoded(codec.mimeType.split("/")[0])
     url = f"ws://127.0.0.1:{server.port}/ws"
-    length = seconds + SETTLE_S + 8  # from the offer: connecting (a few seconds), settling, the window
-    clients = [asyncio.create_task(run_client(url, ClientOptions(seconds=length))) for _ in range(viewers)]
-    deadline = time.monotonic() + 60
-    while await loop.run_in_executor(None, server.viewers) < viewers:
-        if time.monotonic() > deadline or any(c.done() for c in clients):
-            raise RuntimeError(f"{viewers} viewers did not all connect within 60 s")
-        await asyncio.sleep(0.2)
-    await asyncio.sleep(SETTLE_S + 1.0)  # connected, first frames in, the stream settled
-    cpu, wall = server.cpu_s(), time.monotonic()
-    await asyncio.sleep(seconds)
-    cpu, wall = server.cpu_s() - cpu, time.monotonic() - wall
-    reports = await asyncio.gather(*clients)
-    return {"core_pct": 100 * cpu / wall, "slowest_fps": min(r.fps or 0 for r in reports)}
+    stop, arrivals = asyncio.Event(), [[] for _ in range(viewers)]
+    clients = [asyncio.create_task(_viewer(url, a, stop)) for a in arrivals]
+    try:
+        async with asyncio.timeout(60):
+            while not all(arrivals):
+                if failed := [c for c in clients if c.done()]:
+                    failed[0].result()
+                await asyncio.sleep(0.1)
+        await asyncio.sleep(SETTLE_S)
+        cpu, start = server.cpu_s(), time.monotonic()
+        await asyncio.sleep(seconds)
+        cpu, end = server.cpu_s() - cpu, time.monotonic()
+    finally:
+        stop.set()
+        await asyncio.gather(*clients, return_exceptions=True)
+    fps = sorted(sum(start <= t < end for t in a) / (end - start) for a in arrivals)
+    stream_s = fps[len(fps) // 2] * (end - start) / FPS  # of video the median viewer got in the window
+    return {"core_pct": 100 * cpu / stream_s, "wall_core_pct": 100 * cpu / (end - start),
+            "slowest_fps": fps[0], "median_fps": fps[len(fps) // 2]}
 
 
 def measure(engines: dict[str, Path], counts: list[int], seconds: float, repeats: int, size: int, preset: str,
@@ -131,12 +193,11 @@ def measure(engines: dict[str, Path], counts: list[int], seconds: float, repeats
                     while server.viewers():  # the last ones' slots are freed before the next count
                         time.sleep(0.2)
                     r = runs[name][n][-1]
-                    progress(f"{name}, repeat {repeat + 1}: {n} viewer(s) {r['core_pct']:.0f} % of a core, "
-                             f"slowest {r['slowest_fps']:.1f} fps")
+                    progress(f"{name}, repeat {repeat + 1}: {n} viewer(s) {r['core_pct']:.0f} % of a core per "
+                             f"second of stream ({r['wall_core_pct']:.0f} % of wall time), {r['median_fps']:.1f} fps")
             finally:
                 server.close()
-    return {name: {str(n): {"core_pct": stats([r["core_pct"] for r in rs]),
-                            "slowest_fps": stats([r["slowest_fps"] for r in rs])} for n, rs in per.items()}
+    return {name: {str(n): {k: stats([r[k] for r in rs]) for k in rs[0]} for n, rs in per.items()}
             for name, per in runs.items()}
 
 
@@ -149,16 +210,20 @@ def section(result: dict) -> list[str]:
     for name, per in b["servers"].items():
         base = per[counts[0]]["core_pct"]["median"]
         for n in counts:
-            c, f = per[n]["core_pct"], per[n]["slowest_fps"]
-            rows.append([name, n, f"{c['median']:.0f} ({c['min']:.0f} – {c['max']:.0f})",
-                         f"{c['median'] / base:.2f}x", f"{f['median']:.1f}"])
+            c, r = per[n]["core_pct"], per[n]
+            rows.append([name, n, f"{c['median']:.0f} ({c['min']:.0f} – {c['max']:.0f})", f"{c['median'] / base:.2f}x",
+                         f"{r['wall_core_pct']['median']:.0f}", f"{r['median_fps']['median']:.1f}",
+                         f"{r['slowest_fps']['median']:.1f}"])
     return [
         f"## Broadcast server CPU by viewers ({b['preset']}, {result['renderer_px']} px)", "",
-        f"Server process CPU time (user + system, all threads) per second of stream, % of one core: median "
-        f"(range) of {b['repeats']} repeats of {b['seconds']:g} s, interleaved, on a shared, noisy machine. "
-        f"Viewers: real aiortc peers in the bench process (their decoding is not counted). x{counts[0]}: "
-        f"against {counts[0]} viewer(s) of the same server. Slowest fps: the slowest viewer's received "
-        "frames per second (median over repeats).", "",
-        *table(["server", "viewers", "CPU % of a core", f"vs {counts[0]}", "slowest fps"], rows), "",
+        "CPU: the server process' CPU time (user + system, all threads) over the window, per second of stream the "
+        f"median viewer received in it, % of one core; median (range) of {b['repeats']} repeats of {b['seconds']:g} s, "
+        "counts and servers interleaved, on a shared, noisy machine (per second of stream, so a server the machine "
+        f"starved of CPU is not flattered). vs {counts[0]}: against {counts[0]} viewer(s) of the same server. Per wall "
+        "second: the same CPU time over the window's wall time. fps: frames the median / slowest viewer received "
+        "per second in the window (medians over repeats). Viewers: real aiortc peers in the bench process whose "
+        "receivers skip decoding (RTP, SRTP, RTCP and jitter buffers are real).", "",
+        *table(["server", "viewers", "CPU per s of stream, % of a core", f"vs {counts[0]}", "per wall s, %",
+                "median fps", "slowest fps"], rows), "",
         *(f"- {name}: {path}" for name, path in b["engines"].items()), "",
     ]
