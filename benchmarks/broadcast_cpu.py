@@ -37,6 +37,7 @@ MAX_VIEWERS = 64
 
 def serve_broadcast(port: int, size: int, preset: str, backend: str, device: str) -> None:
     """The server process: a broadcast of one session fed by the bench's Mic, until stdin closes."""
+    import engine
     from benchmarks.stream_bench import Mic, mic_audio
     from engine.assets import DEFAULT_PORTRAIT
     from engine.render.renderer import Renderer
@@ -54,7 +55,7 @@ def serve_broadcast(port: int, size: int, preset: str, backend: str, device: str
         server = AvatarServer(config, broadcast=session)
         await server.start()
         mic.start()
-        print(f"ready {server.port}", flush=True)
+        print(f"ready {server.port} {Path(engine.__file__).parent}", flush=True)
         await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)  # the bench closes it to stop us
         mic.stop()  # before the server closes the session
         await server.close()
@@ -74,14 +75,15 @@ class ServerProcess:
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys([str(engine_root), str(ROOT)]))}
         code = (f"from benchmarks.broadcast_cpu import serve_broadcast; "
                 f"serve_broadcast(0, {size}, {preset!r}, {backend!r}, {device!r})")
-        self.process = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, text=True)
-        line = self.process.stdout.readline()
-        if not line.startswith("ready"):
+        # run from engine_root: `python -c` puts the working directory ahead of PYTHONPATH
+        self.process = subprocess.Popen([sys.executable, "-c", code], cwd=engine_root, env=env,
+                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.process.stdout.readline().split()
+        if not line or line[0] != "ready" or Path(line[2]) != engine_root / "engine":
             self.close()
-            raise RuntimeError(f"the broadcast server under {engine_root} did not start (said {line!r}); "
-                               "run it alone to see why")
-        self.port = int(line.split()[1])
+            raise RuntimeError(f"the broadcast server did not start with the engine under {engine_root} (it said "
+                               f"{' '.join(line)!r}); run it alone to see why")
+        self.port = int(line[1])
         import psutil
 
         self._ps = psutil.Process(self.process.pid)
