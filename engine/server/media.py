@@ -204,7 +204,7 @@ def route_keyframe_requests(sender: RTCRtpSender, request: Callable[[], None]) -
     """Make a keyframe request (RTCP PLI/FIR) arriving at `sender` call `request`. aiortc answers one by
     flagging its sender's own encoder (`_send_keyframe`), which a sender of encoded packets never runs."""
     if not callable(getattr(sender, "_send_keyframe", None)):
-        raise RuntimeError(f"this aiortc ({type(sender).__module__}) has no RTCRtpSender._send_keyframe to route "
+        raise TypeError(f"this aiortc ({type(sender).__module__}) has no RTCRtpSender._send_keyframe to route "
                            "keyframe requests through; install the aiortc version pyproject.toml names")
     sender._send_keyframe = request
 

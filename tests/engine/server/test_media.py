@@ -15,8 +15,7 @@ from websockets.asyncio.client import connect
 
 from engine import assets
 from engine.server.app import ServerConfig
-from engine.server.media import (KEYFRAME_GAP_S, VIEWER_QUEUE, AudioEncoder, Encoded, FrameRelay, VideoEncoder,
-                                 Viewer)
+from engine.server.media import KEYFRAME_GAP_S, VIEWER_QUEUE, AudioEncoder, Encoded, FrameRelay, VideoEncoder, Viewer
 from engine.timebase import FPS, SAMPLES_PER_FRAME
 from tests.engine.server.serving import ServerThread
 
