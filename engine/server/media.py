@@ -4,7 +4,8 @@ out to viewers, the viewers' tracks, and the pump that feeds a received micropho
 One session, one generation, one encode: `FrameRelay` pulls `session.frames()` (already paced on the
 session's absolute schedule), encodes each frame once (VP8 video, Opus audio) and hands the same
 `av.Packet`s to every subscribed `Viewer`; aiortc's senders only packetize and encrypt them (a sender
-whose track yields packets runs no encoder). So a viewer costs RTP and SRTP, not an encode.
+whose track yields packets runs no encoder). So a viewer costs RTP and SRTP, not an encode. `avatar serve`
+takes the same path with one viewer per session.
 
 - Codec: VP8, the codec every WebRTC browser must implement (RFC 7742) and what aiortc peers offer first.
   `Viewer.add_to(pc)` restricts the video transceiver to it (the answer or offer carries VP8 alone); a peer
