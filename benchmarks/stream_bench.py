@@ -16,7 +16,9 @@ One renderer and one generator are shared by every session; each session has its
   * concurrency: 1, 2, 3, ... sessions at once, --concurrency-seconds each, until one of them falls
     behind real time (fps < 24.5, more than 5 % of frames late, or any frame or audio dropped);
   * --long SECONDS instead of all that: one session per preset that long; latency, drift (release
-    time - its slot t0 + pts / 25) and CPU per minute (10 bins under 2 minutes): all should be flat.
+    time - its slot t0 + pts / 25) and CPU per minute (10 bins under 2 minutes): all should be flat;
+  * --viewers 1,4,8 instead of all that: an `avatar live` broadcast server in its own process and that
+    many real aiortc viewers; the server's CPU per second of stream for each count (benchmarks/broadcast_cpu.py).
 
 Targets on the 2-core CPU: engine latency p95 <= 250 ms balanced, <= 180 ms low-latency; first
 speech frame <= 300 ms; >= 25 fps sustained (held real time, as above) for one session.
@@ -25,6 +27,7 @@ A warm-up session runs before each preset's measurements: the numbers are those 
     python benchmarks/stream_bench.py                     # every preset + balanced concurrency, ~6 min
     python benchmarks/stream_bench.py --preset quality --seconds 10 --max-sessions 0 --out /tmp/sb
     python benchmarks/stream_bench.py --long 3600 --preset balanced --out benchmarks/results/stream_bench_long
+    python benchmarks/stream_bench.py --viewers 1,4,8 --preset balanced --baseline-root /tmp/before
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ from engine.timebase import FPS, SAMPLE_RATE, checked_div
 
 SCRIPT = "benchmarks/stream_bench.py"
 DEFAULT_OUT = Path(__file__).parent / "results" / "stream_bench"
+BROADCAST_OUT = Path(__file__).parent / "results" / "broadcast_cpu"
 MIC_RATE = 48000  # what a browser microphone sends
 PACKET_MS = 20
 PACKET = checked_div(MIC_RATE * PACKET_MS, 1000)  # samples per packet at MIC_RATE
@@ -292,6 +296,8 @@ def bench_long(renderer: Renderer, preset: Preset, seconds: float) -> dict:
 def run(args: argparse.Namespace, command: str) -> dict:
     resolve_device(args.device)  # no GPU fails now, with what to use instead
     BACKEND.update(name=args.backend, device=args.device)
+    if args.viewers:
+        return run_broadcast(args, command)
     ramps = [] if args.long or not args.max_sessions else args.concurrency
     for name in dict.fromkeys([*args.preset, *ramps]):
         generator(PRESETS[name])  # a missing checkpoint fails now, not minutes in
@@ -313,6 +319,28 @@ def run(args: argparse.Namespace, command: str) -> dict:
                                                    args.max_sessions, batching == "on")
                                  for name in ramps for batching in args.batching]
     result["machine"]["torch_threads"] = torch.get_num_threads()  # as it stood after the runs
+    return result
+
+
+def run_broadcast(args: argparse.Namespace, command: str) -> dict:
+    from benchmarks import broadcast_cpu
+
+    generator(PRESETS[args.preset[0]])  # a missing checkpoint fails here, not in the server process
+    engines = {"this checkout": Path(__file__).resolve().parents[1]}
+    if args.baseline_root:
+        engines = {"baseline": args.baseline_root.resolve(), **engines}
+    result = {
+        "command": command, "date": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "torch_threads": 1, "torch": torch.__version__,
+                    "python": platform.python_version(), "backend": args.backend, "device": args.device,
+                    "gpu": torch.cuda.get_device_name() if args.device == "cuda" else None,
+                    "load_average_at_start": os.getloadavg()[0]},
+        "renderer_px": args.size, "audio": AUDIO_SOURCE,
+    }
+    servers = broadcast_cpu.measure(engines, args.viewers, args.viewer_seconds, args.repeats, args.size,
+                                    args.preset[0], args.backend, args.device, progress)
+    result["broadcast"] = {"preset": args.preset[0], "seconds": args.viewer_seconds, "repeats": args.repeats,
+                           "engines": {k: str(v) for k, v in engines.items()}, "servers": servers}
     return result
 
 
@@ -398,6 +426,10 @@ def markdown(result: dict) -> str:
     ]
     if "long" in result:
         return "\n".join(lines + [line for g in result["long"] for line in long_section(g)])
+    if "broadcast" in result:
+        from benchmarks.broadcast_cpu import section
+
+        return "\n".join(lines + section(result))
     lines += preset_section(result["presets"])
     lines += ["", *concurrency_section(result["concurrency"])] if result["concurrency"] else []
     return "\n".join(lines) + "\n"
@@ -419,6 +451,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--long", type=float, metavar="SECONDS",
                         help="instead of the above: one session per --preset this long, latency and drift per "
                              "minute (3600 for the hour-long no-drift check)")
+    parser.add_argument("--viewers", type=lambda v: [int(n) for n in v.split(",")], metavar="N,N,...",
+                        help="instead of the above: broadcast server CPU with this many viewers each (e.g. 1,4,8), "
+                             "the first --preset; writes benchmarks/results/broadcast_cpu unless --out")
+    parser.add_argument("--viewer-seconds", type=float, default=6.0,
+                        help="--viewers: the CPU window of each count (default 6)")
+    parser.add_argument("--repeats", type=int, default=3, help="--viewers: repeats of each count (default 3)")
+    parser.add_argument("--baseline-root", type=Path,
+                        help="--viewers: also measure a server importing engine/ from this folder (an earlier commit)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch intra-op threads (default 1: real-time workers run one each, DESIGN.md §13)")
     parser.add_argument("--size", type=int, default=512, help="renderer resolution in px (default 512)")
@@ -430,9 +470,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "them) and each calling alone (off); default: both")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
                         help="torch's device for the renderer and a torch generator (default cpu)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help="writes OUT.json and OUT.md (default benchmarks/results/stream_bench)")
+    parser.add_argument("--out", type=Path,
+                        help="writes OUT.json and OUT.md (default benchmarks/results/stream_bench, or broadcast_cpu)")
     args = parser.parse_args(argv)
+    args.out = args.out or (BROADCAST_OUT if args.viewers else DEFAULT_OUT)
+    if args.viewers and (min(args.viewers) < 1 or args.repeats < 1 or args.viewer_seconds <= 0):
+        parser.error("--viewers counts and --repeats must be at least 1, --viewer-seconds above 0")
     if args.threads < 1 or args.starts < 0 or args.max_sessions < 0:
         parser.error("--threads must be at least 1, --starts and --max-sessions at least 0")
     if min(args.seconds, args.concurrency_seconds) <= STEADY_S + 1:

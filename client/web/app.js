@@ -27,7 +27,7 @@ const state = {
   micOpenedMs: null, // Start click -> microphone open
   framesDecoded: 0, // video frames decoded and shown since Start
   decodedFps: null, // over the last second
-  codec: null, // the video codec negotiated, e.g. "video/H264"
+  codec: null, // the video codec negotiated: "video/VP8" (the server answers VP8 alone)
   portrait: null, // the server's answer to an uploaded portrait
   lastStats: null, // the server's last stats message
   statsReceived: 0,
@@ -231,7 +231,7 @@ async function start() {
     const pc = c.pc = new RTCPeerConnection({ iceServers: hello.ice_servers ?? [] });
     if (c.mic) pc.addTransceiver(c.mic.getAudioTracks()[0], { direction: "sendrecv", streams: [c.mic] });
     else pc.addTransceiver("audio", { direction: "recvonly" });
-    preferH264(pc.addTransceiver("video", { direction: "recvonly" }));
+    pc.addTransceiver("video", { direction: "recvonly" }); // the server sends VP8, encoded once for every viewer
     c.channel = openChannel(pc.createDataChannel("avatar")); // before the offer: it is negotiated in it
     const remote = new MediaStream(); // the avatar's video and its voice: the video element plays both
     ui.video.srcObject = remote;
@@ -255,15 +255,6 @@ async function start() {
     if (call === c) fail(err);
     else release(c); // stopped while starting: what was opened since is closed here
   }
-}
-
-function preferH264(transceiver) {
-  // Cheaper than VP8 for the server to encode. Where H.264 is missing (Firefox without its OpenH264 plugin)
-  // or setCodecPreferences is (older browsers), the browser chooses.
-  if (typeof transceiver.setCodecPreferences !== "function" || !RTCRtpReceiver.getCapabilities) return;
-  const codecs = RTCRtpReceiver.getCapabilities("video")?.codecs ?? [];
-  const h264 = codecs.filter((codec) => codec.mimeType.toLowerCase() === "video/h264");
-  if (h264.length) transceiver.setCodecPreferences([...h264, ...codecs.filter((codec) => !h264.includes(codec))]);
 }
 
 function iceGathered(pc) {

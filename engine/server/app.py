@@ -71,7 +71,7 @@ from engine.motion.choice import Baseline, Driver, Learned
 from engine.render.renderer import Renderer
 from engine.runtime import resolve_device, set_threads
 from engine.server import capacity, protocol
-from engine.server.media import FrameRelay, Viewer, pump_audio
+from engine.server.media import VIDEO_MIME, FrameRelay, Viewer, pump_audio
 from engine.server.protocol import quote
 from engine.stream import PRESETS, Controls, Preset, Session, SessionOptions, get_preset
 
@@ -96,6 +96,7 @@ LOGGED_ERRORS = 3  # a visitor's first errors are logged; later ones only counte
 MAX_ERRORS = 8  # a visitor's errors (bad messages, refused uploads) before its connection is closed
 MAX_CANDIDATES = 32  # ICE candidates taken from one offer
 TURN_NAME_SERVER = "avatar-server"  # the TURN REST user name of the server's own allocations
+VIDEO_CODEC = VIDEO_MIME.split("/")[1]  # what an offer must take (engine.server.media)
 LOOPBACK_HOSTS = ("localhost", "127.0.0.1", "::1")
 WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 
@@ -599,6 +600,10 @@ class Visitor:
         if "video" not in kinds:
             raise protocol.ProtocolError("bad_offer", "the offer receives no video; add a video transceiver "
                                          "(recvonly) to the peer connection before making the offer", fatal=True)
+        if VIDEO_CODEC not in offer_video_codecs(offer.sdp):
+            raise protocol.ProtocolError("bad_offer", f"the offer's video does not take {VIDEO_CODEC}, the codec the "
+                                         "avatar is sent in (every WebRTC browser can receive it); do not remove it "
+                                         "with setCodecPreferences", fatal=True)
         if len(server.visitors) >= server.max_sessions:
             server.counters.refused_full += 1
             raise protocol.ProtocolError(
@@ -630,11 +635,8 @@ class Visitor:
         pc.on("connectionstatechange", self._on_state)
         try:
             sdp = vet_candidates(offer.sdp, self.ws.remote_address[0], relays=bool(server.config.ice_servers))
+            self.viewer.add_to(pc, audio="audio" in kinds)  # before the offer is applied: video is VP8 alone
             await pc.setRemoteDescription(RTCSessionDescription(sdp, "offer"))
-            video, audio = self.viewer.tracks()
-            pc.addTrack(video)
-            if "audio" in kinds:
-                pc.addTrack(audio)
             await pc.setLocalDescription(await pc.createAnswer())
         except Exception as err:  # aiortc raises many types for SDP it cannot use
             raise protocol.ProtocolError("bad_offer", f"cannot use this offer: {str(err)[:200] or type(err).__name__};"
@@ -742,6 +744,17 @@ class Visitor:
 def offer_media(sdp: str) -> set[str]:
     """The media kinds an offer has m-lines for ("audio", "video", "application")."""
     return {line[2:].split(" ", 1)[0] for line in sdp.splitlines() if line.startswith("m=")}
+
+
+def offer_video_codecs(sdp: str) -> set[str]:
+    """The codec names (e.g. "VP8", "H264") an offer's video m-lines list."""
+    names, video = set(), False
+    for line in sdp.splitlines():
+        if line.startswith("m="):
+            video = line.startswith("m=video")
+        elif video and line.startswith("a=rtpmap:") and len(fields := line.split()) > 1:
+            names.add(fields[1].split("/")[0].upper())
+    return names
 
 
 def vet_candidates(sdp: str, peer: str, relays: bool = False) -> str:

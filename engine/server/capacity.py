@@ -2,7 +2,7 @@
 
 A session's cost is measured the way its worker and its sender spend it: the chunk scheduler
 (audio features, the generator's step, the renderer) over a few chunks of the bundled speech, and
-aiortc's VP8 encoder on the frames it made, in CPU time of this thread (torch runs one thread per
+the relay's VP8 encoder (engine.server.media) on the frames it made, in CPU time of this thread (torch runs one thread per
 session worker), so other processes' load does not count. That is not all a session costs: the event
 loop, RTP and SRTP, Opus, decoding the visitor's audio and uploads are left out, and the measured part
 is only CORE_BUDGET of the whole. Calibration, on the 2-core CPU this was written on: the measured part
@@ -22,6 +22,10 @@ import numpy as np
 from engine.timebase import FPS
 
 CORE_BUDGET = 0.4  # the measured part's share of a whole session's cost (calibrated above)
+# A broadcast viewer costs no encode (the relay encodes once for all: engine.server.media), only its RTP, SRTP
+# and RTCP: 8 viewers cost the server 70 % of a core against 1 viewer's 66 % (benchmarks/results/broadcast_cpu.md),
+# ~0.006 of a core each; rounded up.
+VIEWER_LOAD = 0.01
 MEASURED_CHUNKS = 3  # after one chunk of warm-up
 
 
@@ -42,19 +46,17 @@ def available_cores() -> int:
 
 def measure(renderer, model, preset, viewers: bool = False) -> Capacity:
     """Time a session's frames (scheduler and VP8) on this machine and derive how many sessions fit; with
-    `viewers`, how many viewers of one such session fit (each viewer costs its own encode)."""
-    import av
-    from aiortc.codecs.vpx import Vp8Encoder
-
+    `viewers`, how many viewers of one such session fit (VIEWER_LOAD each)."""
     from engine import assets
     from engine.audio.io import load_audio
+    from engine.server.media import VideoEncoder
     from engine.stream.drivers import Controls, motion_stream
     from engine.stream.scheduler import ChunkScheduler
 
     motion = motion_stream(model, Controls(), preset.steps, preset.baseline_chunk)
     scheduler = ChunkScheduler(motion, renderer, preset.render_batch)
     speech = load_audio(assets.SAMPLE_SPEECH)
-    encoder, fed, frames, compute_s, encode_s = Vp8Encoder(), 0, 0, 0.0, 0.0
+    encoder, fed, frames, compute_s, encode_s = VideoEncoder(), 0, 0, 0.0, 0.0
     for chunk_index in range(1 + MEASURED_CHUNKS):  # the first chunk warms up
         started = time.thread_time()  # CPU time: other processes' load does not count against us
         while (need := scheduler.samples_needed()) > 0:
@@ -64,12 +66,12 @@ def measure(renderer, model, preset, viewers: bool = False) -> Capacity:
         images = [frame.image for batch in scheduler.render(scheduler.step()) for frame in batch]
         rendered = time.thread_time()
         for image in images:
-            encoder.encode(av.VideoFrame.from_ndarray(image, format="rgb24"))
+            encoder.encode(image, encoder.frames_encoded)
         if chunk_index > 0:
             compute_s, encode_s = compute_s + rendered - started, encode_s + time.thread_time() - rendered
             frames += len(images)
     compute, encode = compute_s / frames * FPS, encode_s / frames * FPS  # cores at FPS
     cores = available_cores()
     if viewers:
-        return Capacity(max(1, math.floor((cores * CORE_BUDGET - compute) / encode)), encode, cores)
+        return Capacity(max(1, math.floor((cores * CORE_BUDGET - compute - encode) / VIEWER_LOAD)), VIEWER_LOAD, cores)
     return Capacity(max(1, math.floor(cores * CORE_BUDGET / (compute + encode))), compute + encode, cores)
