@@ -188,17 +188,22 @@ class Viewer:
         sender sends as they are. See add_to() for the peer connection's side."""
         return AvatarVideoTrack(self), AvatarAudioTrack(self)
 
-    def add_to(self, pc: RTCPeerConnection, audio: bool = True) -> tuple[RTCRtpSender, RTCRtpSender | None]:
+    def add_to(self, pc: RTCPeerConnection, audio: bool = True, direction: str | None = None
+               ) -> tuple[RTCRtpSender, RTCRtpSender | None]:
         """Add its tracks to `pc` before the codecs are negotiated (an answerer: before setRemoteDescription;
         an offerer: before createOffer): the video transceiver takes VP8 alone (the relay's packets), and
-        a keyframe request arriving at the video sender reaches the relay. Returns the senders."""
+        a keyframe request arriving at the video sender reaches the relay. `direction` (e.g. "sendonly", a
+        WHIP publisher's) makes transceivers of that direction; None adds the tracks. Returns the senders."""
+        def add(track) -> RTCRtpSender:
+            return pc.addTrack(track) if direction is None else pc.addTransceiver(track, direction=direction).sender
+
         video, sound = self.tracks()
-        sender = pc.addTrack(video)
+        sender = add(video)
         transceiver = next(t for t in pc.getTransceivers() if t.sender is sender)
         transceiver.setCodecPreferences([c for c in RTCRtpSender.getCapabilities("video").codecs
                                          if c.mimeType in (VIDEO_MIME, "video/rtx")])
         route_keyframe_requests(sender, self.request_keyframe)
-        return sender, pc.addTrack(sound) if audio else None
+        return sender, add(sound) if audio else None
 
 
 def route_keyframe_requests(sender: RTCRtpSender, request: Callable[[], None]) -> None:

@@ -117,8 +117,7 @@ class _Connection:
         self.ended = asyncio.Event()  # failed, or closed by the far end
         self.connected = asyncio.Event()
         self.pc.on("connectionstatechange", self._on_state)
-        for track in self.viewer.tracks():
-            self.pc.addTransceiver(track, direction="sendonly")
+        self.viewer.add_to(self.pc, direction="sendonly")  # VP8, and the SFU's keyframe requests reach the relay
 
     def _on_state(self) -> None:
         state = self.pc.connectionState
