@@ -11,7 +11,9 @@ Viewer counts and, with --baseline-root, the two servers are interleaved repeat 
 figure is the median of --repeats (this machine is shared and noisy).
 
 --baseline-root DIR runs the same measurements against the `engine/` package under DIR (e.g. an export
-of an earlier commit: `git archive <commit> engine | tar -x -C DIR`), for a before/after comparison.
+of an earlier commit: `git archive <commit> engine | tar -x -C DIR`), for a before/after comparison. The
+server process speaks today's engine API (engine.backends, typed driver and mode): an engine from before
+them needs this file from its own commit (the recorded "before" ran at 4858255 with that version of it).
 """
 
 from __future__ import annotations
@@ -40,19 +42,24 @@ def serve_broadcast(port: int, size: int, preset: str, backend: str, device: str
     import engine
     from benchmarks.stream_bench import Mic, mic_audio
     from engine.assets import DEFAULT_PORTRAIT
+    from engine.backends.registry import StepRegistry
+    from engine.motion.choice import Learned
     from engine.render.renderer import Renderer
-    from engine.server.app import LIVE_OPTIONS, AvatarServer, ServerConfig, configure, generator_for
+    from engine.server.app import LIVE_OPTIONS, AvatarServer, Broadcast, ServerConfig, configure
     from engine.stream import Session, get_preset
+    from export.runtime import prepare
 
-    config = ServerConfig(port=port, size=size, preset=preset, backend=backend, device=device,
-                          max_sessions=MAX_VIEWERS)
+    config = ServerConfig(port=port, size=size, preset=preset, driver=Learned(backend=backend), device=device,
+                          max_sessions=MAX_VIEWERS, mode=Broadcast())
     configure(config, 1)
+    models = StepRegistry(backend, device, 1, prepare)
     renderer = Renderer.from_photo(DEFAULT_PORTRAIT, size, device)
-    session = Session(renderer, generator_for(config, get_preset(preset)), preset, options=LIVE_OPTIONS)
+    chosen = get_preset(preset)
+    session = Session(renderer, models.get(chosen.weights, chosen.steps), preset, options=LIVE_OPTIONS)
     mic = Mic([session], mic_audio())
 
     async def main():
-        server = AvatarServer(config, broadcast=session)
+        server = AvatarServer(config, broadcast=session, models=models)
         await server.start()
         mic.start()
         print(f"ready {server.port} {Path(engine.__file__).parent}", flush=True)

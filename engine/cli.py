@@ -309,9 +309,11 @@ def _add_live(sub) -> None:
 
 
 def _serve(args) -> None:
+    from engine.server.app import Converse
     from engine.server.run import serve
 
-    serve(_server_config(args, uploads=not args.no_uploads, idle_timeout_s=args.idle_timeout), threads=args.threads,
+    mode = Converse(uploads=not args.no_uploads, idle_timeout_s=args.idle_timeout)
+    serve(_server_config(args, mode=mode), threads=args.threads,
           prepare=_prepare())
 
 
@@ -322,13 +324,14 @@ def _live(args) -> None:
         print(format_devices(list_input_devices()))
         return
     from engine.errors import UserError
+    from engine.server.app import Broadcast
     from engine.server.run import live
     from engine.server.whip import WhipTarget
 
     if args.whip_token is not None and args.publish_whip is None:
         raise UserError("--whip-token is for --publish-whip; pass the WHIP endpoint's URL with it")
     whip = None if args.publish_whip is None else WhipTarget(args.publish_whip, args.whip_token)
-    live(_server_config(args, uploads=False, viewer_controls=args.viewer_controls), args.input_device,
+    live(_server_config(args, mode=Broadcast(viewer_controls=args.viewer_controls)), args.input_device,
          threads=args.threads, prepare=_prepare(), publish=whip)
 
 

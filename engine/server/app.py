@@ -23,7 +23,7 @@ What a hostile or careless client cannot do (tests/engine/server/test_hostile.py
 - hold resources for free: websockets without a session (the lobby) are capped (MAX_LOBBY) and closed
   after `lobby_timeout_s` without a message (uploads are rate-limited); an answered offer must connect
   within `setup_timeout_s`; a converse visitor whose microphone sends nothing audible for
-  `idle_timeout_s` is disconnected;
+  `Converse.idle_timeout_s` is disconnected;
 - exhaust CPU or memory with portraits: uploads run on their own one-thread executor, away from session
   set-up, at most UPLOADS_QUEUED at a time, rate-limited per connection and server-wide, and a photo
   over 16 MP is refused from its header (engine.face.analysis);
@@ -102,6 +102,28 @@ WILDCARD_HOSTS = ("", "0.0.0.0", "::")
 
 
 @dataclass(frozen=True)
+class Converse:
+    """`avatar serve`: each visitor's microphone drives their own avatar session."""
+
+    uploads: bool = True  # visitors may bring their own portrait
+    idle_timeout_s: float = 60.0  # a visitor whose microphone sends nothing audible this long is let go
+
+    def __post_init__(self):
+        if self.idle_timeout_s <= 0:
+            raise UserError(f"idle_timeout_s must be a positive number of seconds, got {self.idle_timeout_s}")
+
+
+@dataclass(frozen=True)
+class Broadcast:
+    """`avatar live`: one session (this machine's microphone) that every visitor watches."""
+
+    viewer_controls: bool = False  # viewers may change the controls and interrupt
+
+
+Mode = Converse | Broadcast
+
+
+@dataclass(frozen=True)
 class ServerConfig:
     host: str = "127.0.0.1"  # loopback unless told otherwise
     port: int = 8080  # 0 picks a free port (tests)
@@ -112,14 +134,12 @@ class ServerConfig:
     device: str = "cpu"  # torch's (generator and renderer): "cpu" or "cuda"
     controls: Controls = Controls()  # initial controls of every session
     max_sessions: int | None = None  # converse: sessions; broadcast: viewers; None: measured at start (capacity)
-    uploads: bool = True  # visitors may bring their own portrait (converse mode)
-    viewer_controls: bool = False  # broadcast: viewers may change controls / interrupt
+    mode: Mode = Converse()  # a session per visitor, or one broadcast every visitor watches
     ice_servers: tuple[str, ...] = ()  # STUN/TURN URLs; none needed on loopback or a LAN
     turn_secret: str | None = field(default=None, repr=False)  # TURN REST shared secret (coturn: static-auth-secret)
     turn_ttl_s: int = 3600  # how long the TURN credentials handed to a visitor stay valid
     allow_origins: tuple[str, ...] = ()  # more page origins allowed to open /ws (e.g. a reverse proxy's)
     setup_timeout_s: float = 15.0  # an answered offer must be connected within this
-    idle_timeout_s: float = 60.0  # converse: a visitor whose microphone sends nothing audible this long is let go
     lobby_timeout_s: float = 60.0  # a websocket without an offer that sends nothing this long is closed
 
     def __post_init__(self):
@@ -140,7 +160,7 @@ class ServerConfig:
             if parts.scheme not in ("http", "https") or not parts.hostname or parts.path not in ("", "/"):
                 raise UserError(f"--allow-origin {origin!r} must be an origin, a scheme and a host: e.g. "
                                 "https://avatar.example.org or http://10.0.0.5:8080")
-        for name in ("setup_timeout_s", "idle_timeout_s", "lobby_timeout_s", "turn_ttl_s"):
+        for name in ("setup_timeout_s", "lobby_timeout_s", "turn_ttl_s"):
             if getattr(self, name) <= 0:
                 raise UserError(f"{name} must be a positive number of seconds, got {getattr(self, name)}")
 
@@ -224,7 +244,10 @@ class AvatarServer:
         self.config = config
         self._own_models = models is None
         self.models = models or StepRegistry(backend_of(config), config.device)
-        self.mode = "converse" if broadcast is None else "broadcast"
+        if (broadcast is None) != isinstance(config.mode, Converse):
+            raise ValueError(f"{config.mode} needs {'no' if broadcast is None else 'a'} broadcast session: "
+                             "Broadcast() serves the one session it is given, Converse() makes one per visitor")
+        self.mode = "converse" if broadcast is None else "broadcast"  # the protocol's name of config.mode
         self.relay = None if broadcast is None else FrameRelay(broadcast)
         self.max_sessions = config.max_sessions  # measured at start when None
         self.capacity: capacity.Capacity | None = None  # that measurement
@@ -497,9 +520,9 @@ class Visitor:
         config, server = self.server.config, self.server
         await self._send({"type": "hello", "mode": server.mode, "presets": list(PRESETS),
                           "preset": config.preset, "emotions": list(EMOTIONS),
-                          "uploads": config.uploads and server.mode == "converse",
+                          "uploads": isinstance(config.mode, Converse) and config.mode.uploads,
                           "max_upload_bytes": protocol.MAX_UPLOAD_BYTES, "controls": vars(config.controls),
-                          "viewer_controls": server.mode == "converse" or config.viewer_controls,
+                          "viewer_controls": isinstance(config.mode, Converse) or config.mode.viewer_controls,
                           "ice_servers": server.ice_for_clients(self.name.replace(" ", "-"))})
         receiving = asyncio.create_task(self._receive())
         watching = asyncio.create_task(self._watch())
@@ -536,10 +559,10 @@ class Visitor:
                 error = protocol.ProtocolError("timeout", f"the media connection did not come up within "
                                                f"{config.setup_timeout_s:g} s of the answer; check that UDP can "
                                                "reach the server (or configure --ice-server)", fatal=True)
-            elif (self.heard is not None and self.server.mode == "converse"
-                  and now - self.heard > config.idle_timeout_s):
+            elif (self.heard is not None and isinstance(config.mode, Converse)
+                  and now - self.heard > config.mode.idle_timeout_s):
                 error = protocol.ProtocolError("idle", f"nothing was heard from your microphone for "
-                                               f"{config.idle_timeout_s:g} s; the session was ended to free its "
+                                               f"{config.mode.idle_timeout_s:g} s; the session was ended to free its "
                                                "place; start again to talk", fatal=True)
             else:
                 continue
@@ -577,7 +600,7 @@ class Visitor:
 
     async def _take_portrait(self, data: bytes) -> None:
         server = self.server
-        if not (server.config.uploads and server.mode == "converse"):
+        if not (isinstance(server.config.mode, Converse) and server.config.mode.uploads):
             raise protocol.ProtocolError("uploads_disabled", "this server does not take portraits; "
                                          "it animates the portrait it was started with")
         if self.pc is not None:
@@ -660,7 +683,7 @@ class Visitor:
     def _on_channel_message(self, text) -> None:
         try:
             message = protocol.parse_channel(text)
-            if self.server.mode == "broadcast" and not self.server.config.viewer_controls:
+            if isinstance(self.server.config.mode, Broadcast) and not self.server.config.mode.viewer_controls:
                 raise protocol.ProtocolError("read_only", "viewers of a broadcast cannot change it "
                                              "(the streamer can allow it with --viewer-controls)")
             if isinstance(message, protocol.Interrupt):

@@ -20,7 +20,7 @@ import pytest
 from engine import assets
 from engine.audio.io import load_audio
 from engine.motion.choice import Baseline
-from engine.server.app import ServerConfig
+from engine.server.app import Broadcast, ServerConfig
 from engine.server.protocol import MAX_UPLOAD_BYTES
 from engine.timebase import FPS, SAMPLE_RATE
 from tests.engine.server.serving import ServerThread, mouth_box
@@ -256,7 +256,7 @@ def test_a_broadcast_viewer_watches_without_a_microphone(browser, one_torch_thre
     from engine.stream import Session
 
     session = Session(Renderer.from_photo(assets.DEFAULT_PORTRAIT, SIZE), None, PRESET)  # no audio: it idles
-    thread = ServerThread(ServerConfig(port=0, size=SIZE, driver=Baseline()), broadcast=session)
+    thread = ServerThread(ServerConfig(port=0, size=SIZE, driver=Baseline(), mode=Broadcast()), broadcast=session)
     try:
         browser.get(f"http://127.0.0.1:{thread.server.port}/")
         wait_for(browser, "return avatarState.status === 'ready'", "the server's hello", timeout=20)

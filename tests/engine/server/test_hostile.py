@@ -27,7 +27,7 @@ from client.tracks import FileAudioTrack
 from engine import assets
 from engine.motion.choice import Baseline
 from engine.server import app, protocol
-from engine.server.app import ServerConfig
+from engine.server.app import Converse, ServerConfig
 from engine.timebase import FPS
 from tests.engine.server.serving import ServerThread
 
@@ -50,7 +50,7 @@ class LogSize(logging.Handler):
 @pytest.fixture(scope="module")
 def server():
     thread = ServerThread(ServerConfig(port=0, size=SIZE, driver=Baseline(), max_sessions=1, setup_timeout_s=SETUP_S,
-                                       idle_timeout_s=IDLE_S, lobby_timeout_s=LOBBY_S))
+                                       mode=Converse(idle_timeout_s=IDLE_S), lobby_timeout_s=LOBBY_S))
     yield thread
     thread.close()
 

@@ -14,7 +14,8 @@ from aiortc.mediastreams import MediaStreamError
 from websockets.asyncio.client import connect
 
 from engine import assets
-from engine.server.app import ServerConfig
+from engine.motion.choice import Baseline
+from engine.server.app import Broadcast, ServerConfig
 from engine.server.media import KEYFRAME_GAP_S, VIEWER_QUEUE, AudioEncoder, Encoded, FrameRelay, VideoEncoder, Viewer
 from engine.timebase import FPS, SAMPLES_PER_FRAME
 from tests.engine.server.serving import ServerThread
@@ -76,7 +77,8 @@ def broadcast():
     from engine.stream import Session
 
     session = Session(Renderer.from_photo(assets.DEFAULT_PORTRAIT, SIZE), None, PRESET)  # no audio: it idles
-    thread = ServerThread(ServerConfig(port=0, size=SIZE, driver="baseline", max_sessions=8), broadcast=session)
+    thread = ServerThread(ServerConfig(port=0, size=SIZE, driver=Baseline(), max_sessions=8, mode=Broadcast()),
+                          broadcast=session)
     yield thread
     thread.close()
     session.close()
