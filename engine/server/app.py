@@ -68,7 +68,8 @@ from engine.motion.baseline import EMOTIONS
 from engine.render.renderer import Renderer
 from engine.runtime import resolve_device, set_threads
 from engine.server import capacity, protocol
-from engine.server.media import FrameRelay, Viewer, pump_audio
+from engine.server.media import VIDEO_CLOCK, VIDEO_TICKS, FrameRelay, Viewer, pump_audio
+from engine.server.motion import MotionFeed
 from engine.server.protocol import quote
 from engine.stream import PRESETS, Controls, Preset, Session, SessionOptions, get_preset
 from engine.stream.presets import preset_model
@@ -464,6 +465,7 @@ class Visitor:
         self.relay: FrameRelay | None = None
         self.viewer: Viewer | None = None
         self.channel = None
+        self.motion = MotionFeed(VIDEO_TICKS, VIDEO_CLOCK)  # off until the client asks on its channel
         self.started = time.monotonic()
         self.offered: float | None = None  # when its offer was answered
         self.connected: float | None = None  # when its peer connection came up
@@ -609,6 +611,7 @@ class Visitor:
         else:
             self.relay = server.relay
         self.viewer = self.relay.subscribe()
+        self.viewer.on_video = self.motion.shown
         # The session's clock starts now, before any audio can arrive: a clock started on "connected"
         # can start after the first packets, and the audio queued meanwhile stays as latency for good.
         self.relay.start()
@@ -640,12 +643,15 @@ class Visitor:
         self.heard = time.monotonic()
 
     def _on_channel(self, channel) -> None:
-        self.channel = channel
+        self.channel = self.motion.channel = channel
         channel.on("message", self._on_channel_message)
 
     def _on_channel_message(self, text) -> None:
         try:
             message = protocol.parse_channel(text)
+            if isinstance(message, protocol.SetMotion):  # a viewer's own stream: allowed in a broadcast too
+                self.motion.enabled = message.enabled
+                return
             if self.server.mode == "broadcast" and not self.server.config.viewer_controls:
                 raise protocol.ProtocolError("read_only", "viewers of a broadcast cannot change it "
                                              "(the streamer can allow it with --viewer-controls)")
@@ -688,7 +694,8 @@ class Visitor:
                 "floor_ms": ms(self.session.latency_floor_s), "frames_sent": total,
                 "frames_dropped": s.frames_dropped + self.viewer.frames_dropped, "frames_late": s.frames_late,
                 "audio_in_s": round(s.audio_in_s, 2), "preset": self.session.preset.name,
-                "viewers": len(self.relay.viewers),
+                "viewers": len(self.relay.viewers), "motion_sent": self.motion.sent,
+                "motion_dropped": self.motion.dropped,
             })
 
     def _channel_send(self, message: dict) -> None:

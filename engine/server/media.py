@@ -39,6 +39,7 @@ class Viewer:
     def __init__(self):
         self.frames_dropped = 0  # frames this viewer's queues dropped (it fell behind)
         self.frames_sent = 0  # video frames its track handed to the encoder
+        self.on_video: Callable[[LiveFrame], None] | None = None  # told of each of those (the motion stream)
         self._queues = {"video": deque(), "audio": deque()}
         self._ready = {kind: asyncio.Event() for kind in self._queues}
         self._closed = False
@@ -124,6 +125,8 @@ class AvatarVideoTrack(MediaStreamTrack):
         video = av.VideoFrame.from_ndarray(frame.image, format="rgb24")
         video.pts, video.time_base = frame.pts * VIDEO_TICKS, Fraction(1, VIDEO_CLOCK)
         self._viewer.frames_sent += 1
+        if self._viewer.on_video is not None:
+            self._viewer.on_video(frame)
         return video
 
 
