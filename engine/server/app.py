@@ -1,6 +1,6 @@
 """`avatar serve` / `avatar live`: one port for the page, websocket signaling and health (DESIGN.md §10).
 
-    GET /            the page (client/web/index.html), and its app.js / style.css
+    GET /            the page (client/web/index.html, package data of `client`), and its app.js / style.css
     GET /health      {"status": "ok", "sessions": n, "max_sessions": m, "mode": ...}
     GET /ws          websocket signaling (engine.server.protocol)
     (HEAD works where GET does; other methods get 405)
@@ -51,6 +51,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -76,7 +77,7 @@ from engine.stream.presets import preset_model
 
 log = logging.getLogger("avatar.server")
 
-WEB_DIR = Path(__file__).resolve().parents[2] / "client" / "web"
+WEB_DIR = files("client") / "web"  # package data: found in a source tree and in an installed wheel alike
 STATIC = {"/": ("index.html", "text/html"), "/app.js": ("app.js", "text/javascript"),
           "/style.css": ("style.css", "text/css")}  # the only files served: no path comes from a request
 STATS_INTERVAL_S = 1.0
@@ -368,7 +369,8 @@ class AvatarServer:
             try:
                 body = (WEB_DIR / name).read_bytes()
             except OSError:
-                return _text(500, f"the page's {name} is missing from {WEB_DIR}\n")
+                return _text(500, f"the page's {name} is missing from {WEB_DIR}; reinstall avatar-engine "
+                                  "(its wheel carries client/web)\n")
             response = _response(200, f"{kind}; charset=utf-8", body)
         else:
             response = _text(404, f"nothing at {quote(path)}; the page is at /\n")
