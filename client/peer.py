@@ -119,8 +119,10 @@ async def _expect(ws, kind: str) -> dict:
 
 
 async def run_client(url: str, options: ClientOptions = ClientOptions(),
-                     on_video: Callable[[av.VideoFrame, float], None] | None = None) -> ClientReport:
-    """Connect, stream, measure; `on_video(frame, arrival)` sees every decoded video frame."""
+                     on_video: Callable[[av.VideoFrame, float], None] | None = None,
+                     on_motion: Callable[[dict, float], None] | None = None) -> ClientReport:
+    """Connect, stream, measure; `on_video(frame, arrival)` sees every decoded video frame, and
+    `on_motion(message, arrival)` every "motion" message (with `options.record_motion`)."""
     report = ClientReport()
     loop = asyncio.get_running_loop()
     video_times: list[tuple[int, float]] = []  # (pts in 90 kHz ticks, arrival)
@@ -173,6 +175,8 @@ async def run_client(url: str, options: ClientOptions = ClientOptions(),
             elif message.get("type") in ("motion_names", "motion") and motion is not None:
                 if message["type"] == "motion":
                     motion_times.append(time.monotonic())
+                    if on_motion is not None:
+                        on_motion(message, motion_times[-1])
                 motion.add(message)
 
         first_frame = asyncio.Event()

@@ -5,8 +5,8 @@ import json
 
 import pytest
 
-from engine.server import protocol
 from engine.motion import spec
+from engine.server import protocol
 from engine.server.protocol import Interrupt, Offer, PortraitUpload, ProtocolError, SetControls, SetMotion
 
 SDP = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\n"

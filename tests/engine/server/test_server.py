@@ -4,6 +4,7 @@ the learned generator, the real renderer at 128 px. Faults hit one visitor and n
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import signal
 import subprocess
@@ -110,7 +111,7 @@ def test_the_motion_stream_carries_every_shown_frame_with_its_pts(server, tmp_pa
     assert report.motion_frames == len(lines) > 5 * FPS, report.summary()
     assert 24 <= report.motion_fps <= 26, report.summary()
     motion_pts = [line["pts"] for line in lines]
-    assert all(b - a == 3600 for a, b in zip(motion_pts, motion_pts[1:])), "a frame was skipped or repeated"
+    assert all(b - a == 3600 for a, b in itertools.pairwise(motion_pts)), "a frame was skipped or repeated"
     shown = {pts + header["first_video_pts"]: grey for pts, grey in video}
     # Motion starts once the data channel is open; from then on every frame decoded has its line, and
     # every line is a frame decoded (but the last few, in flight as the client hung up).
