@@ -11,7 +11,7 @@ from __future__ import annotations
 from engine.frames import LiveFrame
 from engine.server import protocol
 
-MAX_BUFFERED_BYTES = 8 * 2**10  # about a second of motion lines (~320 bytes each, 25 a second)
+MAX_BUFFERED_BYTES = 8 * 2**10  # about a second of motion lines (~300 bytes each, 25 a second)
 
 
 class MotionFeed:

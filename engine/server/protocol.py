@@ -23,7 +23,8 @@ Data channel (created by the client, any label), JSON text messages:
     server -> {"type": "error", "code": "bad_message", "message": "..."}     the channel stays open
 
 The motion stream (Live Link-style, to drive a 3D avatar): once enabled, every video frame this
-client's track sends is followed on the channel by the coefficients it was rendered from, at FPS:
+client's track sends comes with the coefficients it was rendered from, at FPS (sent as the frame goes
+to the encoder, so a line usually arrives before its frame is decoded):
 ARKit blendshape weights in [0, 1] (ARKit's own names, e.g. "eyeBlink_L") and head pose (yaw, pitch,
 roll in radians, x and y in face widths, scale a relative change; engine.motion.spec), in the order
 "motion_names" gave, rounded to MOTION_DECIMALS. `pts` is the video frame's own: frame index x 3600
