@@ -109,6 +109,7 @@ def run(args, command: str) -> dict:
         server.terminate()
         server.wait(15)
     return {"command": command, "date": datetime.now(UTC).strftime("%Y-%m-%d"), "cpu": cpu_name(),
+            "load_average_1min": os.getloadavg()[0],  # this machine is shared: the video's own fps shows it
             "size": args.size, "preset": args.preset, "runs": runs,
             "motion_fps": stats([r["motion_fps"] for r in runs]),
             "line_after_frame_ms": stats([r["line_after_frame_ms"] for r in runs])}
@@ -125,7 +126,8 @@ def markdown(result: dict) -> str:
         "",
         (f"Command: `{result['command']}`: `avatar serve` at {result['size']} px, {result['preset']} preset, the "
          f"learned generator; the client sends engine/assets/speech.wav in real time with `--record-motion`; both "
-         f"on one {result['cpu']}, {result['date']}."),
+         f"on one {result['cpu']} ({os.cpu_count()} cores, 1-minute load average {result['load_average_1min']:.1f} "
+         f"at the end: the machine was shared), {result['date']}."),
         "",
         ("| run | video frames (/s) | motion lines | lines/s | longest gap | on the wire | frames without a line / "
          "lines without a frame | line arrives after its frame | jawOpen vs mouth grey, r at lag 0 (-1 / +1) | "
