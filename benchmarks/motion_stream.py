@@ -76,7 +76,7 @@ async def _one(url: str, path: Path, box: tuple[slice, slice], preset: str) -> d
     times = np.array([arrivals[p] for p in pts])
     jaw = dict(zip(pts, spec.load(path)[:, spec.index("jawOpen")]))
     grey, opening = np.array([shown[p][1] for p in both]), np.array([jaw[p] for p in both])
-    r = {lag: float(np.corrcoef(grey[max(lag, 0): len(grey) + min(lag, 0)],
+    r = {str(lag): float(np.corrcoef(grey[max(lag, 0): len(grey) + min(lag, 0)],
                                 opening[max(-lag, 0): len(opening) - max(lag, 0)])[0, 1]) for lag in LAGS}
     return {
         "video_frames": report.frames, "video_fps": report.fps, "motion_lines": len(lines), "motion_fps": report.motion_fps,
@@ -84,7 +84,7 @@ async def _one(url: str, path: Path, box: tuple[slice, slice], preset: str) -> d
         "bytes_per_line": float(np.mean(wire)), "bytes_per_s": float(np.mean(wire) * report.motion_fps),
         "frames_without_line": len(after - set(pts)), "lines_without_frame": len(set(pts) - after),
         "line_after_frame_ms": float(np.median([arrivals[p] - shown[p][0] for p in both]) * 1000),
-        "jaw_vs_mouth_r": r, "best_lag": min(r, key=r.get),
+        "jaw_vs_mouth_r": r, "best_lag": int(min(r, key=r.get)),
         "server_motion_dropped": (report.server_stats or {}).get("motion_dropped"),
     }
 
@@ -119,7 +119,7 @@ def markdown(result: dict) -> str:
     rows = [f"| {i + 1} | {r['video_frames']} ({r['video_fps']:.2f}/s) | {r['motion_lines']} | {r['motion_fps']:.2f} | "
             f"{r['longest_gap_ms']:.0f} ms | {r['bytes_per_line']:.0f} B, {r['bytes_per_s'] / 1000:.1f} kB/s | "
             f"{r['frames_without_line']} / {r['lines_without_frame']} | {r['line_after_frame_ms']:+.0f} ms | "
-            f"{r['jaw_vs_mouth_r'][0]:.2f} ({r['jaw_vs_mouth_r'][-1]:.2f} / {r['jaw_vs_mouth_r'][1]:.2f}) | "
+            f"{r['jaw_vs_mouth_r']['0']:.2f} ({r['jaw_vs_mouth_r']['-1']:.2f} / {r['jaw_vs_mouth_r']['1']:.2f}) | "
             f"{r['best_lag']} | {r['server_motion_dropped']} |" for i, r in enumerate(result["runs"])]
     return "\n".join([
         "# The motion stream out, over loopback (the Python client)",
@@ -140,7 +140,7 @@ def markdown(result: dict) -> str:
          "means the line comes before its frame is decoded: a 3D client that wants them together holds each "
          "line until the frame with its pts is shown."),
         "",
-        "Raw results: motion_stream.json.",
+        "Raw results: the .json file of the same name.",
         "",
     ])
 
