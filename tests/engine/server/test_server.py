@@ -109,9 +109,10 @@ def test_the_motion_stream_carries_every_shown_frame_with_its_pts(server, tmp_pa
     header, *lines = [json.loads(line) for line in path.read_text().splitlines()]
     assert header["names"] == [*spec.BLENDSHAPES, *spec.HEAD] and header["clock"] == 90000, header
     assert report.motion_frames == len(lines) > 5 * FPS, report.summary()
-    assert 24 <= report.motion_fps <= 26, report.summary()
+    # the video's own rate (a frame the server drops has no line either), which is 25 Hz on a machine that keeps up
+    assert abs(report.motion_fps - report.fps) < 0.5 and 24 <= report.motion_fps <= 26, report.summary()
     motion_pts = [line["pts"] for line in lines]
-    assert all(b - a == 3600 for a, b in itertools.pairwise(motion_pts)), "a frame was skipped or repeated"
+    assert all(p % 3600 == 0 for p in motion_pts) and all(a < b for a, b in itertools.pairwise(motion_pts))
     shown = {pts + header["first_video_pts"]: grey for pts, grey in video}
     # Motion starts once the data channel is open; from then on every frame decoded has its line, and
     # every line is a frame decoded (but the last few, in flight as the client hung up).
