@@ -30,6 +30,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, help="stop after this long (default: the file, then --tail)")
     parser.add_argument("--tail", type=float, default=2.0, help="seconds of silence sent after the file")
     parser.add_argument("--record", type=Path, help="write what comes back (video + audio) to this MP4")
+    parser.add_argument("--record-motion", type=Path, help="ask for the motion stream (ARKit blendshapes and head "
+                        "pose of every frame shown) and write it here as JSON lines")
     parser.add_argument("--portrait", type=Path, help="upload this photo as the avatar first")
     parser.add_argument("--preset", help="latency preset to ask for (low-latency, balanced, quality)")
     parser.add_argument("--emotion", help="set this emotion once connected")
@@ -39,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ws://" + args.url.removeprefix("http://").rstrip("/") + "/ws"
     options = ClientOptions(
         audio=args.audio, seconds=args.seconds, tail_s=args.tail, mic=args.mic, input_device=args.input_device,
-        record=args.record, portrait=args.portrait, preset=args.preset,
+        record=args.record, record_motion=args.record_motion, portrait=args.portrait, preset=args.preset,
         controls={"emotion": args.emotion} if args.emotion else {},
     )
     from engine.errors import UserError

@@ -12,7 +12,8 @@ What it measures (ClientReport):
   drift (last quarter minus first quarter);
 - latency estimate: the audio comes back delayed with the face, so the lag that best aligns the
   energy of the audio sent with the audio received is the round trip a speaker sees;
-- the server's own stats (engine latency, drops) from the data channel.
+- the server's own stats (engine latency, drops) from the data channel;
+- with `record_motion`, the motion stream (engine.server.protocol, "motion"): frames and their rate.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSession
 from aiortc.mediastreams import MediaStreamError
 from websockets.asyncio.client import connect
 
-from client.record import Recorder
+from client.record import MotionRecorder, Recorder
 from engine.audio.io import load_audio
 from engine.timebase import SAMPLE_RATE
 from client.tracks import FileAudioTrack, MicAudioTrack
@@ -57,6 +58,7 @@ class ClientOptions:
     mic: bool = False  # send this machine's microphone instead (engine.audio.mic)
     input_device: str | None = None
     record: str | Path | None = None  # MP4 of what comes back
+    record_motion: str | Path | None = None  # ask for the motion stream and write it here (JSON lines)
     portrait: str | Path | None = None  # upload this photo first
     preset: str | None = None
     controls: dict = field(default_factory=dict)  # sent on the data channel once it opens
@@ -77,6 +79,9 @@ class ClientReport:
     server_stats: dict | None = None  # the last stats message
     errors: list = field(default_factory=list)  # error messages the server sent on the data channel
     recorded: str | None = None
+    motion_frames: int = 0  # "motion" messages received
+    motion_fps: float | None = None  # their arrival rate, first to last
+    recorded_motion: str | None = None
 
     def summary(self) -> str:
         def ms(v):
@@ -94,6 +99,9 @@ class ClientReport:
         ]
         if self.recorded:
             lines.append(f"recorded {self.recorded}")
+        if self.recorded_motion:
+            lines.append(f"recorded the motion of {self.motion_frames} frames ({self.motion_fps or 0:.1f} a second) "
+                         f"in {self.recorded_motion}")
         lines += [f"server error: {e}" for e in self.errors]
         return "\n".join(lines)
 
@@ -111,13 +119,17 @@ async def _expect(ws, kind: str) -> dict:
 
 
 async def run_client(url: str, options: ClientOptions = ClientOptions(),
-                     on_video: Callable[[av.VideoFrame, float], None] | None = None) -> ClientReport:
-    """Connect, stream, measure; `on_video(frame, arrival)` sees every decoded video frame."""
+                     on_video: Callable[[av.VideoFrame, float], None] | None = None,
+                     on_motion: Callable[[dict, float], None] | None = None) -> ClientReport:
+    """Connect, stream, measure; `on_video(frame, arrival)` sees every decoded video frame, and
+    `on_motion(message, arrival)` every "motion" message (with `options.record_motion`)."""
     report = ClientReport()
     loop = asyncio.get_running_loop()
     video_times: list[tuple[int, float]] = []  # (pts in 90 kHz ticks, arrival)
     audio_times: list[tuple[int, float, np.ndarray]] = []  # (pts in samples, arrival, mono samples)
     recorder = Recorder(options.record) if options.record else None
+    motion = MotionRecorder(options.record_motion) if options.record_motion else None
+    motion_times: list[float] = []  # arrivals of "motion" messages
     tasks: list[asyncio.Task] = []
     mic = None
 
@@ -150,6 +162,8 @@ async def run_client(url: str, options: ClientOptions = ClientOptions(),
         def _open():
             if options.controls:
                 channel.send(json.dumps({"type": "controls", **options.controls}))
+            if motion is not None:
+                channel.send(json.dumps({"type": "motion", "enabled": True}))
 
         @channel.on("message")
         def _message(text):
@@ -158,6 +172,12 @@ async def run_client(url: str, options: ClientOptions = ClientOptions(),
                 report.server_stats = message
             elif message.get("type") == "error":
                 report.errors.append(f"{message.get('code')}: {message.get('message')}")
+            elif message.get("type") in ("motion_names", "motion") and motion is not None:
+                if message["type"] == "motion":
+                    motion_times.append(time.monotonic())
+                    if on_motion is not None:
+                        on_motion(message, motion_times[-1])
+                motion.add(message)
 
         first_frame = asyncio.Event()
 
@@ -206,6 +226,11 @@ async def run_client(url: str, options: ClientOptions = ClientOptions(),
             task.cancel()
     if recorder is not None:
         report.recorded = recorder.close()
+    if motion is not None:
+        report.recorded_motion = motion.close()
+        report.motion_frames = len(motion_times)
+        if len(motion_times) > 1:
+            report.motion_fps = (len(motion_times) - 1) / (motion_times[-1] - motion_times[0])
     _measure(report, video_times, audio_times, sender if isinstance(sender, FileAudioTrack) else None)
     return report
 

@@ -1,7 +1,9 @@
-"""Recording what the server sends back: H.264 + AAC in an MP4, each stream timed from its own pts."""
+"""Recording what the server sends back: H.264 + AAC in an MP4, each stream timed from its own pts;
+the motion stream as JSON lines."""
 
 from __future__ import annotations
 
+import json
 from fractions import Fraction
 from pathlib import Path
 
@@ -57,4 +59,35 @@ class Recorder:
             if stream is not None:
                 self._mux(stream.encode(None))
         self._container.close()
+        return str(self.path)
+
+
+class MotionRecorder:
+    """The motion stream (engine.server.protocol, "motion") as JSON lines that engine.motion.spec.load
+    reads: a header line (spec's, plus the stream's pts clock and `first_video_pts`), then one line per
+    frame, {"pts": <the video frame's pts, 90 kHz>, "coeffs": [blendshapes..., head...]}."""
+
+    def __init__(self, path: str | Path):
+        from engine.motion import spec
+
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("w")
+        self._header = {"format": spec.FORMAT, "version": spec.VERSION}
+        self.frames = 0
+
+    def add(self, message: dict) -> None:
+        """A "motion_names" or "motion" message from the server's data channel."""
+        if message["type"] == "motion_names":
+            names = message["blendshapes"] + message["head"]
+            self._file.write(json.dumps({**self._header, "fps": message["fps"], "names": names,
+                                         "clock": message["clock"], "first_video_pts": message["first_video_pts"]})
+                             + "\n")
+        else:
+            self._file.write(json.dumps({"pts": message["pts"], "coeffs": message["blendshapes"] + message["head"]},
+                                        separators=(",", ":")) + "\n")
+            self.frames += 1
+
+    def close(self) -> str:
+        self._file.close()
         return str(self.path)

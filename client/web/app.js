@@ -6,7 +6,7 @@ const $ = (id) => document.getElementById(id);
 const ui = {
   status: $("status"), video: $("video"), stats: $("stats"), start: $("start"), stop: $("stop"),
   interrupt: $("interrupt"), setup: $("setup"), preset: $("preset"), portrait: $("portrait"),
-  portraitField: $("portrait-field"), controls: $("live-controls"), emotion: $("emotion"),
+  portraitField: $("portrait-field"), motion: $("motion"), controls: $("live-controls"), emotion: $("emotion"),
   sliders: { expressiveness: $("expressiveness"), head_motion: $("head-motion") },
   values: { expressiveness: $("expressiveness-value"), head_motion: $("head-motion-value") },
 };
@@ -31,6 +31,9 @@ const state = {
   portrait: null, // the server's answer to an uploaded portrait
   lastStats: null, // the server's last stats message
   statsReceived: 0,
+  motionNames: null, // the server's "motion_names" once the motion stream is on
+  motionFrames: 0, // "motion" messages received since Start
+  lastMotion: null, // the latest one: {type, pts, blendshapes, head}
   errors: [], // {code, message} as shown, oldest first
 };
 Object.defineProperty(window, "avatarState", { get: () => structuredClone(state) });
@@ -216,7 +219,7 @@ async function start() {
   const c = call = { signaling: null, pc: null, mic: null, channel: null, startedAt: performance.now(), timer: 0 };
   const live = () => { if (call !== c) throw new PageError("stopped", "Stopped."); };
   Object.assign(state, { firstFrameMs: null, micOpenedMs: null, framesDecoded: 0, decodedFps: null, codec: null,
-    lastStats: null, statsReceived: 0 });
+    lastStats: null, statsReceived: 0, motionNames: null, motionFrames: 0, lastMotion: null });
   ui.start.disabled = ui.preset.disabled = true;
   ui.stop.disabled = false;
   setStatus("starting", "Starting…");
@@ -285,6 +288,7 @@ function openChannel(channel) {
   channel.onopen = () => {
     ui.interrupt.disabled = false;
     if (Object.keys(touched).length) sendOnChannel({ type: "controls", ...touched });
+    if (ui.motion.checked) sendOnChannel({ type: "motion", enabled: true });
   };
   channel.onclose = () => { ui.interrupt.disabled = true; };
   channel.onmessage = (event) => {
@@ -293,6 +297,13 @@ function openChannel(channel) {
       state.lastStats = message;
       state.statsReceived += 1;
       showStats();
+    } else if (message.type === "motion_names") {
+      state.motionNames = message;
+    } else if (message.type === "motion") {
+      state.motionFrames += 1;
+      state.lastMotion = message;
+      // For a 3D avatar on this page (or an extension): values in the order of state.motionNames.
+      window.dispatchEvent(new CustomEvent("avatar-motion", { detail: message }));
     } else if (message.type === "error") {
       report(new PageError(message.code, message.message));
     }
@@ -363,6 +374,7 @@ function showStats() {
     ["preset", `${s.preset ?? "–"}${s.viewers > 1 ? `, ${s.viewers} viewers` : ""}`],
     ["codec", state.codec?.replace("video/", "") ?? "–"],
   ];
+  if (ui.motion.checked) rows.push(["motion", `${state.motionFrames} frames, jawOpen ${jawOpen() ?? "–"}`]);
   ui.stats.replaceChildren(...rows.flatMap(([name, value]) => {
     const dt = document.createElement("dt");
     const dd = document.createElement("dd");
@@ -371,6 +383,11 @@ function showStats() {
     return [dt, dd];
   }));
   ui.stats.hidden = false;
+}
+
+function jawOpen() {
+  const i = state.motionNames?.blendshapes.indexOf("jawOpen") ?? -1;
+  return i >= 0 && state.lastMotion ? state.lastMotion.blendshapes[i].toFixed(2) : null;
 }
 
 /** End the call and free everything it held; the server frees the session when the socket closes. */
@@ -404,6 +421,7 @@ ui.start.addEventListener("click", start);
 ui.stop.addEventListener("click", () => stop());
 ui.interrupt.addEventListener("click", () => sendOnChannel({ type: "interrupt" }));
 ui.video.addEventListener("click", () => { ui.video.muted = false; });
+ui.motion.addEventListener("change", () => sendOnChannel({ type: "motion", enabled: ui.motion.checked }));
 ui.emotion.addEventListener("change", () => {
   touched.emotion = ui.emotion.value;
   sendOnChannel({ type: "controls", emotion: touched.emotion });

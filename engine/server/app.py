@@ -1,6 +1,6 @@
 """`avatar serve` / `avatar live`: one port for the page, websocket signaling and health (DESIGN.md §10).
 
-    GET /            the page (client/web/index.html), and its app.js / style.css
+    GET /            the page (client/web/index.html, package data of `client`), and its app.js / style.css
     GET /health      {"status": "ok", "sessions": n, "max_sessions": m, "mode": ...}
     GET /ws          websocket signaling (engine.server.protocol)
     (HEAD works where GET does; other methods get 405)
@@ -51,6 +51,7 @@ import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from importlib.resources import files
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -71,13 +72,14 @@ from engine.motion.choice import Baseline, Driver, Learned
 from engine.render.renderer import Renderer
 from engine.runtime import resolve_device, set_threads
 from engine.server import capacity, protocol
-from engine.server.media import VIDEO_MIME, FrameRelay, Viewer, pump_audio
+from engine.server.media import VIDEO_CLOCK, VIDEO_MIME, VIDEO_TICKS, FrameRelay, Viewer, pump_audio
+from engine.server.motion import MotionFeed
 from engine.server.protocol import quote
 from engine.stream import PRESETS, Controls, Preset, Session, SessionOptions, get_preset
 
 log = logging.getLogger("avatar.server")
 
-WEB_DIR = Path(__file__).resolve().parents[2] / "client" / "web"
+WEB_DIR = files("client") / "web"  # package data: found in a source tree and in an installed wheel alike
 STATIC = {"/": ("index.html", "text/html"), "/app.js": ("app.js", "text/javascript"),
           "/style.css": ("style.css", "text/css")}  # the only files served: no path comes from a request
 STATS_INTERVAL_S = 1.0
@@ -403,7 +405,8 @@ class AvatarServer:
             try:
                 body = (WEB_DIR / name).read_bytes()
             except OSError:
-                return _text(500, f"the page's {name} is missing from {WEB_DIR}\n")
+                return _text(500, f"the page's {name} is missing from {WEB_DIR}; reinstall avatar-engine "
+                                  "(its wheel carries client/web)\n")
             response = _response(200, f"{kind}; charset=utf-8", body)
         else:
             response = _text(404, f"nothing at {quote(path)}; the page is at /\n")
@@ -500,6 +503,7 @@ class Visitor:
         self.relay: FrameRelay | None = None
         self.viewer: Viewer | None = None
         self.channel = None
+        self.motion = MotionFeed(VIDEO_TICKS, VIDEO_CLOCK)  # off until the client asks on its channel
         self.started = time.monotonic()
         self.offered: float | None = None  # when its offer was answered
         self.connected: float | None = None  # when its peer connection came up
@@ -649,6 +653,7 @@ class Visitor:
         else:
             self.relay = server.relay
         self.viewer = self.relay.subscribe()
+        self.viewer.on_video = self.motion.shown
         # The session's clock starts now, before any audio can arrive: a clock started on "connected"
         # can start after the first packets, and the audio queued meanwhile stays as latency for good.
         self.relay.start()
@@ -677,12 +682,15 @@ class Visitor:
         self.heard = time.monotonic()
 
     def _on_channel(self, channel) -> None:
-        self.channel = channel
+        self.channel = self.motion.channel = channel
         channel.on("message", self._on_channel_message)
 
     def _on_channel_message(self, text) -> None:
         try:
             message = protocol.parse_channel(text)
+            if isinstance(message, protocol.SetMotion):  # a viewer's own stream: allowed in a broadcast too
+                self.motion.enabled = message.enabled
+                return
             if isinstance(self.server.config.mode, Broadcast) and not self.server.config.mode.viewer_controls:
                 raise protocol.ProtocolError("read_only", "viewers of a broadcast cannot change it "
                                              "(the streamer can allow it with --viewer-controls)")
@@ -725,7 +733,8 @@ class Visitor:
                 "floor_ms": ms(self.session.latency_floor_s), "frames_sent": total,
                 "frames_dropped": s.frames_dropped + self.viewer.frames_dropped, "frames_late": s.frames_late,
                 "audio_in_s": round(s.audio_in_s, 2), "preset": self.session.preset.name,
-                "viewers": len(self.relay.viewers),
+                "viewers": len(self.relay.viewers), "motion_sent": self.motion.sent,
+                "motion_dropped": self.motion.dropped,
             })
 
     def _channel_send(self, message: dict) -> None:

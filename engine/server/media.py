@@ -130,6 +130,7 @@ class Encoded:
     video: list[av.Packet]
     audio: list[av.Packet]
     keyframe: bool
+    frame: LiveFrame  # what they encode (its pts and motion go to the motion stream)
 
 
 class Viewer:
@@ -140,7 +141,9 @@ class Viewer:
         self.frames_sent = 0  # video frames its track handed to its sender
         self.keyframes_sent = 0  # of them keyframes
         self.request_keyframe = request_keyframe  # what a keyframe request (PLI/FIR) at its sender calls
-        self._queues: dict[str, deque[av.Packet]] = {"video": deque(), "audio": deque()}
+        self.on_video: Callable[[LiveFrame], None] | None = None  # told of each frame sent (the motion stream)
+        # video: (packet, the frame it encodes); audio: packets
+        self._queues: dict[str, deque] = {"video": deque(), "audio": deque()}
         self._ready = {kind: asyncio.Event() for kind in self._queues}
         self._synced = False  # its video resumes only at a keyframe (at the start, and after a drop)
         self._closed = False
@@ -157,7 +160,7 @@ class Viewer:
                     self.request_keyframe()
             self._synced = self._synced or encoded.keyframe
             if self._synced:
-                video.extend(encoded.video)
+                video.extend((packet, encoded.frame) for packet in encoded.video)
                 self._ready["video"].set()
             else:
                 self.frames_dropped += 1
@@ -168,8 +171,9 @@ class Viewer:
         if encoded.audio:
             self._ready["audio"].set()
 
-    async def get(self, kind: str) -> av.Packet:
-        """The next packet for one track; MediaStreamError once the stream has ended."""
+    async def get(self, kind: str):
+        """The next item for one track (video: a packet and its frame; audio: a packet); MediaStreamError
+        once the stream has ended."""
         queue = self._queues[kind]
         while not queue:
             if self._closed:
@@ -247,7 +251,7 @@ class FrameRelay:
 
     def _encode(self, frame: LiveFrame, keyframe: bool) -> Encoded:
         video = self.video.encode(frame.image, frame.pts, keyframe)
-        return Encoded(video, self.audio.encode(frame.audio, frame.pts), any(p.is_keyframe for p in video))
+        return Encoded(video, self.audio.encode(frame.audio, frame.pts), any(p.is_keyframe for p in video), frame)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -288,9 +292,11 @@ class AvatarVideoTrack(MediaStreamTrack):
         self._viewer = viewer
 
     async def recv(self) -> av.Packet:
-        packet = await self._viewer.get("video")
+        packet, frame = await self._viewer.get("video")
         self._viewer.frames_sent += 1
         self._viewer.keyframes_sent += packet.is_keyframe
+        if self._viewer.on_video is not None:
+            self._viewer.on_video(frame)
         return packet
 
 

@@ -15,8 +15,23 @@ Data channel (created by the client, any label), JSON text messages:
 
     client -> {"type": "controls", "emotion": "happy", "expressiveness": 1.2, "head_motion": 0.5}
     client -> {"type": "interrupt"}
+    client -> {"type": "motion", "enabled": true}                         the motion stream on (false: off)
     server -> {"type": "stats", "latency_ms": ..., "engine_latency_ms": ..., "fps": ..., ...} once a second
+    server -> {"type": "motion_names", "blendshapes": ["jawOpen", ...], "head": ["headYaw", ...],
+               "fps": 25, "clock": 90000, "decimals": 3, "first_video_pts": P}  once, before the first "motion"
+    server -> {"type": "motion", "pts": P, "blendshapes": [0.31, ...], "head": [0.02, ...]}  per video frame
     server -> {"type": "error", "code": "bad_message", "message": "..."}     the channel stays open
+
+The motion stream (Live Link-style, to drive a 3D avatar): once enabled, every video frame this
+client's track sends comes with the coefficients it was rendered from, at FPS (sent as the frame goes
+to the encoder, so a line usually arrives before its frame is decoded):
+ARKit blendshape weights in [0, 1] (ARKit's own names, e.g. "eyeBlink_L") and head pose (yaw, pitch,
+roll in radians, x and y in face widths, scale a relative change; engine.motion.spec), in the order
+"motion_names" gave, rounded to MOTION_DECIMALS. `pts` is the video frame's own: frame index x 3600
+on the 90 kHz RTP clock. `first_video_pts` is the pts of the first video frame sent to this client: a
+receiver whose video timestamps start at 0 (aiortc) adds it to line its frames up with these. Frames
+that cannot be sent at once (the channel is backed up) are dropped, never queued (stats:
+"motion_dropped"); a disabled stream sends nothing more.
 
 Media: the client sends its microphone as an audio track (converse mode; a broadcast viewer sends
 none) and receives the avatar's video and the audio it speaks, delayed with it.
@@ -34,12 +49,20 @@ import json
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
+from engine.motion import spec
+from engine.timebase import FPS
+
 MAX_MESSAGE_BYTES = 12 * 2**20  # websocket frames; a base64 portrait of MAX_UPLOAD_BYTES fits
 MAX_UPLOAD_BYTES = 8 * 2**20  # a decoded portrait upload
 MAX_SDP_CHARS = 64 * 2**10
 MAX_CHANNEL_MESSAGE_CHARS = 4096
 MAX_QUOTE_CHARS = 64  # of a client's string quoted in an error or a log line (an 11 MiB "type" was echoed whole)
 MAX_NAME_CHARS = 64  # a preset name
+MOTION_DECIMALS = 3  # of the motion stream's values: 0.001 of a blendshape's range, 0.06 degrees of head rotation
+_HEAD = len(spec.BLENDSHAPES)  # the head pose follows the blendshapes in a motion vector
+assert spec.NAMES == spec.BLENDSHAPES + spec.HEAD, "the motion stream splits vectors as blendshapes, then head"
 
 
 class ProtocolError(ValueError):
@@ -75,6 +98,11 @@ class SetControls:
 @dataclass(frozen=True)
 class Interrupt:
     pass
+
+
+@dataclass(frozen=True)
+class SetMotion:
+    enabled: bool
 
 
 def encode(message: dict) -> str:
@@ -128,14 +156,21 @@ def parse_signal(text: str | bytes) -> Offer | PortraitUpload:
     raise ProtocolError("bad_message", f'unknown message type {quote(kind)}; expected "offer" or "portrait"')
 
 
-def parse_channel(text: str | bytes) -> SetControls | Interrupt:
+def parse_channel(text: str | bytes) -> SetControls | Interrupt | SetMotion:
     """A data-channel message from a client."""
     message = _load(text, MAX_CHANNEL_MESSAGE_CHARS)
     kind = message["type"]
     if kind == "interrupt":
         return Interrupt()
+    if kind == "motion":
+        enabled = message.get("enabled")
+        if not isinstance(enabled, bool) or set(message) != {"type", "enabled"}:
+            raise ProtocolError("bad_message", 'a motion message is {"type": "motion", "enabled": true} '
+                                f"(or false), nothing else; got keys {quote(sorted(message))}")
+        return SetMotion(enabled)
     if kind != "controls":
-        raise ProtocolError("bad_message", f'unknown message type {quote(kind)}; expected "controls" or "interrupt"')
+        raise ProtocolError("bad_message", f'unknown message type {quote(kind)}; '
+                            'expected "controls", "interrupt" or "motion"')
     emotion = message.get("emotion")
     if emotion is not None and (not isinstance(emotion, str) or len(emotion) > MAX_NAME_CHARS):
         raise ProtocolError("bad_message", '"emotion" must be an emotion\'s name')
@@ -151,3 +186,15 @@ def parse_channel(text: str | bytes) -> SetControls | Interrupt:
         raise ProtocolError("bad_message", f"unknown controls {quote(sorted(unknown))}; "
                             "known: emotion, expressiveness, head_motion")
     return SetControls(emotion, **numbers)
+
+
+def motion_names(first_video_pts: int, clock: int) -> dict:
+    """The motion stream's header: what the values of every "motion" message are, in order."""
+    return {"type": "motion_names", "blendshapes": list(spec.BLENDSHAPES), "head": list(spec.HEAD),
+            "fps": FPS, "clock": clock, "decimals": MOTION_DECIMALS, "first_video_pts": first_video_pts}
+
+
+def motion_frame(pts: int, coeffs: np.ndarray) -> dict:
+    """One video frame's motion: (spec.D,) raw coefficients, clamped to their bounds and rounded."""
+    values = [round(v, MOTION_DECIMALS) + 0.0 for v in spec.clip(coeffs).tolist()]  # + 0.0: no "-0.0"
+    return {"type": "motion", "pts": pts, "blendshapes": values[:_HEAD], "head": values[_HEAD:]}

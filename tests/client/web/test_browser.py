@@ -262,11 +262,21 @@ def test_a_broadcast_viewer_watches_without_a_microphone(browser, one_torch_thre
         wait_for(browser, "return avatarState.status === 'ready'", "the server's hello", timeout=20)
         assert page_state(browser)["mode"] == "broadcast" and "watch" in element(browser, "status").text
         assert not element(browser, "setup").is_displayed(), "a viewer has no preset or portrait to choose"
+        element(browser, "motion").click()  # a viewer may take the motion stream: it steers nothing
         element(browser, "start").click()
         wait_for(browser, "return avatarState.framesDecoded > 10", "the broadcast's video", timeout=30)
         assert page_state(browser)["micOpenedMs"] is None, "a viewer opens no microphone"
         # hello said viewers may not steer this broadcast: the page offers no controls
         assert not element(browser, "live-controls").is_displayed(), "a viewer gets no controls it cannot use"
+        state = wait_for(browser, "return avatarState.motionFrames > 10 && avatarState", "the motion stream", timeout=10)
+        names, line = state["motionNames"], state["lastMotion"]
+        assert "jawOpen" in names["blendshapes"] and len(line["blendshapes"]) == len(names["blendshapes"])
+        assert line["pts"] % 3600 == 0 and line["pts"] >= names["first_video_pts"] > 0 and not state["errors"]
+        element(browser, "motion").click()  # off again: the lines stop (but those already on their way)
+        time.sleep(0.5)
+        stopped = page_state(browser)["motionFrames"]
+        time.sleep(1.0)
+        assert page_state(browser)["motionFrames"] == stopped
         assert page_state(browser)["status"] == "live", "the stream goes on"
     finally:
         browser.get("about:blank")

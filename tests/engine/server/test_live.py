@@ -5,6 +5,7 @@ mouth move while the microphone speaks and rest when it is silent."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import subprocess
 import sys
@@ -51,15 +52,22 @@ def live(pulse_source):
             process.kill()
 
 
-def test_viewers_see_the_microphone_speak(live):
+def test_viewers_see_the_microphone_speak(live, tmp_path):
+    """...and the first viewer also takes the motion stream: a viewer may ask for it (it steers nothing)."""
     url, mic, banner = live
     assert any("listening to" in line for line in banner)
     speech = load_audio(assets.SAMPLE_SPEECH)[: 4 * SAMPLE_RATE]
     mouths = [MouthMotion(SIZE), MouthMotion(SIZE)]
+    video_pts = []
+
+    def first_viewer(frame, arrival):
+        video_pts.append(frame.pts)
+        mouths[0].on_video(frame, arrival)
 
     async def two_viewers():
-        return await asyncio.gather(*(run_client(url, ClientOptions(seconds=10), on_video=m.on_video)
-                                      for m in mouths))
+        return await asyncio.gather(
+            run_client(url, ClientOptions(seconds=10, record_motion=tmp_path / "motion.jsonl"), on_video=first_viewer),
+            run_client(url, ClientOptions(seconds=10), on_video=mouths[1].on_video))
 
     fed = time.monotonic()  # the windows below count from here, so a slow connect cannot shift them
     mic.feed(np.concatenate([speech, np.zeros(6 * SAMPLE_RATE)]))  # 4 s of speech, then 6 s of silence
@@ -71,6 +79,14 @@ def test_viewers_see_the_microphone_speak(live):
         speaking, resting = mouth.between(1.0, 3.5, fed), mouth.between(7.5, 9.5, fed)
         assert speaking > 3 * resting, (speaking, resting)
         assert report.server_stats["viewers"] == 2
+    # The broadcast was running before this viewer came: its video starts mid-stream, and first_video_pts
+    # puts its frames (decoded from pts 0) on the stream's timeline, where the motion lines are.
+    assert not reports[0].errors and reports[0].motion_frames > 8 * FPS and reports[0].motion_fps >= 24
+    header, *lines = [json.loads(line) for line in (tmp_path / "motion.jsonl").read_text().splitlines()]
+    motion_pts = {line["pts"] for line in lines}
+    shown = {pts + header["first_video_pts"] for pts in video_pts}
+    assert header["first_video_pts"] > 0 and min(motion_pts) >= header["first_video_pts"]
+    assert {pts for pts in shown if pts >= min(motion_pts)} <= motion_pts
 
 
 def test_viewers_cannot_steer_a_broadcast(live):

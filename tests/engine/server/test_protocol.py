@@ -5,8 +5,9 @@ import json
 
 import pytest
 
+from engine.motion import spec
 from engine.server import protocol
-from engine.server.protocol import Interrupt, Offer, PortraitUpload, ProtocolError, SetControls
+from engine.server.protocol import Interrupt, Offer, PortraitUpload, ProtocolError, SetControls, SetMotion
 
 SDP = "v=0\r\no=- 0 0 IN IP4 127.0.0.1\r\n"
 
@@ -53,9 +54,29 @@ def test_channel_messages():
                        ('{"type": "controls", "volume": 3}', "unknown controls"),
                        ('{"type": "controls", "emotion": 7}', "must be an emotion"),
                        ('{"type": "dance"}', "unknown message type"),
+                       ('{"type": "motion"}', '"enabled": true'),
+                       ('{"type": "motion", "enabled": 1}', '"enabled": true'),
+                       ('{"type": "motion", "enabled": "yes"}', '"enabled": true'),
+                       ('{"type": "motion", "enabled": true, "rate": 60}', "rate"),
                        ("{" * 5000, "over the limit")]:
-        with pytest.raises(ProtocolError, match=match):
+        with pytest.raises(ProtocolError, match=match) as caught:
             protocol.parse_channel(bad)
+        assert caught.value.code in ("bad_message", "too_large") and not caught.value.fatal
+
+
+def test_motion_toggles_and_lines():
+    assert protocol.parse_channel('{"type": "motion", "enabled": true}') == SetMotion(True)
+    assert protocol.parse_channel('{"type": "motion", "enabled": false}') == SetMotion(False)
+    names = protocol.motion_names(first_video_pts=7200, clock=90000)
+    assert names["blendshapes"][:2] == ["jawOpen", "jawLeft"] and "eyeBlink_L" in names["blendshapes"]
+    assert names["head"] == ["headYaw", "headPitch", "headRoll", "headX", "headY", "headScale"]
+    coeffs = spec.from_dict({"jawOpen": 0.123456, "eyeBlink_L": 1.7, "headYaw": -0.0001, "headRoll": 0.25})
+    line = json.loads(protocol.encode(protocol.motion_frame(3600, coeffs)))
+    values = dict(zip(names["blendshapes"] + names["head"], line["blendshapes"] + line["head"]))
+    assert line["pts"] == 3600 and len(values) == spec.D
+    # rounded to MOTION_DECIMALS, clamped to the coefficient's bounds, no "-0.0"
+    assert values["jawOpen"] == 0.123 and values["eyeBlink_L"] == 1.0 and values["headRoll"] == 0.25
+    assert str(values["headYaw"]) == "0.0"
 
 
 def test_deep_nesting_is_a_bad_message_not_a_crash():

@@ -4,6 +4,7 @@ the learned generator, the real renderer at 128 px. Faults hit one visitor and n
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import signal
 import subprocess
@@ -18,9 +19,10 @@ from websockets.asyncio.client import connect
 from client.peer import ClientError, ClientOptions, run_client
 from engine import assets
 from engine.audio.io import load_audio
+from engine.motion import spec
 from engine.server.app import ServerConfig
 from engine.timebase import FPS, SAMPLE_RATE
-from tests.engine.server.serving import MouthMotion, ServerThread
+from tests.engine.server.serving import MouthMotion, ServerThread, mouth_box
 
 pytestmark = pytest.mark.slow
 SIZE = 128
@@ -88,6 +90,46 @@ async def _raw(url: str, *messages: dict) -> list[dict]:
         except TimeoutError:
             pass
     return replies
+
+
+def test_the_motion_stream_carries_every_shown_frame_with_its_pts(server, tmp_path):
+    """The client asks for the motion stream: it gets one line per video frame at 25 Hz, each line's pts is
+    that of a video frame it received (decoded pts start at 0: first_video_pts lines them up), and the
+    line describes that very frame: the jaw opening it carries follows the mouth in the pixels at lag 0."""
+    rows, cols = mouth_box(SIZE)
+    video = []  # (pts as decoded, mean grey of the mouth: an open mouth is dark)
+
+    def on_video(frame, arrival):
+        video.append((frame.pts, float(frame.to_ndarray(format="gray")[rows, cols].mean())))
+
+    path = tmp_path / "motion.jsonl"
+    wav = _speech_then_silence(tmp_path / "talk.wav", speech_s=4.0, silence_s=2.0)
+    report = asyncio.run(run_client(server.ws_url, ClientOptions(audio=wav, tail_s=0.5, record_motion=path),
+                                    on_video=on_video))
+    header, *lines = [json.loads(line) for line in path.read_text().splitlines()]
+    assert header["names"] == [*spec.BLENDSHAPES, *spec.HEAD] and header["clock"] == 90000, header
+    assert report.motion_frames == len(lines) > 5 * FPS, report.summary()
+    # the video's own rate (a frame the server drops has no line either), which is 25 Hz on a machine that keeps up
+    assert abs(report.motion_fps - report.fps) < 0.5 and 24 <= report.motion_fps <= 26, report.summary()
+    motion_pts = [line["pts"] for line in lines]
+    assert all(p % 3600 == 0 for p in motion_pts) and all(a < b for a, b in itertools.pairwise(motion_pts))
+    shown = {pts + header["first_video_pts"]: grey for pts, grey in video}
+    # Motion starts once the data channel is open; from then on every frame decoded has its line, and
+    # every line is a frame decoded (but the last few, in flight as the client hung up).
+    after = {pts for pts in shown if pts >= motion_pts[0]}
+    assert len(after) > 5 * FPS and after <= set(motion_pts), sorted(after - set(motion_pts))[:5]
+    assert len(set(motion_pts) - after) <= 3, sorted(set(motion_pts) - after)
+
+    motion = spec.load(path)  # the recording reads back as motion, coefficients by name
+    assert motion.shape == (len(lines), spec.D)
+    assert np.all((motion[:, : len(spec.BLENDSHAPES)] >= 0) & (motion[:, : len(spec.BLENDSHAPES)] <= 1))
+    jaw = dict(zip(motion_pts, motion[:, spec.index("jawOpen")]))
+    both = sorted(after & set(jaw))
+    grey, opening = np.array([shown[p] for p in both]), np.array([jaw[p] for p in both])
+    # Measured: r -0.92 at lag 0, -0.72 / -0.81 one frame either side.
+    r = {lag: np.corrcoef(grey[max(lag, 0): len(grey) + min(lag, 0)],
+                          opening[max(-lag, 0): len(opening) - max(lag, 0)])[0, 1] for lag in range(-3, 4)}
+    assert min(r, key=r.get) == 0 and r[0] < -0.7, r
 
 
 def test_malformed_offers_and_unusable_portraits_get_clear_errors(server, tmp_path):
