@@ -14,6 +14,7 @@ from aiortc.mediastreams import MediaStreamError
 from websockets.asyncio.client import connect
 
 from engine import assets
+from engine.frames import LiveFrame
 from engine.motion.choice import Baseline
 from engine.server.app import Broadcast, ServerConfig
 from engine.server.media import KEYFRAME_GAP_S, VIEWER_QUEUE, AudioEncoder, Encoded, FrameRelay, VideoEncoder, Viewer
@@ -31,8 +32,9 @@ def _image(i: int) -> np.ndarray:
 
 
 def _encoded(encoder: VideoEncoder, audio: AudioEncoder, i: int, keyframe: bool = False) -> Encoded:
-    video = encoder.encode(_image(i), i, keyframe)
-    return Encoded(video, audio.encode(None, i), any(p.is_keyframe for p in video))
+    image = _image(i)
+    video = encoder.encode(image, i, keyframe)
+    return Encoded(video, audio.encode(None, i), any(p.is_keyframe for p in video), LiveFrame(i, image))
 
 
 def test_the_encoders_stamp_pts_from_the_frame_index_and_key_on_request():
@@ -63,8 +65,9 @@ def test_a_viewer_that_falls_behind_drops_to_the_next_keyframe_and_asks_for_one(
     async def first_video():
         return await viewer.get("video")
 
-    packet = asyncio.run(first_video())
+    packet, frame = asyncio.run(first_video())
     assert packet.is_keyframe and packet.pts == (VIEWER_QUEUE + 2) * 3600, "it resumes at the keyframe"
+    assert frame.pts == VIEWER_QUEUE + 2, "with the frame it encodes (for the motion stream)"
     assert len(viewer._queues["audio"]) <= 4 * VIEWER_QUEUE, "its audio queue is bounded too"
 
 
@@ -220,7 +223,7 @@ def test_a_stalled_viewer_stalls_nobody_else(broadcast):
         async def resume():  # it reads again: its video picks up at a keyframe
             return await asyncio.wait_for(stalled.get("video"), 5)
 
-        assert broadcast.call(resume()).is_keyframe
+        assert broadcast.call(resume())[0].is_keyframe
     finally:
         broadcast.call(_unsubscribe(relay, stalled))
 
