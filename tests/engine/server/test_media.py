@@ -164,14 +164,15 @@ def test_three_viewers_decode_one_encode_per_frame_and_a_keyframe_request_keys_a
         received = [len(w.frames) - n for w, n in zip(watchers, received_before)]
         await asyncio.sleep(KEYFRAME_GAP_S)  # beyond the gap after the last viewer's starting keyframe
         requests, viewers = _note_keyframe_requests(broadcast.server)
-        keyframes = relay.video.keyframes
+        keyframes, sent_before = relay.video.keyframes, [v.keyframes_sent for v in viewers]
         await watchers[1].ask_for_keyframe()
         await asyncio.gather(*(w.until(len(w.frames) + FPS) for w in watchers))
         for w in watchers:
             await w.close()
-        return shown, encoded, received, requests, relay.video.keyframes - keyframes, viewers, watchers
+        sent = [v.keyframes_sent - n for v, n in zip(viewers, sent_before)]
+        return shown, encoded, received, requests, relay.video.keyframes - keyframes, sent, watchers
 
-    shown, encoded, received, requests, keyframes, viewers, watchers = asyncio.run(scenario())
+    shown, encoded, received, requests, keyframes, sent, watchers = asyncio.run(scenario())
     # 2 s of stream: every frame the session gave the relay encoded once (not once a viewer: 3x), and each of
     # the three viewers decoded about as many (counted on their side, a few frames in flight either way)
     assert 1.5 * FPS <= shown <= 2.5 * FPS and abs(encoded - shown) <= 1, (shown, encoded)
@@ -179,10 +180,10 @@ def test_three_viewers_decode_one_encode_per_frame_and_a_keyframe_request_keys_a
     assert all(_fps(w.frames) >= 24 for w in watchers), [_fps(w.frames) for w in watchers]
     # one viewer's PLI reached the relay through its sender; the next frame encoded (or the one after, when
     # one was being encoded as it came) was a keyframe, the only one since, and every viewer was sent it
-    # after the one it started at
+    # (how many each got before depends on how the three joins fell: a joining viewer keys everybody)
     assert len(requests) == 1 and keyframes == 1, (requests, keyframes)
     assert 1 <= relay.video.last_keyframe - requests[0] <= 2, (requests, relay.video.last_keyframe)
-    assert len(viewers) == 3 and all(v.keyframes_sent == 2 for v in viewers), [v.keyframes_sent for v in viewers]
+    assert sent == [1, 1, 1], sent
 
 
 def _note_keyframe_requests(server) -> tuple[list[int], list]:
