@@ -195,14 +195,14 @@ def keeps_up(s: dict) -> bool:
 BACKEND = {"name": "auto", "device": "cpu"}  # --backend and --device of this run, set once by run()
 
 
-def generator(preset: Preset, batching: bool = True):
+def generator(preset: Preset, batching: bool | None = None):
     """The preset's chunk step on the run's backend (loaded once, shared by its sessions as a server shares
-    it; batched as a server batches it unless `batching` is off)."""
+    it; batched or not as a server decides unless `batching` says)."""
     return preset_step(preset, BACKEND["name"], BACKEND["device"], batching=batching)
 
 
 def measure(renderer: Renderer, preset: Preset, seconds: float, sessions: int = 1,
-            bin_ends: list[int] | None = None, batching: bool = True) -> tuple[list[dict], list[Trace], dict]:
+            bin_ends: list[int] | None = None, batching: bool | None = None) -> tuple[list[dict], list[Trace], dict]:
     """`sessions` sessions at once for `seconds` of video: a summary and a trace per session, and CPU use."""
     frames = round(seconds * FPS)
     started, cpu = time.monotonic(), time.process_time()
@@ -220,7 +220,7 @@ def measure(renderer: Renderer, preset: Preset, seconds: float, sessions: int = 
             s.close()
     wall, cpu = time.monotonic() - started, time.process_time() - cpu
     use = {"core_pct": 100 * cpu / wall, "machine_pct": 100 * cpu / wall / os.cpu_count()}
-    if batching:  # streams per backend call, encoder and chunk calls together
+    if hasattr(step, "streams"):  # batched: streams per backend call, encoder and chunk calls together
         calls = getattr(step, "calls", 0) - calls[0], getattr(step, "streams", 0) - calls[1]
         use["streams_per_call"] = calls[1] / calls[0] if calls[0] else None
     return [summarize(s, t, mic, started) for s, t in zip(opened, traces)], traces, use

@@ -235,7 +235,14 @@ def _add_server_options(p, sessions_help: str) -> None:
                    "(its bound address or localhost) is always allowed; other Host names are refused (DNS rebinding)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch and OpenCV threads per session worker (1 is steadiest)")
+    p.add_argument("--batching", choices=("auto", "on", "off"), default="auto",
+                   help="sessions sharing each generator call (continuous batching): auto batches on a GPU only; "
+                   "on a CPU sessions' calls rarely meet and one batching thread slows them (see the README)")
     _add_backend(p)
+
+
+def _batching(args) -> bool | None:
+    return {"auto": None, "on": True, "off": False}[args.batching]
 
 
 def _turn_secret(args) -> str | None:
@@ -313,8 +320,7 @@ def _serve(args) -> None:
     from engine.server.run import serve
 
     mode = Converse(uploads=not args.no_uploads, idle_timeout_s=args.idle_timeout)
-    serve(_server_config(args, mode=mode), threads=args.threads,
-          prepare=_prepare())
+    serve(_server_config(args, mode=mode), threads=args.threads, prepare=_prepare(), batching=_batching(args))
 
 
 def _live(args) -> None:
@@ -332,7 +338,7 @@ def _live(args) -> None:
         raise UserError("--whip-token is for --publish-whip; pass the WHIP endpoint's URL with it")
     whip = None if args.publish_whip is None else WhipTarget(args.publish_whip, args.whip_token)
     live(_server_config(args, mode=Broadcast(viewer_controls=args.viewer_controls)), args.input_device,
-         threads=args.threads, prepare=_prepare(), publish=whip)
+         threads=args.threads, prepare=_prepare(), publish=whip, batching=_batching(args))
 
 
 def _add_export(sub) -> None:

@@ -14,13 +14,17 @@ class StepRegistry:
     """Chunk steps by weights and Euler steps, on one backend and device with `threads` intra-op threads.
 
     With `batching`, every step it hands out is a BatchedStep: the sessions sharing it share each backend
-    call (engine.backends.batching). Sessions keep their own state, so sharing is safe either way."""
+    call (engine.backends.batching). Sessions keep their own state, so sharing is safe either way. None
+    (the default) batches on a GPU only: there one call of B streams costs about what one stream's does and
+    the device runs one call at a time anyway, while on a CPU the sessions' calls rarely meet (their chunks
+    fall at random phases) and one batching thread would serialize what their own threads run side by side
+    (benchmarks/results/stream_bench_batching.md: 2 sessions held real time without it, 1 with it)."""
 
     def __init__(self, backend: str = "auto", device: str = "cpu", threads: int = 1, prepare: Prepare | None = None,
-                 batching: bool = True):
+                 batching: bool | None = None):
         backends.check(backend, device)
         self.backend, self.device, self.threads = backends.resolve(backend, device, prepare is not None), device, threads
-        self.prepare, self.batching = prepare, batching
+        self.prepare, self.batching = prepare, device != "cpu" if batching is None else batching
         self._steps: dict[tuple[Path, int], ChunkStep] = {}
         self._lock = threading.Lock()  # sessions open from several threads; a step loads once
 

@@ -43,15 +43,16 @@ async def _run(server: AvatarServer, banner: str, publish: WhipTarget | None = N
         await server.close()
 
 
-def serve(config: ServerConfig, threads: int = 1, prepare: Prepare | None = None) -> None:
-    """`avatar serve`: until interrupted. `prepare` makes the exported backends' graphs (export.runtime)."""
+def serve(config: ServerConfig, threads: int = 1, prepare: Prepare | None = None, batching: bool | None = None) -> None:
+    """`avatar serve`: until interrupted. `prepare` makes the exported backends' graphs (export.runtime);
+    `batching` as engine.backends.registry.StepRegistry takes it."""
     configure(config, threads)
-    with contextlib.closing(StepRegistry(backend_of(config), config.device, threads, prepare)) as models:
+    with contextlib.closing(StepRegistry(backend_of(config), config.device, threads, prepare, batching)) as models:
         asyncio.run(_run(AvatarServer(config, models=models), "avatar serve"))
 
 
 def live(config: ServerConfig, input_device: str | int | None, threads: int = 1, prepare: Prepare | None = None,
-         publish: WhipTarget | None = None) -> None:
+         publish: WhipTarget | None = None, batching: bool | None = None) -> None:
     """`avatar live`: the microphone `input_device` drives one session that every viewer of the page sees,
     and that `publish` (a WHIP endpoint) receives too. `prepare` makes the exported backends' graphs."""
     from engine.assets import DEFAULT_PORTRAIT
@@ -64,7 +65,7 @@ def live(config: ServerConfig, input_device: str | int | None, threads: int = 1,
     mic_device = resolve_device(input_device)  # before the slow loading: a wrong device name fails at once
     renderer = Renderer.from_photo(config.portrait or DEFAULT_PORTRAIT, config.size, config.device)
     preset = get_preset(config.preset)
-    models = StepRegistry(backend_of(config), config.device, threads, prepare)
+    models = StepRegistry(backend_of(config), config.device, threads, prepare, batching)
     step = None if isinstance(config.driver, Baseline) else models.get(preset.weights, preset.steps)
     session = Session(renderer, step, preset, config.controls, options=LIVE_OPTIONS)
 
