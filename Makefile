@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q torch==2.13.0
 	# mediapipe 0.10.21 (the last wheel with FaceMesh) pins protobuf<5, which breaks onnx; its real needs are in pyproject.
 	$(PY) -m pip install -q --no-deps mediapipe==0.10.21
-	$(PY) -m pip install -q -e ".[test,voices,tensorrt]"
+	$(PY) -m pip install -q -e ".[test,voices,tensorrt,rl]"
 	@touch $@
 
 demo: setup
