@@ -180,13 +180,24 @@ def ppo_kl_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, m
 # ------------------------------------------------------------------------------------------------ ranks
 
 
-def world() -> tuple[int, int]:
-    """(rank, world size); joins the process group torchrun or accelerate launch set up in the environment."""
+def world(device: torch.device) -> tuple[int, int]:
+    """(rank, world size); joins the process group torchrun or accelerate launch set up in the environment
+    (gloo for CPU tensors, NCCL for CUDA ones)."""
     size = int(os.environ.get("WORLD_SIZE", "1"))
     if size > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if torch.cuda.is_available() and os.environ.get("RL_BACKEND") != "gloo"
-                                else "gloo")
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
+
+
+def check_in_sync(tensors: Sequence[torch.Tensor]) -> None:
+    """Raise if the ranks' copies of `tensors` differ (a fingerprint gathered from each): a run whose ranks drifted
+    apart would silently train N different models."""
+    if not dist.is_initialized():
+        return
+    fingerprint = torch.stack([t.detach().double().sum() for t in tensors]).cpu().numpy()
+    every = gather_rows(fingerprint[None])
+    if not np.all(every == every[0]):
+        raise RuntimeError(f"ranks out of sync: weight fingerprints differ across ranks ({every.sum(1).tolist()})")
 
 
 def gather_rows(x: np.ndarray) -> np.ndarray:
@@ -226,12 +237,12 @@ class Trainer:
         from engine.motion.learned import load_generator
 
         self.config, opts = config, config.train
-        self.rank, self.world = world()
+        self.device = torch.device(opts.device)
+        self.rank, self.world = world(self.device)
         self.out = Path(config.out)
         self.log = log or (lambda line: print(line, file=sys.stderr))
         if opts.prompts % self.world:
             raise UserError(f"prompts ({opts.prompts}) must be a multiple of the number of ranks ({self.world})")
-        self.device = torch.device(opts.device)
         torch.manual_seed(opts.seed)  # the adapters' initialisation: the same on every rank
         model = load_generator(config.checkpoint or None).to(self.device)
         self.policy = Policy(model, opts.lora_rank, opts.lora_alpha)
@@ -250,7 +261,7 @@ class Trainer:
         if opts.objective == "grpo":
             self.pool = load_prompts(config.data, "train", opts.pool, opts.min_seconds, opts.max_seconds, opts.seed)
         self.val = (load_prompts(config.data, "val", opts.eval_prompts, opts.min_seconds, opts.max_seconds,
-                                 opts.seed + 1) if self.reward is not None else [])
+                                 opts.seed + 1) if self.reward is not None and self.rank == 0 else [])
         self._val_conditions = [self.rollouter.conditions(p) for p in self.val]
         if opts.objective == "dpo":
             from rl.dpo import DPO
@@ -363,7 +374,8 @@ class Trainer:
     def train_step(self) -> dict:
         record = self.grpo_step() if self.config.train.objective == "grpo" else self.dpo_step()
         self.step += 1
-        return {"step": self.step} | record
+        check_in_sync(self.policy.params)
+        return {"step": self.step, "ranks": self.world} | record
 
     def eval_model(self):
         return self.policy.export(self.ema.shadow if self.ema is not None else None)
