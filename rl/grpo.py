@@ -49,7 +49,7 @@ from rl.rollout import Prompt, Rollout, RolloutOptions, Rollouter, load_prompts,
 OBJECTIVES = ("grpo", "dpo")
 STD_SCOPES = ("group", "batch")
 # options that may change when a run is continued; everything else must match last.pt
-RESUMABLE = ("steps", "eval_every", "save_every", "device")
+RESUMABLE = ("steps", "eval_every", "save_every", "device", "threads")
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,7 @@ class TrainOptions:
     render_size: int = 128
     seed: int = 0
     device: str = "cpu"
+    threads: int = 0  # torch's intra-op threads per process (0: torch's default; 1 suits small models, many ranks)
 
     def __post_init__(self):
         if self.objective not in OBJECTIVES:
@@ -126,7 +127,8 @@ def _options(cls, table: dict, where: str):
 
 
 def load_config(path: str | Path, **overrides) -> RunConfig:
-    """Read an rl.toml (see RunConfig); `overrides`: out, steps, objective from the command line (None: keep)."""
+    """Read an rl.toml (see RunConfig); `overrides`: data, checkpoint, out, steps, objective from the command line
+    (None: keep)."""
     path = Path(path)
     try:
         raw = tomllib.loads(path.read_text())
@@ -134,6 +136,7 @@ def load_config(path: str | Path, **overrides) -> RunConfig:
         raise UserError(f"RL config {path} does not exist; start from rl/configs/rl.toml") from None
     except tomllib.TOMLDecodeError as err:
         raise UserError(f"RL config {path} is not valid TOML: {err}") from err
+    raw |= {k: overrides[k] for k in ("data", "checkpoint") if overrides.get(k) is not None}
     unknown = set(raw) - {"data", "out", "checkpoint", "train", "rollout", "reward"}
     if unknown or "data" not in raw:
         raise UserError(f"{path}: needs `data` (a corpus directory) and takes out, checkpoint, [train], [rollout], "
@@ -238,6 +241,8 @@ class Trainer:
 
         self.config, opts = config, config.train
         self.device = torch.device(opts.device)
+        if opts.threads:
+            torch.set_num_threads(opts.threads)
         self.rank, self.world = world(self.device)
         self.out = Path(config.out)
         self.log = log or (lambda line: print(line, file=sys.stderr))
@@ -523,6 +528,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "DPO with corpus targets as winners and corrupted targets as losers. Resumable: rerun the same "
                     "command. Several processes: torchrun --nproc-per-node N -m engine.cli rl train ...")
     parser.add_argument("--config", type=Path, required=True, help="the run's rl.toml (see rl/configs/rl.toml)")
+    parser.add_argument("--data", type=Path, help="corpus directory (default: the config's `data`)")
+    parser.add_argument("--checkpoint", type=Path, help="weights to post-train (default: the config's, else shipped)")
     parser.add_argument("--out", type=Path, help="output directory (default: the config's `out`)")
     parser.add_argument("--steps", type=int, help="train until this step (default: the config's)")
     parser.add_argument("--objective", choices=OBJECTIVES, help="grpo (rewards) or dpo (reward-free)")
@@ -530,7 +537,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     command = "avatar rl train " + shlex.join(list(argv if argv is not None else sys.argv[1:]))
     try:
-        config = load_config(args.config, out=str(args.out) if args.out else None, steps=args.steps,
+        config = load_config(args.config, data=args.data and str(args.data), out=args.out and str(args.out),
+                             checkpoint=args.checkpoint and str(args.checkpoint), steps=args.steps,
                              objective=args.objective)
         path = train(config, progress=not args.no_progress, command=command)
     except UserError as err:
