@@ -497,6 +497,9 @@ def train(config: RunConfig, progress: bool = True, command: str = "") -> Path:
     bar = tqdm(total=opts.steps, initial=trainer.step, disable=not progress or trainer.rank != 0,
                desc=f"rl {opts.objective}", unit="step")
     log = (out / "log.jsonl").open("a") if trainer.rank == 0 else None
+    if trainer.rank == 0 and trainer.step == 0 and not records and trainer.val:  # where the held-out reward starts
+        records.append({"step": 0} | trainer.evaluate())
+        log.write(json.dumps(records[-1]) + "\n")
     while trainer.step < opts.steps:
         record = trainer.train_step()
         if trainer.rank == 0:

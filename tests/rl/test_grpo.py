@@ -70,8 +70,8 @@ def test_a_run_writes_an_engine_checkpoint_logs_and_resumes(make_config, tmp_pat
     for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         assert torch.allclose(x, y, atol=1e-6), name
     records = [json.loads(line) for line in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [1, 2, 3]
-    assert "eval/reward" in records[1] and "eval/reward/guards" in records[2]
+    assert [r["step"] for r in records] == [0, 1, 2, 3]  # step 0: the held-out reward before training
+    assert "eval/reward" in records[0] and "eval/reward" in records[2] and "eval/reward/guards" in records[3]
     assert (tmp_path / "a" / "curves.png").stat().st_size > 0
     _, provenance = read_metadata(once)
     assert provenance["rl"]["steps"] == 3 and provenance["rl"]["command"] == "test"
@@ -120,3 +120,29 @@ def test_config_errors_name_the_fix(make_config, tmp_path):
         load_config(make_config(rollout={"train_steps": [0, 1]}))
     with pytest.raises(UserError, match="GRPO needs a reward"):
         Trainer(load_config(make_config(reward={})))
+
+
+class MouthOpen:
+    """A simple reward the policy controls directly: the mean jawOpen."""
+
+    name = "mouth_open"
+    needs_frames = False
+
+    def __call__(self, samples):
+        from engine.motion import spec
+        from rl.rewards import TermResult
+
+        return TermResult(np.array([s.motion[:, spec.index("jawOpen")].mean() for s in samples], np.float64))
+
+
+@pytest.mark.slow
+def test_a_simple_reward_rises_within_15_steps(make_config):
+    """The anchors' sanity check: a reward the network can reach rises within ~15 epochs, or there is a bug (a
+    flipped advantage sign, a log-prob that is not the sampled step's, a reference leaking into the policy)."""
+    from rl.rewards import CompositeReward
+
+    trainer = Trainer(load_config(make_config(train={"prompts": 4, "pool": 4, "lr": 3e-2, "ema": 0.0,
+                                                     "lora_rank": 4}, rollout={"group": 6})))
+    trainer.reward = CompositeReward([(MouthOpen(), 1.0)])
+    rewards = [trainer.train_step()["reward"] for _ in range(15)]
+    assert np.mean(rewards[-4:]) > np.mean(rewards[:4]) + 0.05, rewards
