@@ -58,8 +58,8 @@ class GuardTerm:
         }
         penalty = {k: np.maximum(e, 0.0) for k, e in excess.items()}
         diagnostics = {}
-        for k in excess:
+        for k, e in excess.items():
             diagnostics[f"{k}_measure"] = x[k]
-            diagnostics[f"{k}_tripped"] = (excess[k] > 0).astype(np.float64)
+            diagnostics[f"{k}_tripped"] = (e > 0).astype(np.float64)
         tripped = np.any([excess[k] > 0 for k in excess], axis=0)
         return TermResult(-sum(penalty.values()), diagnostics, tripped)

@@ -78,7 +78,7 @@ def expected_score(top_logprobs: Mapping[str, float]) -> float | None:
 
 def parse_score(text: str) -> int | None:
     """The first standalone digit 1..5 in a reply ("Score: 4/5" -> 4), or None."""
-    match = re.search(r"(?<![\d.])([1-5])(?![\d.])", text)
+    match = re.search(r"(?<![\d.])([1-5])(?!\.?\d)", text)
     return int(match.group(1)) if match else None
 
 
@@ -154,7 +154,7 @@ class JudgeCache:
 
     @staticmethod
     def key(model_id: str, rubric: str, inputs: JudgeInput) -> str:
-        return hashlib.sha256("\0".join((model_id, rubric, inputs.digest())).encode()).hexdigest()
+        return hashlib.sha256(f"{model_id}\0{rubric}\0{inputs.digest()}".encode()).hexdigest()
 
     def get(self, key: str) -> Rating | None:
         rating = self._memory.get(key)
