@@ -68,8 +68,8 @@ def markdown(result: dict) -> str:
         f"Command: `{result['command']}` on {result['cpu']}; the run's config is in the .json.",
         f"Checkpoint: `{result['checkpoint']}` (an engine checkpoint: `avatar render --checkpoint ...`).",
         "",
-        "Held-out composite reward (val-split voices never trained on, the engine's ODE sampler, fixed noise, EMA "
-        "weights), per term (unweighted) and diagnostics; step 0 is the shipped generator before any update:",
+        ("Held-out composite reward (val-split voices never trained on, the engine's ODE sampler, fixed noise, EMA "
+         "weights), per term (unweighted) and diagnostics; step 0 is the shipped generator before any update:"),
         "",
         *table(["step", *keys], rows),
         "",

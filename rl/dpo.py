@@ -82,6 +82,7 @@ def dpo_loss(policy: Policy, batch, loser: Tensor, t: Tensor, eps: Tensor, beta:
         err_ref = flow_errors(ref, batch, pair, t, eps)
     gap = (err[0] - err_ref[0]) - (err[1] - err_ref[1])  # (B,) < 0: the winner fits better than the reference's
     loss = -F.logsigmoid(-beta * gap).mean()
+    gap, err = gap.detach(), err.detach()
     return loss, {"dpo_accuracy": float((gap < 0).float().mean()), "dpo_gap": float(gap.mean()),
                   "winner_error": float(err[0].mean()), "loser_error": float(err[1].mean())}
 

@@ -44,7 +44,7 @@ from engine.motion.cache import KVCache
 from engine.motion.model import Conditions
 from rl.policy import EMA, Policy
 from rl.rewards import CompositeReward, RewardBreakdown, Sample
-from rl.rollout import Prompt, Rollout, RolloutOptions, Rollouter, load_prompts, replay
+from rl.rollout import Prompt, Rollout, Rollouter, RolloutOptions, load_prompts, replay
 
 OBJECTIVES = ("grpo", "dpo")
 STD_SCOPES = ("group", "batch")

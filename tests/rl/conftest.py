@@ -5,6 +5,7 @@ import warnings
 import pytest
 import torch
 
+
 @pytest.fixture(scope="session", autouse=True)
 def one_thread():
     """Tiny networks: intra-op threads cost more than they give (8x slower steps on a loaded 2-core runner)."""

@@ -26,7 +26,7 @@ def test_two_cpu_processes_stay_in_sync(make_config, tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
          "--master-port", str(free_port()), "-m", "engine.cli", "rl", "train", "--config", str(config),
-         "--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+         "--no-progress"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     records = [json.loads(line) for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [0, 1, 2] and all(r["ranks"] == 2 for r in records[1:])
@@ -40,7 +40,7 @@ def test_drifted_ranks_are_caught(monkeypatch):
     import numpy as np
     import torch
 
-    import rl.grpo as grpo
+    from rl import grpo
 
     monkeypatch.setattr(grpo.dist, "is_initialized", lambda: True)
     monkeypatch.setattr(grpo, "gather_rows", lambda rows: np.concatenate([rows, rows + 1e-7]))

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from engine.errors import UserError
-from rl.rollout import RolloutOptions, Rollouter, crop_prompt, gaussian_log_prob, replay
+from rl.rollout import Rollouter, RolloutOptions, crop_prompt, gaussian_log_prob, replay
 
 
 @pytest.fixture(scope="module")
