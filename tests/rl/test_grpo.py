@@ -146,3 +146,13 @@ def test_a_simple_reward_rises_within_15_steps(make_config):
     trainer.reward = CompositeReward([(MouthOpen(), 1.0)])
     rewards = [trainer.train_step()["reward"] for _ in range(15)]
     assert np.mean(rewards[-4:]) > np.mean(rewards[:4]) + 0.05, rewards
+
+
+@pytest.mark.parametrize("name", ["rl.toml", "demo.toml"])
+def test_the_shipped_configs_parse(name):
+    from rl.configs import DEFAULT_REWARD
+    from rl.rewards import CompositeReward
+
+    config = load_config(DEFAULT_REWARD.parent / name, data="data/synth")
+    assert config.train.objective == "grpo" and config.rollout.train_steps == (1, 2)
+    assert CompositeReward.from_dict(config.reward).weights  # the terms it names exist (a judge-less line is fine)
