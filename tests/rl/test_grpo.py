@@ -156,3 +156,14 @@ def test_the_shipped_configs_parse(name):
     config = load_config(DEFAULT_REWARD.parent / name, data="data/synth")
     assert config.train.objective == "grpo" and config.rollout.train_steps == (1, 2)
     assert CompositeReward.from_dict(config.reward).weights  # the terms it names exist (a judge-less line is fine)
+
+
+def test_full_fine_tune_keeps_a_frozen_reference(make_config):
+    trainer = Trainer(load_config(make_config(train={"lora_rank": 0, "ema": 0.0, "lr": 1e-2})))
+    before = {k: v.clone() for k, v in trainer.policy.net.state_dict().items()}
+    record = trainer.train_step()
+    assert record["ratio_dev_first"] == 0.0
+    with trainer.policy.reference() as ref:
+        assert all(torch.equal(v, before[k]) for k, v in ref.state_dict().items())
+    assert any(not torch.equal(v, before[k]) for k, v in trainer.policy.net.state_dict().items())
+    assert set(trainer.policy.export().state_dict()) == set(before)
