@@ -167,3 +167,26 @@ def test_full_fine_tune_keeps_a_frozen_reference(make_config):
         assert all(torch.equal(v, before[k]) for k, v in ref.state_dict().items())
     assert any(not torch.equal(v, before[k]) for k, v in trainer.policy.net.state_dict().items())
     assert set(trainer.policy.export().state_dict()) == set(before)
+
+
+class FrameCheck:
+    """A pixel term: it only checks that each sample arrives rendered, one frame per motion row."""
+
+    name = "frames"
+    needs_frames = True
+
+    def __call__(self, samples):
+        from rl.rewards import TermResult
+
+        for s in samples:
+            assert s.portrait is not None and s.frames.shape == (len(s), 128, 128, 3)
+        return TermResult(np.array([s.frames.astype(np.float64).std() for s in samples]))
+
+
+def test_pixel_terms_get_rendered_rollouts(make_config):
+    from rl.rewards import CompositeReward
+
+    trainer = Trainer(load_config(make_config(train={"prompts": 1, "pool": 1})))
+    trainer.reward = CompositeReward([(FrameCheck(), 1.0)])
+    record = trainer.train_step()
+    assert record["reward/frames"] > 0
