@@ -51,6 +51,7 @@ examples:
   avatar data synth --out data/synth --hours 1   # synthetic speech + motion corpus for training
   avatar train motion --data data/synth --out ckpt/motion   # pretrain the generator (resumable)
   avatar train sync --data data/synth --out ckpt/sync       # the lip-sync expert (resumable)
+  avatar rl train --config rl/configs/rl.toml   # GRPO post-training of the generator (resumable)
   avatar data human --out data/human             # the real human speech available offline, with transcripts
   avatar eval lipsync --audio-dir data/human --rendered --driver all   # lip sync measured in the rendered video
   avatar serve                                   # talk to the avatar: open http://127.0.0.1:8080/
@@ -71,6 +72,7 @@ DELEGATED = {
     ("train", "motion"): "train.pretrain",
     ("train", "sync"): "train.sync_expert",
     ("eval", "lipsync"): "train.eval_lipsync",
+    ("rl", "train"): "rl.grpo",
     ("client",): "client.cli",
     ("export", "onnx"): "export.onnx",
     ("export", "tensorrt"): "export.tensorrt",
@@ -176,6 +178,12 @@ def _add_train(sub) -> None:
     _add_group(sub, "train", "train networks (avatar train motion --help)",
                "Training. `avatar train motion --help`: generator pretraining; "
                "`avatar train sync --help`: the lip-sync expert.")
+
+
+def _add_rl(sub) -> None:
+    _add_group(sub, "rl", "RL post-training of the generator (avatar rl train --help)",
+               "RL post-training. `avatar rl train --config rl.toml`: GRPO with the composite reward "
+               "(rl/rewards), or reward-free with --objective dpo; resumable; torchrun for several processes.")
 
 
 def _add_eval(sub) -> None:
@@ -361,6 +369,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data(sub)
     _add_train(sub)
     _add_eval(sub)
+    _add_rl(sub)
     _add_serve(sub)
     _add_live(sub)
     _add_export(sub)

@@ -131,9 +131,18 @@ class StreamingGenerator:
         window = AudioFeatures.concat([self.past, features])  # speech_window frames
         clean, self.cache = self.chunk_step(self._conditions(window, emotion, ref),
                                             noise.reshape(1, cfg.chunk, cfg.motion_dim), self.cache)
-        self.stats.update(prosody_features(features[: cfg.chunk]))
-        self.past = window[cfg.chunk : -cfg.lookahead or None]
+        self._advance(window)
         return spec.clip(spec.denormalize(clean[0].cpu().numpy()))
+
+    def advance(self, features: AudioFeatures) -> None:
+        """Move the audio history and statistics past a chunk (its L + K frames of features) without sampling
+        it: with `conditions`, what an RL rollout needs to sample the chunks itself (rl.rollout)."""
+        self._advance(AudioFeatures.concat([self.past, features]))
+
+    def _advance(self, window: AudioFeatures) -> None:
+        cfg = self.config
+        self.stats.update(prosody_features(window[-cfg.chunk - cfg.lookahead:][: cfg.chunk]))
+        self.past = window[cfg.chunk : -cfg.lookahead or None]
 
     def conditions(self, features: AudioFeatures, emotion: str | None = "neutral", ref: np.ndarray | None = None
                    ) -> Conditions:

@@ -12,7 +12,8 @@ s = a sqrt(sigma / (1 - sigma)) becomes, with dsigma = -dt (dt = t_next - t > 0)
 (x - t u is the model's estimate of the noise, so the extra drift is the score term). The step
 is Gaussian: x' ~ N(mean, std^2) per dimension, which gives the log-probability for PPO ratios.
 It needs 0 < t < t_next <= 1; an RL rollout starts its schedule just above 0 or takes the first
-step with the ODE.
+step with the ODE. Noise level a = 0 is that ODE: the Euler step (std 0, any 0 <= t < t_next), which has
+no density.
 
 Times are passed explicitly to every step; nothing here counts steps behind the caller's back.
 """
@@ -96,25 +97,31 @@ def sample(model: MotionTransformer, noise: Tensor, cond: Conditions | Embedded,
 
 
 def sde_mean_std(x: Tensor, u: Tensor, t: float, t_next: float, a: float) -> tuple[Tensor, float]:
-    """Mean (like x) and std (a number) of the Gaussian SDE transition from time t to t_next."""
+    """Mean (like x) and std (a number) of the Gaussian SDE transition from time t to t_next; a = 0 gives
+    the Euler step's x + u dt with std 0."""
+    if not a >= 0:
+        raise ValueError(f"the noise level a must be >= 0 (0 is the ODE's Euler step); got {a}")
+    dt = t_next - t
+    if a == 0 and 0.0 <= t < t_next <= 1.0:
+        return x + u * dt, 0.0
     if not 0.0 < t < t_next <= 1.0:
         raise ValueError(f"the SDE step needs 0 < t < t_next <= 1; got t={t}, t_next={t_next}")
-    if not a > 0:
-        raise ValueError(f"the noise level a must be > 0 (0 is the ODE: use sample); got {a}")
-    dt = t_next - t
     mean = x + (u - (a * a / (2.0 * t)) * (x - t * u)) * dt
     return mean, a * math.sqrt((1.0 - t) / t * dt)
 
 
 def sde_log_prob(x: Tensor, u: Tensor, t: float, t_next: float, x_next: Tensor, a: float) -> Tensor:
     """Log-density (B,) of x_next under the step from x (B, ...) with velocity u, summed over dims."""
+    if not a > 0:
+        raise ValueError(f"the noise level a must be > 0 for a log-probability (a = 0 is deterministic); got {a}")
     mean, std = sde_mean_std(x, u, t, t_next, a)
     logp = -((x_next - mean) ** 2) / (2 * std * std) - math.log(std) - 0.5 * math.log(2 * math.pi)
     return logp.flatten(1).sum(1)
 
 
 def sde_step(x: Tensor, u: Tensor, t: float, t_next: float, noise: Tensor, a: float = 0.7) -> tuple[Tensor, Tensor]:
-    """One stochastic step: (x_next, its log-probability (B,)) given standard normal noise like x."""
+    """One stochastic step: (x_next, its log-probability (B,)) given standard normal noise like x (a > 0;
+    the Euler step is sde_mean_std with a = 0)."""
     mean, std = sde_mean_std(x, u, t, t_next, a)
     x_next = mean + std * noise
     return x_next, sde_log_prob(x, u, t, t_next, x_next, a)

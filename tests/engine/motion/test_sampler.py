@@ -114,12 +114,25 @@ def test_sde_step_matches_flow_grpo_and_the_normal_density():
                           torch.distributions.Normal(mean, std).log_prob(other).flatten(1).sum(1), atol=1e-3)
 
 
+def test_sde_step_with_noise_level_0_is_the_euler_step():
+    torch.manual_seed(0)
+    x, u = torch.randn(2, CFG.chunk, CFG.motion_dim), torch.randn(2, CFG.chunk, CFG.motion_dim)
+    for t, t_next in ((0.0, 0.25), (0.5, 0.75)):  # from t = 0 too, where the SDE's noise scale diverges
+        mean, std = sde_mean_std(x, u, t, t_next, 0.0)
+        assert std == 0 and torch.equal(mean, x + u * (t_next - t))
+    # and the SDE's mean tends to it as the noise level shrinks
+    mean, _ = sde_mean_std(x, u, 0.5, 0.75, 1e-4)
+    assert torch.allclose(mean, x + u * 0.25, atol=1e-6)
+
+
 def test_sde_step_refuses_singular_times():
     x = torch.zeros(1, CFG.chunk, CFG.motion_dim)
     for t, t_next in ((0.0, 0.25), (0.5, 0.5), (0.8, 1.2)):
         with pytest.raises(ValueError, match="0 < t < t_next <= 1"):
             sde_mean_std(x, x, t, t_next, 0.7)
     with pytest.raises(ValueError, match="noise level"):
-        sde_mean_std(x, x, 0.5, 0.75, 0.0)
+        sde_log_prob(x, x, 0.5, 0.75, x, 0.0)
+    with pytest.raises(ValueError, match="noise level"):
+        sde_mean_std(x, x, 0.5, 0.75, -0.1)
     _, std = sde_mean_std(x, x, 0.75, 1.0, 0.7)  # the last step still has noise
     assert std > 0
