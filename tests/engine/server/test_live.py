@@ -64,10 +64,14 @@ def test_viewers_see_the_microphone_speak(live, tmp_path):
         video_pts.append(frame.pts)
         mouths[0].on_video(frame, arrival)
 
+    async def joining_mid_stream():  # a connect can beat the broadcast's first frame; this one comes later
+        await asyncio.sleep(0.5)
+        return await run_client(url, ClientOptions(seconds=10, record_motion=tmp_path / "motion.jsonl"),
+                                on_video=first_viewer)
+
     async def two_viewers():
-        return await asyncio.gather(
-            run_client(url, ClientOptions(seconds=10, record_motion=tmp_path / "motion.jsonl"), on_video=first_viewer),
-            run_client(url, ClientOptions(seconds=10), on_video=mouths[1].on_video))
+        return await asyncio.gather(joining_mid_stream(),
+                                    run_client(url, ClientOptions(seconds=10), on_video=mouths[1].on_video))
 
     fed = time.monotonic()  # the windows below count from here, so a slow connect cannot shift them
     mic.feed(np.concatenate([speech, np.zeros(6 * SAMPLE_RATE)]))  # 4 s of speech, then 6 s of silence
