@@ -18,7 +18,7 @@ class StepRegistry:
     (the default) batches on a GPU only: there one call of B streams costs about what one stream's does and
     the device runs one call at a time anyway, while on a CPU the sessions' calls rarely meet (their chunks
     fall at random phases) and one batching thread would serialize what their own threads run side by side
-    (benchmarks/results/stream_bench_batching.md: 2 sessions held real time without it, 1 with it)."""
+    (benchmarks/results/stream_bench_batching.md: 4 sessions held real time without it, 3 with it)."""
 
     def __init__(self, backend: str = "auto", device: str = "cpu", threads: int = 1, prepare: Prepare | None = None,
                  batching: bool | None = None):
