@@ -142,7 +142,8 @@ class TensorRTGraph:
         velocity = denoise.run_device({"levels": embed.buffers["levels"], "static": embed.buffers["static"]})
 
     run_device returns this graph's output buffers (device pointers), overwritten by its next call; graphs
-    chained on device must share one stream so CUDA orders their work. Static shapes only (export.specs)."""
+    chained on device must share one stream so CUDA orders their work. Static shapes, or dynamic ones pinned
+    by the build's one profile (the generator graphs' stream batch; export.tensorrt pins it to 1)."""
 
     def __init__(self, path: str | Path, stream=None):
         self.trt, self.cudart = trt, cudart = load_tensorrt(), load_cudart()
@@ -160,15 +161,24 @@ class TensorRTGraph:
         self.stream = _cuda(cudart, "cudaStreamCreate", cudart.cudaStreamCreate()) if stream is None else stream
         self.tensors: dict[str, DeviceTensor] = {}
         self.buffers: dict[str, int] = {}  # name -> device pointer, allocated once
-        for i in range(self.engine.num_io_tensors):
-            name = self.engine.get_tensor_name(i)
-            shape = tuple(self.engine.get_tensor_shape(name))
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
+        for name in sorted(names, key=lambda n: not is_input[n]):  # inputs first: outputs' shapes follow them
+            shape = tuple(self.engine.get_tensor_shape(name) if is_input[name] else self.context.get_tensor_shape(name))
+            if -1 in shape and is_input[name]:
+                # a dynamic axis (the generator graphs' stream batch) pinned by the build's one profile
+                low, opt, high = (tuple(s) for s in self.engine.get_tensor_profile_shape(name, 0))
+                if low != high:
+                    self.close()
+                    raise EngineLoadError(f"{path}: input {name} may take shapes {low} to {high}; build engines "
+                                          "with every dimension pinned (export.tensorrt pins them to the manifest)")
+                shape = opt
+                self.context.set_input_shape(name, shape)
             if -1 in shape:
                 self.close()
                 raise EngineLoadError(f"{path}: tensor {name} has dynamic shape {shape}; build engines from "
                                       "static-shape graphs (export.specs)")
-            is_input = self.engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT
-            spec = DeviceTensor(name, shape, np.dtype(trt.nptype(self.engine.get_tensor_dtype(name))), is_input)
+            spec = DeviceTensor(name, shape, np.dtype(trt.nptype(self.engine.get_tensor_dtype(name))), is_input[name])
             self.tensors[name] = spec
             self.buffers[name] = int(_cuda(cudart, "cudaMalloc", cudart.cudaMalloc(max(spec.nbytes, 1))))
             self.context.set_tensor_address(name, self.buffers[name])
