@@ -27,7 +27,6 @@ import json
 import os
 import shlex
 import sys
-import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -42,6 +41,7 @@ from engine.io.checkpoint import read_metadata, save_checkpoint
 from engine.motion import spec
 from engine.motion.cache import KVCache
 from engine.motion.model import Conditions
+from rl.configs import read_toml
 from rl.policy import EMA, Policy
 from rl.rewards import CompositeReward, RewardBreakdown, Sample
 from rl.rollout import Prompt, Rollout, Rollouter, RolloutOptions, load_prompts, replay
@@ -130,12 +130,7 @@ def load_config(path: str | Path, **overrides) -> RunConfig:
     """Read an rl.toml (see RunConfig); `overrides`: data, checkpoint, out, steps, objective from the command line
     (None: keep)."""
     path = Path(path)
-    try:
-        raw = tomllib.loads(path.read_text())
-    except FileNotFoundError:
-        raise UserError(f"RL config {path} does not exist; start from rl/configs/rl.toml") from None
-    except tomllib.TOMLDecodeError as err:
-        raise UserError(f"RL config {path} is not valid TOML: {err}") from err
+    raw = read_toml(path, "RL config", "rl/configs/rl.toml")
     raw |= {k: overrides[k] for k in ("data", "checkpoint") if overrides.get(k) is not None}
     unknown = set(raw) - {"data", "out", "checkpoint", "train", "rollout", "reward"}
     if unknown or "data" not in raw:
@@ -144,10 +139,7 @@ def load_config(path: str | Path, **overrides) -> RunConfig:
     reward = raw.get("reward", {})
     if isinstance(reward, str):  # a reward config file, relative to the RL config
         reward_path = (path.parent / reward) if not Path(reward).is_absolute() else Path(reward)
-        try:
-            reward = tomllib.loads(reward_path.read_text())
-        except FileNotFoundError:
-            raise UserError(f"{path}: reward config {reward_path} does not exist") from None
+        reward = read_toml(reward_path, f"{path}: reward config", "rl/configs/default.toml")
     train = _options(TrainOptions, dict(raw.get("train", {})), f"{path} [train]")
     train = replace(train, **{k: overrides[k] for k in ("steps", "objective") if overrides.get(k) is not None})
     out = overrides.get("out") or raw.get("out")

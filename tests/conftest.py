@@ -1,4 +1,5 @@
-"""Shared fixtures: one analysed portrait and rig per test session (analysis takes ~0.4 s)."""
+"""Shared fixtures, each built once per test session: an analysed portrait and rig (analysis takes ~0.4 s),
+a tiny generator checkpoint and a tiny synthetic corpus."""
 
 import numpy as np
 import pytest
@@ -59,3 +60,35 @@ def pulse_source(tmp_path):
         pytest.skip(reason)
     with pulse.PulseServer(tmp_path / "pulse") as feeder:
         yield feeder
+
+
+@pytest.fixture(scope="session")
+def tiny_motion(tmp_path_factory):
+    """A MotionConfig.tiny() generator checkpoint (seeded, as initialised), as `avatar train motion` writes one."""
+    import torch
+
+    from engine.io.checkpoint import save_checkpoint
+    from engine.motion.baseline import EMOTIONS
+    from engine.motion.model import MotionConfig, MotionTransformer
+
+    torch.manual_seed(0)
+    config = MotionConfig.tiny()
+    path = tmp_path_factory.getbasetemp() / "tiny.safetensors"
+    return save_checkpoint(path, MotionTransformer(config), config, emotions=list(EMOTIONS))
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory):
+    """30 s of synthetic speech (train and val voices); tests that need it skip where no TTS engine is installed."""
+    import warnings
+
+    from train.synth import corpus as synth
+    from train.synth import tts
+
+    if not tts.available_voices():
+        pytest.skip("no TTS engine installed (apt-get install flite)")
+    out = tmp_path_factory.getbasetemp() / "motion_corpus"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # engines missing here
+        synth.synth_corpus(out, hours=30 / 3600, seed=0, progress=False)
+    return out

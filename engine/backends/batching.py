@@ -89,7 +89,11 @@ class BatchedStep:
                         self._queue.remove(call)
                         group.append(call)
             try:
-                results = (self._encode if group[0].kind == "encode" else self._chunk)([c.args for c in group])
+                if len(group) == 1:  # alone: the step itself, without stacking copies
+                    call = group[0]
+                    results = [(self.step.encode if call.kind == "encode" else self.step)(*call.args)]
+                else:
+                    results = (self._encode if group[0].kind == "encode" else self._chunk)([c.args for c in group])
             except Exception as err:  # every stream in the call sees the failure; the worker goes on
                 results, error = [None] * len(group), err
             else:

@@ -13,7 +13,6 @@ in one line and runs on the other terms.
 from __future__ import annotations
 
 import sys
-import tomllib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -21,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from engine.errors import UserError
+from rl.configs import read_toml
 from rl.rewards.base import RewardTerm, Sample, TermResult
 from rl.rewards.guards import GuardOptions, GuardTerm
 from rl.rewards.judge import JudgeOptions, JudgeTerm
@@ -82,13 +82,7 @@ class CompositeReward:
     def from_config(cls, path: str | Path, log: Callable[[str], None] | None = None) -> CompositeReward:
         """Build the terms a TOML config names (see the module docstring); `log` gets the no-judge line
         (default: stderr)."""
-        path = Path(path)
-        try:
-            config = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise UserError(f"reward config {path} does not exist; start from rl/configs/default.toml") from None
-        except tomllib.TOMLDecodeError as err:
-            raise UserError(f"reward config {path} is not valid TOML: {err}") from err
+        config = read_toml(path, "reward config", "rl/configs/default.toml")
         return cls.from_dict(config, str(path), log or (lambda line: print(line, file=sys.stderr)))
 
     @classmethod

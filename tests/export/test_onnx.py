@@ -12,8 +12,6 @@ from engine.audio.frontend import extract_features
 from engine.audio.io import load_audio
 from engine.backends.onnxruntime import OrtStep, ort_session
 from engine.errors import UserError
-from engine.io.checkpoint import save_checkpoint
-from engine.motion.baseline import EMOTIONS
 from engine.motion.choice import Learned
 from engine.motion.learned import LearnedDriver, LearnedOptions
 from engine.motion.model import MotionConfig, MotionTransformer
@@ -26,17 +24,9 @@ OPTIONS = LearnedOptions(steps=2, guidance_audio=2.0, guidance_emotion=1.5)
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    config = MotionConfig.tiny()
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    return save_checkpoint(path, MotionTransformer(config), config, emotions=list(EMOTIONS))
-
-
-@pytest.fixture(scope="module")
-def exported(checkpoint, tmp_path_factory):
+def exported(tiny_motion, tmp_path_factory):
     out = tmp_path_factory.mktemp("onnx")
-    return out, export_all(checkpoint, out, OPTIONS.sampler(), size=128, progress=False)
+    return out, export_all(tiny_motion, out, OPTIONS.sampler(), size=128, progress=False)
 
 
 def test_every_graph_exports_checks_and_matches_torch(exported):
@@ -50,7 +40,7 @@ def test_every_graph_exports_checks_and_matches_torch(exported):
             assert max(graph["max_error"][kind].values()) <= graph["tolerance"]["atol"], (name, kind)
 
 
-def test_a_graph_that_computes_something_else_is_refused(checkpoint, exported):
+def test_a_graph_that_computes_something_else_is_refused(tiny_motion, exported):
     out, _ = exported
     torch.manual_seed(1)
     other = MotionTransformer(MotionConfig.tiny()).eval()  # same shapes, different weights
@@ -59,18 +49,18 @@ def test_a_graph_that_computes_something_else_is_refused(checkpoint, exported):
         max_error(spec, ort_session(out / "denoise.onnx"), spec.dummy())
 
 
-def test_the_onnxruntime_generator_streams_the_torch_motion(checkpoint, exported, monkeypatch, tmp_path):
+def test_the_onnxruntime_generator_streams_the_torch_motion(tiny_motion, exported, monkeypatch, tmp_path):
     out, _ = exported
     features = extract_features(load_audio(assets.SAMPLE_SPEECH)[:48000])
-    torch_motion = LearnedDriver(backends.load("torch", checkpoint, OPTIONS.sampler()), OPTIONS).drive(features)
+    torch_motion = LearnedDriver(backends.load("torch", tiny_motion, OPTIONS.sampler()), OPTIONS).drive(features)
     ort_motion = LearnedDriver(OrtStep(out), OPTIONS).drive(features)
     assert torch_motion.shape == ort_motion.shape
     np.testing.assert_allclose(ort_motion, torch_motion, atol=1e-4)
     # prepare exports on first use into its cache and reuses it after
     monkeypatch.setattr("export.runtime.CACHE_DIR", tmp_path)
-    first = backends.load("onnxruntime", checkpoint, OPTIONS.sampler(), prepare=prepare)
+    first = backends.load("onnxruntime", tiny_motion, OPTIONS.sampler(), prepare=prepare)
     assert (first.dir / "chunk.onnx").is_file() and backends.load(
-        "onnxruntime", checkpoint, OPTIONS.sampler(), prepare=prepare).dir == first.dir
+        "onnxruntime", tiny_motion, OPTIONS.sampler(), prepare=prepare).dir == first.dir
 
 
 def test_an_export_serves_only_the_sampler_it_was_made_for(exported):
@@ -82,7 +72,7 @@ def test_an_export_serves_only_the_sampler_it_was_made_for(exported):
         OrtStep(out / "nowhere")
 
 
-def test_render_on_onnxruntime_gives_the_torch_motion(checkpoint, monkeypatch, tmp_path, sample_clip):
+def test_render_on_onnxruntime_gives_the_torch_motion(tiny_motion, monkeypatch, tmp_path, sample_clip):
     from engine.offline import RenderRequest, render_file
 
     monkeypatch.setattr("export.runtime.CACHE_DIR", tmp_path / "cache")
@@ -91,7 +81,7 @@ def test_render_on_onnxruntime_gives_the_torch_motion(checkpoint, monkeypatch, t
     for backend in ("torch", "onnxruntime"):
         out = tmp_path / backend
         render_file(RenderRequest(audio=clip, out=out.with_suffix(".mp4"), size=128, prepare=prepare,
-                                  driver=Learned(checkpoint, backend, 2, 2.0, 1.5), motion_out=out.with_suffix(".npz")))
+                                  driver=Learned(tiny_motion, backend, 2, 2.0, 1.5), motion_out=out.with_suffix(".npz")))
         motions[backend] = np.load(out.with_suffix(".npz"))["coeffs"]
     np.testing.assert_allclose(motions["onnxruntime"], motions["torch"], atol=1e-4)
 
@@ -116,25 +106,25 @@ NO_TENSORRT = __import__("engine.backends.tensorrt", fromlist=["runtime_unavaila
 
 @pytest.mark.gpu
 @pytest.mark.skipif(NO_TENSORRT is not None, reason=f"cannot run TensorRT engines here: {NO_TENSORRT}")
-def test_the_tensorrt_generator_streams_the_torch_motion(checkpoint, monkeypatch, tmp_path):
+def test_the_tensorrt_generator_streams_the_torch_motion(tiny_motion, monkeypatch, tmp_path):
     monkeypatch.setattr("export.runtime.CACHE_DIR", tmp_path)
     features = extract_features(load_audio(assets.SAMPLE_SPEECH)[:48000])
-    torch_motion = LearnedDriver(backends.load("torch", checkpoint, OPTIONS.sampler()), OPTIONS).drive(features)
-    trt = backends.load("tensorrt", checkpoint, OPTIONS.sampler(), device="cuda", prepare=prepare)  # exports, builds
+    torch_motion = LearnedDriver(backends.load("torch", tiny_motion, OPTIONS.sampler()), OPTIONS).drive(features)
+    trt = backends.load("tensorrt", tiny_motion, OPTIONS.sampler(), device="cuda", prepare=prepare)  # exports, builds
     assert (trt.dir / "tensorrt" / "chunk.engine").is_file()
     np.testing.assert_allclose(LearnedDriver(trt, OPTIONS).drive(features), torch_motion, atol=1e-3)
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="torch sees no CUDA device here")
-def test_render_on_cuda_gives_the_cpu_motion_and_frames(checkpoint, tmp_path, sample_clip):
+def test_render_on_cuda_gives_the_cpu_motion_and_frames(tiny_motion, tmp_path, sample_clip):
     from engine.io.video import read_frames
     from engine.offline import RenderRequest, render_file
 
     clip, out = sample_clip(2.0), {}
     for device in ("cpu", "cuda"):
         render_file(RenderRequest(audio=clip, out=tmp_path / f"{device}.mp4", size=128, device=device,
-                                  driver=Learned(checkpoint, "torch", 2, 2.0, 1.5), motion_out=tmp_path / f"{device}.npz"))
+                                  driver=Learned(tiny_motion, "torch", 2, 2.0, 1.5), motion_out=tmp_path / f"{device}.npz"))
         out[device] = np.load(tmp_path / f"{device}.npz")["coeffs"], np.stack(list(read_frames(tmp_path / f"{device}.mp4")))
     np.testing.assert_allclose(out["cuda"][0], out["cpu"][0], atol=1e-3)
     assert np.abs(out["cuda"][1].astype(int) - out["cpu"][1]).mean() < 1.0  # through H.264, both

@@ -1,6 +1,5 @@
-"""A tiny generator checkpoint, a tiny synthetic corpus and an RL config over them (built once per session)."""
+"""A perturbed tiny generator checkpoint and an RL config over it and the shared tiny corpus (built once per session)."""
 
-import warnings
 
 import pytest
 import torch
@@ -41,26 +40,11 @@ def tiny_checkpoint(tiny_model, tmp_path_factory):
     return save_checkpoint(path, tiny_model, tiny_model.config, emotions=list(EMOTIONS), note="rl tests")
 
 
-@pytest.fixture(scope="session")
-def rl_corpus(tmp_path_factory):
-    """30 s of synthetic speech (train and val voices); tests that need it skip where no TTS engine is installed."""
-    from train.synth import corpus as synth
-    from train.synth import tts
-
-    if not tts.available_voices():
-        pytest.skip("no TTS engine installed (apt-get install flite)")
-    out = tmp_path_factory.getbasetemp() / "rl_corpus"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # engines missing here
-        synth.synth_corpus(out, hours=30 / 3600, seed=0, progress=False)
-    return out
-
-
 @pytest.fixture
-def make_config(rl_corpus, tiny_checkpoint, tmp_path):
+def make_config(corpus_dir, tiny_checkpoint, tmp_path):
     """config(name, train=..., rollout=..., reward=...) -> the path of an rl.toml writing to tmp_path/name."""
     def make(name="run", **tables):
-        return write_config(tmp_path / f"{name}.toml", rl_corpus, tiny_checkpoint, tmp_path / name, **tables)
+        return write_config(tmp_path / f"{name}.toml", corpus_dir, tiny_checkpoint, tmp_path / name, **tables)
     return make
 
 

@@ -9,10 +9,8 @@ from engine import backends
 from engine.backends.eager import TorchStep
 from engine.backends.tensorrt import runtime_unavailable
 from engine.errors import UserError
-from engine.io.checkpoint import save_checkpoint
-from engine.motion.baseline import EMOTIONS
 from engine.motion.generator import StreamingGenerator
-from engine.motion.model import MotionConfig, MotionTransformer
+from engine.motion.model import MotionTransformer
 from engine.motion.sampler import SamplerOptions
 from export.runtime import prepare
 from tests.engine.backends.test_cuda_graph import stream, windows
@@ -28,14 +26,6 @@ BACKENDS = [  # (backend, device, why it cannot run here)
 ]
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    torch.manual_seed(0)
-    config = MotionConfig.tiny()
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
-    return save_checkpoint(path, MotionTransformer(config), config, emotions=list(EMOTIONS))
-
-
 def batch_inputs(step, streams: int, seed: int = 0):
     """Conditions, noise and a mid-stream cache of `streams` streams, on the step's device."""
     from export.specs import batch_axis, generator_specs
@@ -48,12 +38,12 @@ def batch_inputs(step, streams: int, seed: int = 0):
 
 
 @pytest.mark.parametrize(("backend", "device", "missing"), BACKENDS)
-def test_every_backend_computes_the_torch_step(backend, device, missing, checkpoint, tmp_path, monkeypatch):
+def test_every_backend_computes_the_torch_step(backend, device, missing, tiny_motion, tmp_path, monkeypatch):
     if missing:
         pytest.skip(missing)
     monkeypatch.setattr("export.runtime.CACHE_DIR", tmp_path)
-    reference = backends.load("torch", checkpoint, GUIDED)
-    step = backends.load(backend, checkpoint, GUIDED, device=device, prepare=prepare)
+    reference = backends.load("torch", tiny_motion, GUIDED)
+    step = backends.load(backend, tiny_motion, GUIDED, device=device, prepare=prepare)
     assert step.config == reference.config and step.sampler == GUIDED
     # a stream, chunk by chunk: the same motion
     feats = windows(step.config, 6)
@@ -78,20 +68,20 @@ def test_every_backend_computes_the_torch_step(backend, device, missing, checkpo
             np.testing.assert_allclose(have.cpu().double(), expected.double(), atol=1e-3)
 
 
-def test_auto_is_onnxruntime_on_a_cpu_and_the_exported_backends_need_prepare(checkpoint):
+def test_auto_is_onnxruntime_on_a_cpu_and_the_exported_backends_need_prepare(tiny_motion):
     assert backends.resolve("auto", "cpu") == "onnxruntime"
     if NO_TENSORRT:
         assert backends.resolve("auto", "cuda") == "torch"
     with pytest.raises(UserError, match="avatar export onnx"):
-        backends.load("onnxruntime", checkpoint, GUIDED)  # nothing here can export: only the CLI hands prepare
-    assert type(backends.load("auto", checkpoint, GUIDED)) is TorchStep  # so, without it, auto is torch
+        backends.load("onnxruntime", tiny_motion, GUIDED)  # nothing here can export: only the CLI hands prepare
+    assert type(backends.load("auto", tiny_motion, GUIDED)) is TorchStep  # so, without it, auto is torch
     with pytest.raises(UserError, match="unknown backend"):
         backends.check("tpu")
     with pytest.raises(UserError, match="runs on the CPU"):
         backends.check("onnxruntime", "cuda")
 
 
-def test_a_torch_step_takes_any_sampler_and_shares_its_weights(checkpoint):
-    step = backends.load("torch", checkpoint, GUIDED)
+def test_a_torch_step_takes_any_sampler_and_shares_its_weights(tiny_motion):
+    step = backends.load("torch", tiny_motion, GUIDED)
     other = step.with_sampler(SamplerOptions(steps=4))
     assert other.model is step.model and other.sampler.steps == 4 and step.with_sampler(GUIDED) is step
