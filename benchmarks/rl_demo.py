@@ -22,7 +22,9 @@ SCRIPT = "benchmarks/rl_demo.py"
 ROOT = Path(__file__).resolve().parents[1]
 # the held-out diagnostics shown next to the terms: what RL is meant to move
 DIAGNOSTICS = ("sync/confidence", "sync/offset_frames", "temporal/mouth_roughness", "temporal/head_roughness",
-               "temporal/head_jitter", "guards/frozen_measure", "tripped")
+               "temporal/head_jitter", "target/yaw_std", "target/head_std_logratio", "target/jitter_excess",
+               "target/roughness_logratio", "target/closure_opening", "target/tracking_r", "guards/frozen_measure",
+               "guards/shaking_measure", "tripped")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

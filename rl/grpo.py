@@ -277,12 +277,13 @@ class Trainer:
     def samples(self, prompt: Prompt, motion: np.ndarray) -> list[Sample]:
         """What the rewards score: each (T, D) motion of a prompt, rendered small where a term reads pixels."""
         if not self.reward.needs_frames:
-            return [Sample(prompt.audio, prompt.features, m, transcript=prompt.transcript) for m in motion]
+            return [Sample(prompt.audio, prompt.features, m, transcript=prompt.transcript, target=prompt.target)
+                    for m in motion]
         from train.eval_video import render
 
         portrait, renderer = self._portrait_renderer()
-        return [Sample(prompt.audio, prompt.features, m, portrait, render(renderer, m), prompt.transcript)
-                for m in motion]
+        return [Sample(prompt.audio, prompt.features, m, portrait, render(renderer, m), prompt.transcript,
+                       target=prompt.target) for m in motion]
 
     def _portrait_renderer(self):
         if self._renderer is None:

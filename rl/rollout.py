@@ -84,6 +84,7 @@ class Prompt:
     features: AudioFeatures  # extract_features(audio)
     emotion: str
     transcript: str | None = None
+    target: np.ndarray | None = None  # (T, spec.D) the motion the corpus made this audio with, where known
 
     def __len__(self) -> int:
         return len(self.features)
@@ -200,17 +201,23 @@ class Rollouter:
         return Rollout(prompt, chunks, motion)
 
 
-def crop_prompt(name: str, audio: np.ndarray, emotion: str, transcript: str | None, start: int, frames: int
-                ) -> Prompt:
-    """Frames [start, start + frames) of a clip as a prompt (its features extracted on the crop itself)."""
+def crop_prompt(name: str, audio: np.ndarray, emotion: str, transcript: str | None, start: int, frames: int,
+                motion: np.ndarray | None = None) -> Prompt:
+    """Frames [start, start + frames) of a clip (and of its target `motion`, if given) as a prompt (its features
+    extracted on the crop itself)."""
     crop = np.ascontiguousarray(audio[start * SAMPLES_PER_FRAME : (start + frames) * SAMPLES_PER_FRAME], np.float32)
-    return Prompt(name, crop, extract_features(crop), emotion, transcript)
+    features = extract_features(crop)
+    target = None if motion is None else np.asarray(motion[start : start + len(features)], np.float32)
+    if target is not None and len(target) != len(features):
+        raise UserError(f"{name}: the clip's motion has {len(motion)} frames, too few for its audio's "
+                        f"{start + len(features)}; rebuild the corpus with `avatar data synth`")
+    return Prompt(name, crop, features, emotion, transcript, target)
 
 
 def load_prompts(directory: str | Path, split: str = "train", count: int = 16, min_seconds: float = 2.0,
                  max_seconds: float = 4.0, seed: int = 0) -> list[Prompt]:
     """`count` prompts from a synthetic corpus split (train.synth.corpus): crops of 2-4 s of distinct clips
-    (seeded), with the clip's emotion and text (a crop's transcript is unknown, so None)."""
+    (seeded), with the clip's emotion, its target motion, and text (a crop's transcript is unknown, so None)."""
     from train.synth.corpus import load_shard
 
     directory = Path(directory)
@@ -231,5 +238,6 @@ def load_prompts(directory: str | Path, split: str = "train", count: int = 16, m
         total = len(clip["audio"]) // SAMPLES_PER_FRAME
         frames = int(rng.integers(min_frames, min(total, round(max_seconds * FPS)) + 1))
         start = int(rng.integers(total - frames + 1))
-        prompts.append(crop_prompt(f"{name}@{start}", clip["audio"], clip["emotion"], None, start, frames))
+        prompts.append(crop_prompt(f"{name}@{start}", clip["audio"], clip["emotion"], None, start, frames,
+                                   clip["motion"]))
     return prompts

@@ -4,7 +4,8 @@ higher is better, plus named per-sample diagnostics); `CompositeReward` weights 
 Terms (config table: class): [judge] JudgeTerm (an MLLM's three rubric scores, HTTP or local backend),
 [sync] SyncTerm (the lip-sync expert), [alignment] AlignmentTerm (forced-aligned mouth opening, with a transcript),
 [perceptual] PerceptualTerm (identity and texture outside the mouth), [temporal] TemporalTerm (roughness, jitter,
-flicker), [guards] GuardTerm (frozen, shaking, mouth stuck open; `tripped`).
+flicker), [guards] GuardTerm (frozen, shaking, mouth stuck open; `tripped`), [target] TargetTerm (motion statistics
+against the clip's own corpus target: head sway, jitter, roughness, articulation, closures, tracking).
 
 For the rollout and the trainer:
     reward = CompositeReward.from_config(rl.configs.DEFAULT_REWARD)   # prints the no-judge line if there is none

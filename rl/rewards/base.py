@@ -39,6 +39,7 @@ class Sample:
     frames: np.ndarray | None = None  # (T, H, W, 3) uint8 RGB render of `motion` (small size), for pixel terms
     transcript: str | None = None  # what is said, when known (enables the forced-alignment term)
     phones: tuple[Phone, ...] | None = None  # the transcript's phones already aligned to the audio, if known
+    target: np.ndarray | None = None  # (T, spec.D) the motion the audio was made with (synthetic corpus clips)
 
     def __post_init__(self):
         T = len(self.features)
@@ -49,6 +50,8 @@ class Sample:
             raise ValueError(f"the audio has {len(self.audio)} samples ({frames_for_samples(len(self.audio))} "
                              f"frames at {SAMPLE_RATE} Hz) but the features cover {T} frames; pass "
                              "extract_features(audio) of this very audio")
+        if self.target is not None and np.shape(self.target) != (T, spec.D):
+            raise ValueError(f"target must be ({T}, {spec.D}) raw coefficients like motion; got {np.shape(self.target)}")
         if self.frames is not None and (self.frames.ndim != 4 or self.frames.shape[0] != T
                                         or self.frames.shape[3] != 3 or self.frames.dtype != np.uint8):
             raise ValueError(f"frames must be ({T}, H, W, 3) uint8 RGB, one per motion frame; got "

@@ -4,7 +4,7 @@
     result = reward(samples)          # RewardBreakdown: total (B,), per-term values, diagnostics, tripped
     log.write(json.dumps(result.summary()))
 
-The config has one table per term, [judge], [sync], [alignment], [perceptual], [temporal], [guards]; each holds
+The config has one table per term, [judge], [sync], [alignment], [perceptual], [temporal], [guards], [target]; each holds
 `weight` (0 or a missing table: the term is off) and the term's options (the fields of its Options dataclass).
 total = sum(weight * value). Without a judge (no [judge] table, backend = "none", or weight 0) the reward says so
 in one line and runs on the other terms.
@@ -26,6 +26,7 @@ from rl.rewards.guards import GuardOptions, GuardTerm
 from rl.rewards.judge import JudgeOptions, JudgeTerm
 from rl.rewards.perceptual import PerceptualOptions, PerceptualTerm
 from rl.rewards.sync import AlignmentTerm, SyncOptions, SyncTerm
+from rl.rewards.target import TargetOptions, TargetTerm
 from rl.rewards.temporal import TemporalOptions, TemporalTerm
 
 NO_JUDGE = "reward: no MLLM judge configured ([judge] backend); training on the other terms: {terms}"
@@ -38,6 +39,7 @@ TERMS: dict[str, tuple[type | None, Callable[..., RewardTerm | None]]] = {
     "perceptual": (PerceptualOptions, PerceptualTerm),
     "temporal": (TemporalOptions, TemporalTerm),
     "guards": (GuardOptions, GuardTerm),
+    "target": (TargetOptions, TargetTerm),
 }
 
 

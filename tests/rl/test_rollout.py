@@ -91,3 +91,17 @@ def test_options_refuse_untrainable_steps():
         RolloutOptions(group=1)
     with pytest.raises(UserError, match="noise_level"):
         RolloutOptions(noise_level=0.0)
+
+
+def test_corpus_prompts_carry_their_clips_target_motion(corpus_dir):
+    from rl.rollout import load_prompts
+    from train.synth.corpus import load_shard
+
+    prompts = load_prompts(corpus_dir, "train", count=2, min_seconds=0.8, max_seconds=1.2, seed=3)
+    clips = {}
+    for p in prompts:
+        shard, rest = p.name.split("#")
+        index, start = map(int, rest.split("@"))
+        clip = clips.setdefault(shard, load_shard(corpus_dir / shard))[index]
+        assert p.target.shape == (len(p), clip["motion"].shape[1])
+        np.testing.assert_array_equal(p.target, clip["motion"][start : start + len(p)])

@@ -1,0 +1,187 @@
+"""RL post-trained weights against the weights they started from, on real human speech never trained or tuned on:
+rendered lip sync as a viewer sees it, the head's sway and jitter, and an A/B contact sheet.
+
+    python benchmarks/rl_eval.py --checkpoint ckpt/rl/rl.safetensors --audio-dir data/human_heldout
+
+Each recording is driven by both generators with the engine's own sampler and options (LearnedOptions: 4 steps,
+its guidance) for several seeds (the head's motion comes from the noise), then:
+- rendered at 512 px and measured by FaceMesh (train.eval_video, as `avatar eval lipsync --rendered`): r of the
+  mouth opening against phones on their acoustic boundaries, the opening on p/b/m over the speech mean, and
+  roughness over the phones' reference opening (1 = as smooth as speech);
+- from the motion: the std of head yaw (rad) and head jitter (rl.rewards.temporal.jitter, rad), which the renderer
+  turns into pixels one to one; and the guards (rl.rewards.guards) on every clip.
+Medians over recordings x seeds, with ranges.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from benchmarks.common import cpu_name, run_benchmark, table
+
+SCRIPT = "benchmarks/rl_eval.py"
+ROOT = Path(__file__).resolve().parents[1]
+SHEET_FRAMES = 8  # frames per row of the A/B sheet, evenly over the first recording
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, required=True, help="the RL post-trained weights")
+    parser.add_argument("--base", type=Path, help="the weights it started from (default: the run's recorded base)")
+    parser.add_argument("--audio-dir", type=Path, default=Path("data/human_heldout"),
+                        help="recordings (<stem>.wav) with transcripts (<stem>.txt): `avatar data human --held-out`")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds per recording (3)")
+    parser.add_argument("--size", type=int, default=512, help="render size in pixels (512)")
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks/results/rl_eval",
+                        help="results path without suffix (.md, .json, _sheet.png)")
+    return parser.parse_args(argv)
+
+
+def base_of(checkpoint: Path) -> Path:
+    """The weights an RL checkpoint was post-trained from (its provenance), else the shipped ones."""
+    from engine import assets
+    from engine.io.checkpoint import read_metadata
+
+    base = read_metadata(checkpoint)[1].get("rl", {}).get("base")
+    return Path(base) if base else assets.DEFAULT_MOTION
+
+
+def run(args: argparse.Namespace, command: str) -> dict:
+    import torch
+    from tqdm import tqdm
+
+    from engine import assets
+    from engine.backends.eager import TorchStep
+    from engine.face.analysis import analyze_portrait
+    from engine.face.rig import Rig
+    from engine.motion.learned import LearnedDriver, LearnedOptions, load_generator
+    from engine.render.renderer import Renderer
+    from rl.rewards import Sample
+    from rl.rewards.base import channels
+    from rl.rewards.guards import GuardTerm
+    from rl.rewards.temporal import HEAD_ROTATION, jitter
+    from train import eval_video
+    from train.eval_lipsync import aligned_recordings, recordings
+
+    torch.set_num_threads(1)
+    start = time.monotonic()
+    base = args.base or base_of(args.checkpoint)
+    models = {"pretrained": load_generator(base), "rl": load_generator(args.checkpoint)}
+    portrait = analyze_portrait(assets.DEFAULT_PORTRAIT, size=args.size)
+    rig = Rig(portrait)
+    renderer = Renderer(rig).eval()
+    items = aligned_recordings(args.audio_dir)
+    audio = {name: samples for name, samples, _ in recordings(args.audio_dir)}
+    guards = GuardTerm()
+    rows, sheet = [], {}
+    work = [(item, seed) for item in items for seed in range(args.seeds)]
+    for (name, features, phones), seed in tqdm(work, desc="recordings x seeds"):
+        reference = eval_video.reference_opening(phones, len(features))
+        for which, model in models.items():
+            motion = LearnedDriver(TorchStep(model), LearnedOptions(seed=seed)).drive(features)
+            frames = eval_video.render(renderer, motion)
+            score = eval_video.score_video(name, which, eval_video.measure_opening(frames), phones, reference)
+            guard = guards([Sample(audio[name], features, motion)])
+            head = channels(motion, HEAD_ROTATION)
+            rows.append({"recording": name, "seed": seed, "weights": which, "r": score.r, "bilabial": score.bilabial,
+                         "roughness": score.roughness, "yaw_std": float(head[:, 0].std()),
+                         "head_jitter": jitter(head), "tripped": bool(guard.tripped[0])})
+            if seed == 0 and name == items[0][0]:
+                picks = np.linspace(0, len(frames) - 1, SHEET_FRAMES).round().astype(int)
+                sheet[which] = [(int(i), frames[i]) for i in picks]
+    sheet_name = f"{args.out.name}_sheet.png"
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_sheet(sheet, rig, args.out.parent / sheet_name, items[0][0])
+    summary = {w: summarise([r for r in rows if r["weights"] == w]) for w in models}
+    return {"command": command, "cpu": cpu_name(), "checkpoint": str(args.checkpoint), "base": str(base),
+            "audio_dir": str(args.audio_dir), "recordings": len(items), "seeds": args.seeds, "size": args.size,
+            "summary": summary, "targets": targets(summary), "rows": rows, "sheet": sheet_name,
+            "minutes": (time.monotonic() - start) / 60}
+
+
+def summarise(rows: list[dict]) -> dict:
+    out = {}
+    for key in ("r", "bilabial", "roughness", "yaw_std", "head_jitter"):
+        v = np.array([r[key] for r in rows], np.float64)
+        v = v[np.isfinite(v)]  # p/b/m is NaN on a recording without them
+        out[key] = ({"median": float(np.median(v)), "min": float(v.min()), "max": float(v.max())} if len(v)
+                    else {"median": float("nan"), "min": float("nan"), "max": float("nan")})
+    out["tripped"] = float(np.mean([r["tripped"] for r in rows]))
+    return out
+
+
+def targets(summary: dict) -> list[dict]:
+    """Issue 15's checks on human speech, rendered: each (what, measured, limit, met)."""
+    pre, rl = summary["pretrained"], summary["rl"]
+    med = {k: rl[k]["median"] for k in ("r", "bilabial", "roughness", "yaw_std", "head_jitter")}
+    checks = [
+        ("lip-sync r not lower than the pretrained weights'", med["r"], f">= {pre['r']['median']:.3f}",
+         med["r"] >= pre["r"]["median"]),
+        ("roughness of the rendered mouth over the speech's", med["roughness"], "<= 1.2", med["roughness"] <= 1.2),
+        ("lips on p/b/m: opening over the speech mean", med["bilabial"], "<= 0.5 (the lips close)",
+         med["bilabial"] <= 0.5),
+        ("head yaw std, rad", med["yaw_std"], ">= 0.012", med["yaw_std"] >= 0.012),
+        ("head jitter, rad: no more than the pretrained weights'", med["head_jitter"],
+         f"<= {pre['head_jitter']['median']:.4f}", med["head_jitter"] <= pre["head_jitter"]["median"]),
+        ("clips tripping a guard", rl["tripped"], "0", rl["tripped"] == 0),
+    ]
+    return [{"what": w, "measured": float(m), "limit": lim, "met": bool(ok)} for w, m, lim, ok in checks]
+
+
+def write_sheet(sheet: dict, rig, path: Path, recording: str) -> None:
+    """One row per weights: the lower face at 1x and the mouth at 3x, for the same frames of one recording."""
+    from benchmarks.mouth_sheet import face_crop, label, mouth_crop
+
+    rows = []
+    for which, frames in sheet.items():
+        for crop in (lambda f: face_crop(f, rig), lambda f: mouth_crop(f, rig, 3)):
+            tiles = [label(crop(f), f"{which} frame {i}") for i, f in frames]
+            height = max(t.shape[0] for t in tiles)
+            rows.append(np.concatenate([np.pad(t, ((0, height - t.shape[0]), (0, 4), (0, 0))) for t in tiles], 1))
+    width = max(r.shape[1] for r in rows)
+    image = np.concatenate([np.pad(r, ((0, 4), (0, width - r.shape[1]), (0, 0))) for r in rows], 0)
+    cv2.putText(image, recording[-40:], (4, image.shape[0] - 6), cv2.FONT_HERSHEY_SIMPLEX, 0.4, (255, 255, 255), 1)
+    cv2.imwrite(str(path), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+
+
+def markdown(result: dict) -> str:
+    def cell(s: dict, fmt: str) -> str:
+        return f"{s['median']:{fmt}} ({s['min']:{fmt}} – {s['max']:{fmt}})"
+
+    rows = [[w, cell(s["r"], ".2f"), f"{s['bilabial']['median']:.2f}x", f"{s['roughness']['median']:.2f}x",
+             cell(s["yaw_std"], ".4f"), cell(s["head_jitter"], ".4f"), f"{100 * s['tripped']:.0f} %"]
+            for w, s in result["summary"].items()]
+    checks = [[t["what"], f"{t['measured']:.4g}", t["limit"], "**met**" if t["met"] else "**missed**"]
+              for t in result["targets"]]
+    return "\n".join([
+        "# RL post-trained weights against their base, on held-out human speech",
+        "",
+        f"Command: `{result['command']}` on {result['cpu']} ({result['minutes']:.1f} min).  ",
+        f"RL weights: `{result['checkpoint']}`; base: `{result['base']}`.  ",
+        f"Data: {result['recordings']} recordings of `{result['audio_dir']}` (never trained or tuned on), "
+        f"{result['seeds']} seeds each, rendered at {result['size']} px on the bundled portrait.",
+        "",
+        "Medians (ranges) over recordings x seeds. r, p/b/m and roughness are measured by FaceMesh on the rendered "
+        "frames against phones force-aligned on acoustic boundaries; yaw std and jitter from the motion.",
+        "",
+        *table(["weights", "r at lag 0", "lips on p/b/m", "roughness", "head yaw std (rad)", "head jitter (rad)",
+                "guards tripped"], rows),
+        "",
+        *table(["check", "measured", "limit", ""], checks),
+        "",
+        f"![A/B sheet]({result['sheet']})",
+        "",
+    ])
+
+
+def main(argv: list[str] | None = None) -> dict:
+    return run_benchmark("rl_eval", SCRIPT, argv, parse_args, run, markdown)
+
+
+if __name__ == "__main__":
+    main()
