@@ -72,6 +72,7 @@ class TrainOptions:
     grad_clip: float = 1.0
     dpo_beta: float = 500.0  # DPO's inverse temperature on the flow-matching error gap (rl.dpo)
     dpo_batch: int = 32  # windows per DPO update over all ranks
+    dpo_self: float = 0.0  # share of the DPO losers that are the policy's own samples (the rest: corruptions)
     eval_every: int = 10  # held-out eval every N steps (and at the end)
     eval_prompts: int = 8  # prompts of the corpus's val split (held-out voices)
     eval_samples: int = 2  # samples per eval prompt
@@ -265,7 +266,9 @@ class Trainer:
 
             if opts.dpo_batch % self.world:
                 raise UserError(f"dpo_batch ({opts.dpo_batch}) must be a multiple of the ranks ({self.world})")
-            self.dpo = DPO(config.data, model.config, opts.dpo_beta)
+            if not 0 <= opts.dpo_self <= 1:
+                raise UserError(f"dpo_self is a share of the batch, in [0, 1]; got {opts.dpo_self}")
+            self.dpo = DPO(config.data, model.config, opts.dpo_beta, opts.dpo_self, config.rollout.sampler)
 
     # -- GRPO
 

@@ -104,8 +104,10 @@ def _chunk_inputs(trainer):
     return torch.randn(1, cfg.chunk, cfg.motion_dim), torch.tensor([0.4]), cond, KVCache.empty(cfg)
 
 
-def test_dpo_starts_at_log_2_and_learns_the_winners(make_config):
-    trainer = Trainer(load_config(make_config(train={"objective": "dpo", "lr": 3e-3}, reward={})))
+@pytest.mark.parametrize("dpo_self", [0.0, 1.0], ids=["corrupted-losers", "self-sampled-losers"])
+def test_dpo_starts_at_log_2_and_learns_the_winners(make_config, dpo_self):
+    trainer = Trainer(load_config(make_config(train={"objective": "dpo", "lr": 3e-3, "dpo_self": dpo_self},
+                                              reward={})))
     first = trainer.train_step()
     assert first["loss"] == pytest.approx(math.log(2), abs=1e-5)  # policy == reference: no preference yet
     for _ in range(5):
