@@ -46,7 +46,7 @@ from rl.policy import EMA, Policy
 from rl.rewards import CompositeReward, RewardBreakdown, Sample
 from rl.rollout import Prompt, Rollout, Rollouter, RolloutOptions, load_prompts, replay
 
-OBJECTIVES = ("grpo", "dpo")
+OBJECTIVES = ("grpo", "dpo", "draft")
 STD_SCOPES = ("group", "batch")
 # options that may change when a run is continued; everything else must match last.pt
 RESUMABLE = ("steps", "eval_every", "save_every", "device", "threads")
@@ -54,7 +54,7 @@ RESUMABLE = ("steps", "eval_every", "save_every", "device", "threads")
 
 @dataclass(frozen=True)
 class TrainOptions:
-    objective: str = "grpo"  # "grpo" (rewards) or "dpo" (reward-free: rl.dpo)
+    objective: str = "grpo"  # "grpo" (rewards), "dpo" (reward-free: rl.dpo) or "draft" (reward gradient: rl.draft)
     steps: int = 200  # GRPO: epochs of rollouts; DPO: optimizer updates
     prompts: int = 16  # prompts per GRPO step over all ranks (a multiple of the world size)
     pool: int = 64  # distinct training prompts drawn from the corpus once (the steps draw from it)
@@ -73,6 +73,7 @@ class TrainOptions:
     dpo_beta: float = 500.0  # DPO's inverse temperature on the flow-matching error gap (rl.dpo)
     dpo_batch: int = 32  # windows per DPO update over all ranks
     dpo_self: float = 0.0  # share of the DPO losers that are the policy's own samples (the rest: corruptions)
+    draft: dict = field(default_factory=dict)  # rl.draft.DraftWeights' fields (sway, jitter, ... anchor)
     eval_every: int = 10  # held-out eval every N steps (and at the end)
     eval_prompts: int = 8  # prompts of the corpus's val split (held-out voices)
     eval_samples: int = 2  # samples per eval prompt
@@ -94,6 +95,13 @@ class TrainOptions:
                 raise UserError(f"{name} must be >= 1; got {getattr(self, name)}")
         if self.prompts > self.pool:
             raise UserError(f"prompts ({self.prompts}) cannot exceed the prompt pool ({self.pool})")
+        from rl.draft import DraftWeights
+
+        try:
+            object.__setattr__(self, "draft", dict(self.draft))
+            DraftWeights(**self.draft)
+        except TypeError as err:
+            raise UserError(f"[train] draft takes the fields of rl.draft.DraftWeights: {err}") from err
 
 
 @dataclass(frozen=True)
@@ -256,7 +264,7 @@ class Trainer:
         self.rollouter = Rollouter(self.policy.net, config.rollout)
         self._conditions: dict[int, list[Conditions]] = {}
         self._renderer = None
-        if opts.objective == "grpo":
+        if opts.objective in ("grpo", "draft"):
             self.pool = load_prompts(config.data, "train", opts.pool, opts.min_seconds, opts.max_seconds, opts.seed)
         self.val = (load_prompts(config.data, "val", opts.eval_prompts, opts.min_seconds, opts.max_seconds,
                                  opts.seed + 1) if self.reward is not None and self.rank == 0 else [])
@@ -370,10 +378,32 @@ class Trainer:
         self._apply()
         return {"loss": float(loss.detach())} | stats
 
+    # -- DRaFT
+
+    def draft_step(self) -> dict:
+        from rl.draft import DraftWeights, draft_loss
+
+        opts, ropts = self.config.train, self.config.rollout
+        rng = np.random.default_rng([opts.seed, self.step])  # the same draw on every rank, and on resume
+        chosen = rng.choice(len(self.pool), size=opts.prompts, replace=False)
+        mine = chosen[self.rank :: self.world]
+        self.optimizer.zero_grad(set_to_none=True)
+        stats = []
+        for i in mine:
+            gen = torch.Generator(device=self.device).manual_seed(int(np.random.SeedSequence(
+                [opts.seed, self.step, int(i)]).generate_state(1)[0]))
+            loss, s = draft_loss(self.policy, self.pool[i], self.conditions(int(i)), ropts.group, ropts.sampler,
+                                 DraftWeights(**opts.draft), gen)
+            (loss / len(mine)).backward()
+            stats.append(s | {"loss": float(loss.detach())})
+        self._apply()
+        return {k: float(np.mean([s[k] for s in stats])) for k in stats[0]}
+
     # -- the loop
 
     def train_step(self) -> dict:
-        record = self.grpo_step() if self.config.train.objective == "grpo" else self.dpo_step()
+        step = {"grpo": self.grpo_step, "dpo": self.dpo_step, "draft": self.draft_step}[self.config.train.objective]
+        record = step()
         self.step += 1
         check_in_sync(self.policy.params)
         return {"step": self.step, "ranks": self.world} | record

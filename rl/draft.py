@@ -1,0 +1,145 @@
+"""`avatar rl train --objective draft`: direct reward fine-tuning (DRaFT / ReFL / AlignProp's idea) of the motion
+generator, the differentiable part of the target-statistics reward (rl.rewards.target) backpropagated through the
+engine's own sampler.
+
+Why not only GRPO here: on this generator the head's motion is mostly noise that leaks through the flow (its jitter
+is ~30 % of its std against ~4 % in the corpus), and every LoRA update (GRPO, DPO and plain flow-matching alike, at
+lr 5e-4..2e-3) raised that leak within 25-100 updates, while GRPO's per-sample signal over 46 x 4 dimensions per
+chunk was too weak to push back (benchmarks/results/rl_posttrain.md). A reward gradient is dense: it says which way
+every frame should move.
+
+A step samples `prompts` corpus crops x `group` noises chunk by chunk exactly as the engine does (the configured
+sampler: Euler steps, guidance; the clamp; the commit), with gradients through each chunk's sampling steps and the
+cache committed without them (each chunk learns to continue the context it was given), then minimises
+
+    loss = sway (log std ratio of the smoothed head, squared) + jitter (head jitter's excess over the target's)
+           + roughness (|log ratio| of the mouth opening's) + tracking (1 - r of the opening with the target's)
+           + closure (the opening where the target's lips are shut in speech)
+           + articulation (|log std ratio| of the opening, funnel and pucker)
+           + anchor * mean ||clean - clean_ref||^2   (the frozen reference's chunk from the same noise and cache)
+    each term weighted (DraftWeights, [train] draft = {...} in the config)
+
+per sample against its clip's own target (rl.rewards.target's statistics, in torch). The anchor plays KL's part.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from engine.motion import spec
+from engine.motion.cache import KVCache
+from engine.motion.model import Conditions, MotionTransformer
+from engine.motion.sampler import SamplerOptions, guidance_batch, guided_velocity
+from rl.policy import Policy
+from rl.rewards.base import SPEECH_VAD
+from rl.rewards.target import ARTICULATION, JITTER_FLOOR, SHUT, SWAY_SIGMA
+from rl.rewards.temporal import HEAD_ROTATION, JITTER_SIGMA
+from rl.rollout import Prompt
+
+_HEAD = [spec.index(n) for n in HEAD_ROTATION]
+_JAW, _CLOSE = spec.index("jawOpen"), spec.index("mouthClose")
+_ARTIC = [spec.index(n) for n in ARTICULATION]
+_MID = torch.from_numpy((spec.LOW + spec.HIGH) / 2)
+_HALF = torch.from_numpy((spec.HIGH - spec.LOW) / 2)
+
+
+@dataclass(frozen=True)
+class DraftWeights:
+    sway: float = 1.0
+    jitter: float = 1.0
+    roughness: float = 1.0
+    tracking: float = 1.0
+    closure: float = 2.0
+    articulation: float = 0.5
+    anchor: float = 1.0
+
+
+def sample_with_grad(model: MotionTransformer, noise: Tensor, cond: Conditions, cache: KVCache,
+                     options: SamplerOptions) -> tuple[Tensor, Conditions]:
+    """engine.motion.sampler.sample with autograd (the engine's Euler steps and guidance), clamped; and the
+    embedded conditions the commit takes."""
+    if options.guided:
+        emb3 = model.embed(guidance_batch(cond))
+        cache3 = cache.repeat(3)
+    else:
+        emb = model.embed(cond)
+    x, dt = noise, 1.0 / options.steps
+    for i in range(options.steps):
+        t = torch.full((x.shape[0],), i * dt, device=x.device)
+        u = guided_velocity(model, x, t, emb3, cache3, options) if options.guided else model(x, t, emb, cache)
+        x = x + u * dt
+    if options.guided:
+        emb = type(emb3)(*(e[-noise.shape[0]:] for e in emb3))
+    return x.clamp(-1.0, 1.0), emb
+
+
+def smooth(x: Tensor, sigma: float) -> Tensor:
+    """(B, T, C) Gaussian-smoothed along T (edges repeated), as scipy's gaussian_filter1d(mode="nearest")."""
+    radius = int(4 * sigma + 0.5)
+    k = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=x.dtype) / sigma) ** 2)
+    k = (k / k.sum()).view(1, 1, -1)
+    B, T, C = x.shape
+    y = F.pad(x.permute(0, 2, 1).reshape(B * C, 1, T), (radius, radius), mode="replicate")
+    return F.conv1d(y, k).view(B, C, T).permute(0, 2, 1)
+
+
+def statistics_loss(motion: Tensor, target: Tensor, weights: DraftWeights, speech: Tensor | None = None,
+                    std_floor: float = 2e-3) -> tuple[Tensor, dict[str, float]]:
+    """(B, T, D) raw motion against one (T, D) raw target -> the mean loss over B and its parts; `speech` (T,)
+    bool marks the frames where a shut target mouth is a closure (default: all)."""
+    head, head_t = motion[..., _HEAD], target[None, :, _HEAD]
+    sway = torch.log((smooth(head, SWAY_SIGMA).std(1) + std_floor)
+                     / (smooth(head_t, SWAY_SIGMA).std(1) + std_floor)).pow(2).mean(-1)
+    jit = (head - smooth(head, JITTER_SIGMA)).pow(2).mean((1, 2)).sqrt()
+    jit_t = max(float((head_t - smooth(head_t, JITTER_SIGMA)).pow(2).mean().sqrt()), JITTER_FLOOR)
+    jitter = F.relu(torch.log(jit / jit_t))
+    opening = (motion[..., _JAW] - motion[..., _CLOSE]).clamp(min=0)
+    opening_t = (target[:, _JAW] - target[:, _CLOSE]).clamp(min=0)[None]
+
+    def rough(x: Tensor) -> Tensor:
+        return x.diff(n=2, dim=1).std(1) / (x.std(1) + 1e-6)
+
+    # a target whose mouth barely moves has no roughness to match (rl.rewards.target skips it too)
+    roughness = (torch.log((rough(opening) + 1e-3) / (rough(opening_t) + 1e-3)).abs()
+                 if float(opening_t.std()) > std_floor else opening.new_zeros(opening.shape[0]))
+    a, b = opening - opening.mean(1, keepdim=True), opening_t - opening_t.mean(1, keepdim=True)
+    r = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + 1e-6)
+    shut = (opening_t[0] < SHUT) & (speech if speech is not None else torch.ones_like(opening_t[0], dtype=torch.bool))
+    closure = opening[:, shut].mean(1) if int(shut.sum()) >= 2 else opening.new_zeros(opening.shape[0])
+    lips, lips_t = torch.cat([opening[..., None], motion[..., _ARTIC]], -1), torch.cat(
+        [opening_t[..., None], target[None, :, _ARTIC]], -1)
+    articulation = torch.log((lips.std(1) + std_floor) / (lips_t.std(1) + std_floor)).abs().mean(-1)
+    parts = {"sway": sway, "jitter": jitter, "roughness": roughness, "tracking": 1 - r, "closure": closure,
+             "articulation": articulation}
+    loss = sum(getattr(weights, k) * v for k, v in parts.items()).mean()
+    return loss, {f"draft/{k}": float(v.detach().mean()) for k, v in parts.items()}
+
+
+def draft_loss(policy: Policy, prompt: Prompt, conditions: list[Conditions], group: int, sampler: SamplerOptions,
+               weights: DraftWeights, gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+    """The loss of `group` samples of one prompt (with gradients through every chunk's sampling)."""
+    model, cfg = policy.net, policy.net.config
+    cache = KVCache.empty(cfg, group)
+    clean, anchor = [], []
+    for cond in conditions:
+        cond = Conditions(*(c.expand(group, *c.shape[1:]) for c in cond))
+        noise = torch.randn(group, cfg.chunk, cfg.motion_dim, generator=gen)
+        x, emb = sample_with_grad(model, noise, cond, cache, sampler)
+        with policy.reference() as ref:
+            x_ref, _ = sample_with_grad(ref, noise, cond, cache, sampler)
+        anchor.append((x - x_ref).pow(2).mean())
+        with torch.no_grad():
+            cache = model.commit(x.detach(), emb, cache)
+        clean.append(x)
+    T = len(prompt)
+    motion = torch.cat(clean, 1)[:, :T] * _HALF + _MID
+    speech = torch.from_numpy(np.asarray(prompt.features.vad) > SPEECH_VAD)
+    loss, stats = statistics_loss(motion, torch.from_numpy(np.asarray(prompt.target, np.float32)), weights, speech)
+    anchor_loss = torch.stack(anchor).mean()
+    stats["draft/anchor"] = float(anchor_loss.detach())
+    return loss + weights.anchor * anchor_loss, stats
