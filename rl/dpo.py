@@ -32,8 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from engine.motion import spec
 from engine.backends.eager import chunk_step
+from engine.motion import spec
 from engine.motion.model import Conditions, Embedded, MotionConfig, MotionTransformer
 from engine.motion.sampler import SamplerOptions
 from rl.policy import Policy

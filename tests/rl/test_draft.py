@@ -21,9 +21,9 @@ def test_smooth_is_scipys_gaussian_with_repeated_edges():
 
 @pytest.mark.parametrize("guidance", [1.0, 2.0], ids=["cfg-free", "guided"])
 def test_the_differentiable_sampler_is_the_engines(tiny_model, guidance):
-    from rl.rollout import Rollouter, RolloutOptions, crop_prompt
     from engine import assets
     from engine.audio.io import load_audio
+    from rl.rollout import Rollouter, RolloutOptions, crop_prompt
 
     prompt = crop_prompt("sample", load_audio(assets.SAMPLE_SPEECH), "happy", None, start=10, frames=12)
     cond = Rollouter(tiny_model, RolloutOptions(group=2)).conditions(prompt)[0]
