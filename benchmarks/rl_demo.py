@@ -53,8 +53,9 @@ def run(args: argparse.Namespace, command: str) -> dict:
     return {"command": command, "cpu": cpu_name(), "config": asdict(config), "curves": curves,
             "checkpoint": str(checkpoint), "minutes_this_invocation": (time.monotonic() - start) / 60,
             "weights": {k: v for k, v in config.reward.items()}, "eval": evals,
-            "train": [{k: r[k] for k in ("step", "reward", "reward_std", "kl", "clipfrac") if k in r}
-                      for r in records if "reward" in r]}
+            "train": [{k: v for k, v in r.items()
+                       if k in ("step", "reward", "reward_std", "kl", "clipfrac", "loss") or k.startswith("draft/")}
+                      for r in records if "reward" in r or "loss" in r]}
 
 
 def markdown(result: dict) -> str:

@@ -16,6 +16,7 @@ cache committed without them (each chunk learns to continue the context it was g
            + roughness (|log ratio| of the mouth opening's) + tracking (1 - r of the opening with the target's)
            + closure (the opening where the target's lips are shut in speech)
            + articulation (|log std ratio| of the opening, funnel and pucker)
+           - sync (the lip-sync expert's audio . mouth embedding similarity at lag 0 over speech frames)
            + anchor * mean ||clean - clean_ref||^2   (the frozen reference's chunk from the same noise and cache)
     each term weighted (DraftWeights, [train] draft = {...} in the config)
 
@@ -56,6 +57,7 @@ class DraftWeights:
     tracking: float = 1.0
     closure: float = 2.0
     articulation: float = 0.5
+    sync: float = 0.0  # the lip-sync expert's similarity of audio and mouth at lag 0 (train.sync_expert), raised
     anchor: float = 1.0
 
 
@@ -120,8 +122,38 @@ def statistics_loss(motion: Tensor, target: Tensor, weights: DraftWeights, speec
     return loss, {f"draft/{k}": float(v.detach().mean()) for k, v in parts.items()}
 
 
+class SyncSimilarity:
+    """The lip-sync expert's lag-0 similarity of a prompt's audio with (B, T, D) normalized motion, differentiable
+    in the motion (the audio's embeddings are computed once per prompt)."""
+
+    def __init__(self, path: str = ""):
+        from engine.assets import ASSETS_DIR
+        from train.sync_expert import _MOUTH_INDEX, load_expert
+
+        self.expert = load_expert(path or ASSETS_DIR / "sync_expert.safetensors").requires_grad_(False)
+        self.mouth = torch.from_numpy(_MOUTH_INDEX)
+        self._audio: dict[str, Tensor] = {}
+
+    def __call__(self, prompt: Prompt, normalized: Tensor, speech: Tensor) -> Tensor:
+        from train.sync_expert import audio_embeddings
+
+        if prompt.name not in self._audio:
+            self._audio[prompt.name] = torch.from_numpy(audio_embeddings(self.expert, prompt.features))
+        c = self.expert.config
+        mouth = normalized[..., self.mouth]  # (B, T, mouth)
+        padded = torch.cat([mouth[:, :1].expand(-1, c.half, -1), mouth, mouth[:, -1:].expand(-1, c.half, -1)], 1)
+        windows = padded.unfold(1, c.window, 1).transpose(2, 3)  # (B, T, window, mouth)
+        B, T = windows.shape[:2]
+        emb = self.expert.embed_motion(windows.flatten(0, 1)).view(B, T, -1)
+        similarity = (emb * self._audio[prompt.name][None]).sum(-1)  # (B, T)
+        if int(speech.sum()) == 0:
+            return similarity.new_zeros(B)
+        return similarity[:, speech].mean(1)
+
+
 def draft_loss(policy: Policy, prompt: Prompt, conditions: list[Conditions], group: int, sampler: SamplerOptions,
-               weights: DraftWeights, gen: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+               weights: DraftWeights, gen: torch.Generator, sync: SyncSimilarity | None = None
+               ) -> tuple[Tensor, dict[str, float]]:
     """The loss of `group` samples of one prompt (with gradients through every chunk's sampling)."""
     model, cfg = policy.net, policy.net.config
     cache = KVCache.empty(cfg, group)
@@ -137,9 +169,14 @@ def draft_loss(policy: Policy, prompt: Prompt, conditions: list[Conditions], gro
             cache = model.commit(x.detach(), emb, cache)
         clean.append(x)
     T = len(prompt)
-    motion = torch.cat(clean, 1)[:, :T] * _HALF + _MID
+    normalized = torch.cat(clean, 1)[:, :T]
+    motion = normalized * _HALF + _MID
     speech = torch.from_numpy(np.asarray(prompt.features.vad) > SPEECH_VAD)
     loss, stats = statistics_loss(motion, torch.from_numpy(np.asarray(prompt.target, np.float32)), weights, speech)
+    if sync is not None and weights.sync:
+        similarity = sync(prompt, normalized, speech)
+        loss = loss - weights.sync * similarity.mean()
+        stats["draft/sync"] = float(similarity.detach().mean())
     anchor_loss = torch.stack(anchor).mean()
     stats["draft/anchor"] = float(anchor_loss.detach())
     return loss + weights.anchor * anchor_loss, stats

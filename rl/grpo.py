@@ -264,6 +264,7 @@ class Trainer:
         self.rollouter = Rollouter(self.policy.net, config.rollout)
         self._conditions: dict[int, list[Conditions]] = {}
         self._renderer = None
+        self._sync = None  # the draft objective's lip-sync expert, loaded when its weight asks for it
         if opts.objective in ("grpo", "draft"):
             self.pool = load_prompts(config.data, "train", opts.pool, opts.min_seconds, opts.max_seconds, opts.seed)
         self.val = (load_prompts(config.data, "val", opts.eval_prompts, opts.min_seconds, opts.max_seconds,
@@ -381,9 +382,12 @@ class Trainer:
     # -- DRaFT
 
     def draft_step(self) -> dict:
-        from rl.draft import DraftWeights, draft_loss
+        from rl.draft import DraftWeights, SyncSimilarity, draft_loss
 
         opts, ropts = self.config.train, self.config.rollout
+        weights = DraftWeights(**opts.draft)
+        if weights.sync and self._sync is None:
+            self._sync = SyncSimilarity()
         rng = np.random.default_rng([opts.seed, self.step])  # the same draw on every rank, and on resume
         chosen = rng.choice(len(self.pool), size=opts.prompts, replace=False)
         mine = chosen[self.rank :: self.world]
@@ -393,7 +397,7 @@ class Trainer:
             gen = torch.Generator(device=self.device).manual_seed(int(np.random.SeedSequence(
                 [opts.seed, self.step, int(i)]).generate_state(1)[0]))
             loss, s = draft_loss(self.policy, self.pool[i], self.conditions(int(i)), ropts.group, ropts.sampler,
-                                 DraftWeights(**opts.draft), gen)
+                                 weights, gen, self._sync)
             (loss / len(mine)).backward()
             stats.append(s | {"loss": float(loss.detach())})
         self._apply()

@@ -62,3 +62,31 @@ def test_a_few_draft_steps_lower_the_loss(make_config):
     trainer = Trainer(config)
     losses = [trainer.train_step()["loss"] for _ in range(6)]
     assert np.mean(losses[-2:]) < np.mean(losses[:2])
+
+
+def test_the_sync_similarity_is_the_experts_and_rises_for_motion_in_sync():
+    """The differentiable lag-0 similarity equals train.sync_expert's embeddings' and prefers the clip's own
+    (baseline) mouth to the same mouth 8 frames late."""
+    from engine.audio.frontend import extract_features
+    from engine.motion import spec
+    from engine.motion.baseline import BaselineDriver
+    from rl.draft import SyncSimilarity
+    from rl.rollout import Prompt
+    from train.sync_expert import audio_embeddings, motion_embeddings, shift_motion
+
+    from engine import assets
+    from engine.audio.io import load_audio
+
+    audio = load_audio(assets.SAMPLE_SPEECH)[: 4 * 16000]
+    features = extract_features(audio)
+    motion = BaselineDriver().drive(features)
+    prompt = Prompt("clip", audio, features, "neutral")
+    sync = SyncSimilarity()
+    speech = torch.from_numpy(features.vad > 0.5)
+    both = torch.from_numpy(spec.normalize(np.stack([motion, shift_motion(motion, 8)])))
+    similarity = sync(prompt, both.requires_grad_(), speech)
+    expected = (audio_embeddings(sync.expert, features) * motion_embeddings(sync.expert, motion)).sum(-1)
+    assert float(similarity[0]) == pytest.approx(float(expected[speech.numpy()].mean()), abs=1e-5)
+    assert similarity[0] > similarity[1] + 0.05
+    similarity.sum().backward()
+    assert both.grad.abs().sum() > 0
