@@ -67,15 +67,14 @@ def test_a_few_draft_steps_lower_the_loss(make_config):
 def test_the_sync_similarity_is_the_experts_and_rises_for_motion_in_sync():
     """The differentiable lag-0 similarity equals train.sync_expert's embeddings' and prefers the clip's own
     (baseline) mouth to the same mouth 8 frames late."""
+    from engine import assets
     from engine.audio.frontend import extract_features
+    from engine.audio.io import load_audio
     from engine.motion import spec
     from engine.motion.baseline import BaselineDriver
     from rl.draft import SyncSimilarity
     from rl.rollout import Prompt
     from train.sync_expert import audio_embeddings, motion_embeddings, shift_motion
-
-    from engine import assets
-    from engine.audio.io import load_audio
 
     audio = load_audio(assets.SAMPLE_SPEECH)[: 4 * 16000]
     features = extract_features(audio)
