@@ -470,9 +470,12 @@ class Trainer:
         _, provenance = read_metadata(base)
         model = self.eval_model()
         curves = {k: [[r["step"], r[k]] for r in records if k in r]
-                  for k in sorted({k for r in records for k in r if k.startswith(("reward", "eval/reward"))})}
+                  for k in sorted({k for r in records for k in r
+                                   if k.startswith(("reward", "eval/reward", "draft/")) or k == "loss"})}
+        from engine.io import sha256_file
+
         provenance = provenance | {"rl": {"command": command, "config": asdict(self.config), "steps": self.step,
-                                          "base": str(base), "curves": curves}}
+                                          "base": str(base), "base_sha256": sha256_file(base), "curves": curves}}
         return save_checkpoint(self.out / "rl.safetensors", model, model.config, **provenance)
 
 

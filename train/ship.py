@@ -57,8 +57,11 @@ def ship(weights: Path, name: str, commands: Sequence[str], evaluation: Path | N
     }
     if evaluation is not None:
         report = json.loads(evaluation.read_text())
-        entry["evaluation"] = {"command": report["command"],
-                               **{title: s["summary"] for title, s in report["sections"].items()}}
+        if "sections" in report:  # avatar eval lipsync --out
+            entry["evaluation"] = {"command": report["command"],
+                                   **{title: s["summary"] for title, s in report["sections"].items()}}
+        else:  # benchmarks/rl_eval.py: RL weights against their base
+            entry["evaluation"] = {k: report[k] for k in ("command", "audio_dir", "summary", "targets")}
     manifest = json.loads(WEIGHTS_MANIFEST.read_text()) if WEIGHTS_MANIFEST.is_file() else {}
     manifest[name] = entry
     WEIGHTS_MANIFEST.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
@@ -69,11 +72,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.ship", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", type=Path, required=True, help="checkpoint written by a training command")
-    parser.add_argument("--as", dest="name", required=True, choices=("motion", "motion_fast", "sync_expert"),
-                        help="shipped name: motion (the default generator) or sync_expert")
+    parser.add_argument("--as", dest="name", required=True, choices=("motion", "motion_fast", "motion_pretrained",
+                                                                        "sync_expert"),
+                        help="shipped name: motion (the default generator), motion_fast (the live presets'), "
+                             "motion_pretrained (the default before RL post-training) or sync_expert")
     parser.add_argument("--command", action="append", default=[], dest="commands",
                         help="a command that reproduces it, in order (repeat the flag)")
-    parser.add_argument("--eval", type=Path, help="JSON written by `avatar eval lipsync --out`")
+    parser.add_argument("--eval", type=Path, help="JSON written by `avatar eval lipsync --out` or "
+                        "benchmarks/rl_eval.py")
     args = parser.parse_args(argv)
     try:
         entry = ship(args.weights, args.name, args.commands, args.eval)

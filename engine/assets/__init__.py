@@ -8,6 +8,9 @@ DEFAULT_PORTRAIT = ASSETS_DIR / "portrait.png"  # 512x512 RGB, public domain
 SAMPLE_SPEECH = ASSETS_DIR / "speech.wav"  # ~9 s, 16 kHz mono 16-bit, three sentences with pauses
 DEFAULT_MOTION = ASSETS_DIR / "motion.safetensors"  # the learned generator, L=4 K=2 (weights.json says how)
 FAST_MOTION = ASSETS_DIR / "motion_fast.safetensors"  # the same generator fine-tuned to L=2 K=1 (live presets)
+# DEFAULT_MOTION before its RL post-training (rl/, weights.json's "motion" entry says how): still loadable with
+# --checkpoint engine/assets/motion_pretrained.safetensors
+PRETRAINED_MOTION = ASSETS_DIR / "motion_pretrained.safetensors"
 MANIFEST = ASSETS_DIR / "manifest.json"  # how each file was made, with its sha256
 
 

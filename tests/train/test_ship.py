@@ -42,3 +42,14 @@ def test_oversized_weights_are_refused(tmp_path, assets_dir, monkeypatch):
     with pytest.raises(UserError, match="under"):
         ship.ship(weights, "motion", [])
     assert not (assets_dir / "motion.safetensors").exists()
+
+
+def test_an_rl_evaluation_is_recorded_with_its_checks(tmp_path, assets_dir):
+    weights = save_checkpoint(tmp_path / "m.safetensors", MotionTransformer(MotionConfig.tiny()), MotionConfig.tiny())
+    report = tmp_path / "rl_eval.json"
+    report.write_text(json.dumps({"command": "python benchmarks/rl_eval.py --checkpoint m", "audio_dir": "h",
+                                  "summary": {"rl": {"tripped": 0.0}}, "rows": [1, 2],
+                                  "targets": [{"what": "head yaw std, rad", "met": True}]}))
+    entry = ship.ship(weights, "motion", ["avatar rl train --config rl/configs/ship.toml"], report)
+    assert entry["evaluation"]["targets"][0]["met"] and "rows" not in entry["evaluation"]
+    assert entry["evaluation"]["command"].startswith("python benchmarks/rl_eval.py")
