@@ -112,7 +112,7 @@ _cpu_slots_lock = threading.Lock()
 
 
 class _Call:
-    __slots__ = ("item", "group", "wake", "done", "result", "error")
+    __slots__ = ("done", "error", "group", "item", "result", "wake")
 
     def __init__(self, item):
         self.item = item
