@@ -49,8 +49,8 @@ def stages() -> list[tuple[object, str, str]]:
     from engine.render import renderer
     from engine.render.eyes import Eyelid
     from engine.render.mouth import MouthInterior
-    from engine.stream.session import Session
     from engine.stream.scheduler import ChunkScheduler
+    from engine.stream.session import Session
 
     return [(Session, "_compute", "chunk (all below)"), (AudioFrontend, "push", "audio frontend"),
             (StreamingVAD, "push", "  VAD"), (StreamingLogMel, "push", "  log-mel"),
@@ -146,7 +146,7 @@ def measure_count(renderer: Renderer, sessions: int, seconds: float) -> dict:
 
 def run(args: argparse.Namespace, command: str) -> dict:
     if args.slots:
-        import engine.stream.session as session
+        from engine.stream import session
         from engine.batch import ComputeSlots
 
         slots = ComputeSlots(args.slots)
