@@ -7,7 +7,7 @@ busier the renderer, the more frames a call carries. A batch is cheaper per fram
 one thread: 5.7 ms a frame alone, 3.7 in fours: the warp's bases, the rest image and the mouth and lid
 layers are read once a call, not once a frame), and on a CPU the renderer's working set stays in the
 cache for the whole batch. Each frame is its own motion's (frames of sessions rendered together equal
-those rendered alone to a grey level: tests/engine/render/test_batching.py).
+those rendered alone to a grey level: tests/engine/render/test_batched_renderer.py).
 """
 
 from __future__ import annotations
