@@ -3,10 +3,11 @@
 ComputeSlots: at most `count` threads compute at once, granted earliest deadline first. Each session's
 worker holds a slot while it makes a chunk (engine.stream.session); a process's CPU sessions share one
 a core plus one (`cpu_slots`: the extra one keeps a core busy while a holder waits for the GIL). Without
-them, five workers on two cores all ran at once and fought over the GIL and the caches: 17,000 context
-switches a second and 13% of a core in the kernel, against 6,400 and 7% with 3 slots, which made 8%
-more frames with the same CPU (balanced preset, 5 sessions, onnxruntime; 2 slots idled a core whenever
-both holders wanted the GIL). And the chunk due first is made first. A thread that blocks inside its
+them, five workers on two cores all ran at once and fought over the GIL and the caches: 19,900 context
+switches a second and 14% of a core in the kernel, against 7,100 and 8% with 3 slots, which made 22.8
+fps a session instead of 20.0 with the same CPU (balanced preset, onnxruntime: benchmarks/results/
+session_cpu.md, session_cpu_noslots.md); 2 slots made 17.9 (session_cpu_2slots.md: a core idles whenever
+both holders want the GIL). And the chunk due first is made first. A thread that blocks inside its
 compute (waiting for a Combiner's batch) gives its slot up meanwhile (`yielding`).
 
 Combiner: calls from many threads that meet share one batched call, run by a caller, no thread of its

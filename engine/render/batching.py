@@ -3,9 +3,9 @@
 Sessions showing the same avatar share its Renderer. Handed a `BatchedRenderer` instead, their
 `frames` calls that meet (engine.batch.Combiner) become one `Renderer.frames` over their motion
 stacked, and each gets its own rows back: a lone session renders at once on its own thread, and the
-busier the renderer, the more frames a call carries. A batch is cheaper per frame (measured, 512 px on
-one thread: 5.7 ms a frame alone, 3.7 in fours: the warp's bases, the rest image and the mouth and lid
-layers are read once a call, not once a frame), and on a CPU the renderer's working set stays in the
+busier the renderer, the more frames a call carries. A batch is cheaper per frame (512 px on one thread:
+5.9 ms a frame alone, 4.5 in fours, 4.1 in eights, benchmarks/results/stage_costs.md: the warp's bases,
+the rest image and the mouth and lid layers are read once a call, not once a frame), and on a CPU the renderer's working set stays in the
 cache for the whole batch. Each frame is its own motion's (frames of sessions rendered together equal
 those rendered alone to a grey level: tests/engine/render/test_batched_renderer.py).
 """

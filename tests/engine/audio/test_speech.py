@@ -80,8 +80,9 @@ def test_frames_are_the_window_tail_two_tokens_each():
 
 
 def test_frames_skip_the_last_blocks_unused_tokens_and_give_the_same_features(speech_mel):
-    """The shipped encoder's last block computes only the chunk's tokens (a seventh of the encoder's work,
-    measured 7.6 -> 6.7 ms a window on ONNX Runtime); they equal the full network's to float rounding."""
+    """The shipped encoder's last block computes only the chunk's tokens (7.8 -> 7.1 ms a window on ONNX
+    Runtime, bit-exact there: benchmarks/results/stage_costs.md); they equal the full network's to float
+    rounding."""
     encoder = load_speech_encoder()
     mel = torch.from_numpy(speech_mel[:200]).reshape(2, 25, MELS_PER_FRAME, N_MELS)
     with torch.inference_mode():
