@@ -117,15 +117,15 @@ def run(args: argparse.Namespace, command: str) -> dict:
     with torch.inference_mode():
         for streams in (1, 2, 4, 6):
             mel, cond, noise, cache = inputs(step, streams, rng)
-            encode = timed(n, r, lambda: step.encode(mel))[0]
-            chunk = timed(n, r, lambda: step(cond, noise, cache))[0]
+            encode = timed(n, r, lambda mel=mel: step.encode(mel))[0]
+            chunk = timed(n, r, lambda args=(cond, noise, cache): step(*args))[0]
             batches.append({"streams": streams, "encoder_ms_per_stream": encode / streams,
                             "chunk_ms_per_stream": chunk / streams})
         renders = []
         for frames in (1, 2, 4, 8):
             coeffs = motion(frames, rng)
             renders.append({"frames": frames, "ms_per_frame": timed(max(n // frames, 2), r,
-                                                                    lambda: renderer.frames(coeffs))[0] / frames})
+                                                                    lambda c=coeffs: renderer.frames(c))[0] / frames})
         progress("batch costs done")
         encoder, frames_ = load_speech_encoder(step.config.speech_layers), step.config.audio_frames
         mel = torch.from_numpy(rng.standard_normal((1, step.config.speech_window, 4, 80)).astype(np.float32))
