@@ -146,8 +146,8 @@ def measure_count(renderer: Renderer, sessions: int, seconds: float) -> dict:
 
 def run(args: argparse.Namespace, command: str) -> dict:
     if args.slots:
-        from engine.stream import session
         from engine.batch import ComputeSlots
+        from engine.stream import session
 
         slots = ComputeSlots(args.slots)
         session.cpu_slots = lambda: slots  # every Session made below takes these
