@@ -57,6 +57,7 @@ from engine import assets
 from engine.audio.io import load_audio
 from engine.face.analysis import analyze_portrait
 from engine.face.rig import Rig
+from engine.render.batching import BatchedRenderer
 from engine.render.renderer import Renderer
 from engine.runtime import resolve_device, set_threads
 from engine.stream import PRESETS, Preset, Session, SessionOptions
@@ -208,7 +209,9 @@ def measure(renderer: Renderer, preset: Preset, seconds: float, sessions: int = 
     started, cpu = time.monotonic(), time.process_time()
     step = generator(preset, batching)
     calls = getattr(step, "calls", 0), getattr(step, "streams", 0)
-    opened = [Session(renderer, step, preset, options=OPTIONS) for _ in range(sessions)]
+    batched = hasattr(step, "streams")  # the server batches the renderer's frames with the generator's calls
+    render = BatchedRenderer(renderer) if batched else renderer
+    opened = [Session(render, step, preset, options=OPTIONS) for _ in range(sessions)]
     mic = Mic(opened, mic_audio())
     try:
         with tqdm(total=frames, desc=f"{preset.name} x{sessions}", unit="frame", leave=False, mininterval=1) as bar:
@@ -220,9 +223,10 @@ def measure(renderer: Renderer, preset: Preset, seconds: float, sessions: int = 
             s.close()
     wall, cpu = time.monotonic() - started, time.process_time() - cpu
     use = {"core_pct": 100 * cpu / wall, "machine_pct": 100 * cpu / wall / os.cpu_count()}
-    if hasattr(step, "streams"):  # batched: streams per backend call, encoder and chunk calls together
+    if batched:  # streams per backend call (encoder and chunk calls together), frames per renderer call
         calls = getattr(step, "calls", 0) - calls[0], getattr(step, "streams", 0) - calls[1]
         use["streams_per_call"] = calls[1] / calls[0] if calls[0] else None
+        use["frames_per_render"] = render.frames_out / render.calls if render.calls else None
     return [summarize(s, t, mic, started) for s, t in zip(opened, traces)], traces, use
 
 
@@ -384,16 +388,19 @@ def concurrency_section(ramps: list[dict]) -> list[str]:
 
     rows = [[c["preset"], batching(c), r["sessions"], f"{r['slowest_fps']:.2f}", f"{r['most_late_pct']:.1f} %",
              f"{r['frames_dropped']} / {r['audio_dropped_s']:.2f}", fmt(r["worst_engine_p95_ms"]), cpu_cell(r["cpu"]),
-             fmt(r["cpu"].get("streams_per_call"), ".1f"), "held" if r["held"] else "fell behind"]
+             fmt(r["cpu"].get("streams_per_call"), ".1f"), fmt(r["cpu"].get("frames_per_render"), ".1f"),
+             "held" if r["held"] else "fell behind"]
             for c in ramps for r in c["rows"]]
     return [
         "## Concurrent sessions", "",
         f"Sessions at once (one renderer and generator shared, a worker thread each), {ramps[0]['seconds']:g} s a "
         f"step, until one falls behind real time (< {MIN_FPS:g} fps, > {MAX_LATE:.0%} of frames late, or anything "
         "dropped). Batching on: the sessions' generator calls that meet share one backend call (streams a call: "
-        "their mean); off: each session calls the backend alone.", "",
+        "their mean) and their renderer calls one renderer call (frames a call); off: each session calls alone. "
+        "Either way the workers make chunks in the process's compute slots (engine.batch: a core each plus one, "
+        "earliest deadline first).", "",
         *table(["preset", "batching", "sessions", "slowest fps", "most late", "dropped frames / audio s",
-                "worst engine p95 ms", "CPU", "streams a call", "real time"], rows), "",
+                "worst engine p95 ms", "CPU", "streams a call", "frames a render", "real time"], rows), "",
         *(f"{c['preset']}, batching {batching(c)}: **{c['held']}** session(s) held real time"
           + ("." if c["ceiling_found"] else " (the most tried; raise --max-sessions).") + "  " for c in ramps),
     ]

@@ -62,11 +62,15 @@ class _Block(nn.Module):
         self.mlp_norm = nn.LayerNorm(d)
         self.mlp = nn.Sequential(nn.Linear(d, 4 * d), nn.GELU(), nn.Linear(4 * d, d))
 
-    def forward(self, x: Tensor) -> Tensor:  # (B, T, d)
+    def forward(self, x: Tensor, last: int | None = None) -> Tensor:  # (B, T, d) -> (B, T or last, d)
+        """`last`: only the last tokens' outputs (every token is still attended to): the same values as
+        slicing the full output, for a fraction of the attention output and MLP work."""
         B, T, d = x.shape
         q, k, v = self.qkv(self.attn_norm(x)).view(B, T, 3, self.heads, d // self.heads).unbind(2)  # (B, T, h, hd)
-        att = (q.transpose(1, 2) @ k.permute(0, 2, 3, 1)) / math.sqrt(d // self.heads)  # (B, h, T, T)
-        y = (att.softmax(-1) @ v.transpose(1, 2)).transpose(1, 2).reshape(B, T, d)
+        if last is not None:
+            q, x = q[:, -last:], x[:, -last:]
+        att = (q.transpose(1, 2) @ k.permute(0, 2, 3, 1)) / math.sqrt(d // self.heads)  # (B, h, Tq, T)
+        y = (att.softmax(-1) @ v.transpose(1, 2)).transpose(1, 2).reshape(B, q.shape[1], d)
         x = x + self.out(y)
         return x + self.mlp(self.mlp_norm(x))
 
@@ -90,13 +94,15 @@ class WhisperEncoder(nn.Module):
         self.blocks = nn.ModuleList(_Block(d, config.n_heads) for _ in range(layers))
         self.norm = nn.LayerNorm(d) if layers == config.n_layers else nn.Identity()
 
-    def forward(self, mel: Tensor) -> Tensor:
+    def forward(self, mel: Tensor, last: int | None = None) -> Tensor:
+        """`last`: only the last tokens (B, last, d), the same values as the full output's (the last block
+        computes no others: the whole window is still attended to)."""
         if mel.shape[1] > 2 * self.config.n_positions or mel.shape[1] % 2:
             raise ValueError(f"mel must have an even number of frames <= {2 * self.config.n_positions}; "
                              f"got {mel.shape[1]}")
         x = self.stem(mel)
-        for block in self.blocks:
-            x = block(x)
+        for i, block in enumerate(self.blocks):
+            x = block(x, last if i == len(self.blocks) - 1 else None)
         return self.norm(x)
 
     def stem(self, mel: Tensor) -> Tensor:
@@ -109,8 +115,8 @@ class WhisperEncoder(nn.Module):
         """Mel of a window of video frames (B, S, MELS_PER_FRAME, n_mels) -> its last `frames` frames'
         tokens (B, frames, TOKENS_PER_FRAME, d): what one generator chunk reads."""
         B, S = mel.shape[:2]
-        tokens = self(mel.reshape(B, S * MELS_PER_FRAME, -1))  # (B, S * TOKENS_PER_FRAME, d)
-        return tokens[:, -frames * TOKENS_PER_FRAME:].reshape(B, frames, TOKENS_PER_FRAME, -1)
+        tokens = self(mel.reshape(B, S * MELS_PER_FRAME, -1), last=frames * TOKENS_PER_FRAME)  # (B, 2 frames, d)
+        return tokens.reshape(B, frames, TOKENS_PER_FRAME, -1)
 
 
 # ---------------------------------------------------------------------------------------- the weights

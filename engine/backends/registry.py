@@ -17,8 +17,9 @@ class StepRegistry:
     call (engine.backends.batching). Sessions keep their own state, so sharing is safe either way. None
     (the default) batches on a GPU only: there one call of B streams costs about what one stream's does and
     the device runs one call at a time anyway, while on a CPU the sessions' calls rarely meet (their chunks
-    fall at random phases) and one batching thread would serialize what their own threads run side by side
-    (benchmarks/results/stream_bench_batching.md: 4 sessions held real time without it, 3 with it)."""
+    fall at random phases: 1.0-1.1 streams a call up to 5 sessions) and one lane of calls serializes what
+    their own threads run side by side on both cores (benchmarks/results/stream_bench_batching.md and
+    stream_bench_batching_run2.md: 3 and 4 sessions held real time either way)."""
 
     def __init__(self, backend: str = "auto", device: str = "cpu", threads: int = 1, prepare: Prepare | None = None,
                  batching: bool | None = None):

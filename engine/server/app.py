@@ -48,6 +48,7 @@ import json
 import logging
 import socket
 import time
+import weakref
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -69,6 +70,7 @@ from engine.face.analysis import analyze_portrait, decode_image
 from engine.face.rig import Rig
 from engine.motion.baseline import EMOTIONS
 from engine.motion.choice import Baseline, Driver, Learned
+from engine.render.batching import BatchedRenderer
 from engine.render.renderer import Renderer
 from engine.runtime import resolve_device, set_threads
 from engine.server import capacity, protocol
@@ -260,6 +262,7 @@ class AvatarServer:
         self._ids = itertools.count(1)
         self._renderers: OrderedDict[str, tuple[Renderer, dict]] = OrderedDict()
         self._default_renderer: Renderer | None = None
+        self._batched_renderers: weakref.WeakKeyDictionary[Renderer, BatchedRenderer] = weakref.WeakKeyDictionary()
         # Portraits are analysed on their own thread: queued on the default executor they delayed every
         # visitor's session set-up behind them (8.2 s behind 40 uploads). One thread: analysis is serial anyway.
         self._upload_executor = ThreadPoolExecutor(1, thread_name_prefix="avatar-upload")
@@ -322,6 +325,15 @@ class AvatarServer:
     def generator_for(self, preset: Preset):
         """The chunk step a preset runs (loaded once, shared by all its sessions), or None for the baseline."""
         return None if isinstance(self.config.driver, Baseline) else self.models.get(preset.weights, preset.steps)
+
+    def frames_of(self, renderer: Renderer) -> Renderer | BatchedRenderer:
+        """What a session renders with: its avatar's renderer, or where the generator is batched (the registry's
+        choice) one BatchedRenderer per avatar, shared by its sessions (engine.render.batching)."""
+        if not self.models.batching:
+            return renderer
+        if renderer not in self._batched_renderers:  # the event loop's thread only: no race
+            self._batched_renderers[renderer] = BatchedRenderer(renderer)
+        return self._batched_renderers[renderer]
 
     async def serve_forever(self) -> None:
         await self._server.serve_forever()
@@ -645,6 +657,7 @@ class Visitor:
             except UserError as err:
                 raise protocol.ProtocolError("bad_offer", str(err), fatal=True) from None
             renderer, _ = await server.renderer_for(self.upload)
+            renderer = server.frames_of(renderer)
             loop = asyncio.get_running_loop()
             model = await loop.run_in_executor(None, server.generator_for, preset)
             session = await loop.run_in_executor(

@@ -62,6 +62,7 @@ import numpy as np
 import torch
 
 from engine.backends import ChunkStep
+from engine.batch import ComputeSlots, cpu_slots
 from engine.frames import LiveFrame
 from engine.stream.clock import Clock, MonotonicClock
 from engine.stream.drivers import Controls, motion_stream
@@ -118,7 +119,7 @@ class SessionStats:
     latency_max_s: float | None
     ready_latency_p50_s: float | None  # engine latency per chunk: arrival of its first sample -> first frame ready
     ready_latency_p95_s: float | None
-    compute_p50_s: float | None  # per chunk: features + motion + first render batch (0 on a simulated clock)
+    compute_p50_s: float | None  # per chunk: a compute slot, features, motion, first render batch (0 simulated)
     compute_p95_s: float | None
 
 
@@ -143,12 +144,17 @@ class Session:
     model: the generator's chunk step (engine.backends.load, shared by sessions) for the learned driver,
     or None for the signal-processing baseline.
     preset: a name in engine.stream.presets.PRESETS, or a Preset.
+    slots: the compute slots its worker makes chunks in (engine.batch.ComputeSlots; default the process's
+    CPU slots, one a core, shared by every session): the chunk due first is made first, and no more
+    workers compute at once than there are cores.
     """
 
     def __init__(self, renderer: torch.nn.Module, model: ChunkStep | None = None,
                  preset: str | Preset = "balanced", controls: Controls = Controls(), *,
-                 clock: Clock | None = None, options: SessionOptions = SessionOptions()):
+                 clock: Clock | None = None, options: SessionOptions = SessionOptions(),
+                 slots: ComputeSlots | None = None):
         self.preset = get_preset(preset)
+        self._slots = slots if slots is not None else cpu_slots()
         self.options = options
         self.clock = clock if clock is not None else MonotonicClock()
         self.driver = "baseline" if model is None else "learned"
@@ -165,6 +171,7 @@ class Session:
         self._cond = threading.Condition()  # guards everything below that two threads touch
         self._queue: deque[list] = deque()  # input: [samples, arrival] in push order
         self._queued = 0  # samples in _queue
+        self._awaited = 0  # queued samples the worker waits for: pushes below it need not wake it
         self._out: deque[tuple[LiveFrame, float | None]] = deque()  # output: (frame, arrival of its audio)
         self._t0: float | None = None  # slot of frame 0 on the clock, set by the first frames() pull
         self._epoch = 0  # bumped by interrupts: work started in an older epoch is discarded
@@ -200,7 +207,8 @@ class Session:
                 self._queued += len(mono)
                 self._counters.audio_in += len(mono)
                 self._drop_oldest(self._queued - round(self.options.max_backlog_s * SAMPLE_RATE))
-                self.clock.notify(self._cond)
+                if self._queued >= self._awaited:  # a push short of the chunk's audio changes nothing for it
+                    self.clock.notify(self._cond)
 
     def _resample(self, samples: np.ndarray, sample_rate: int) -> np.ndarray:
         flushed = np.zeros(0, np.float32)
@@ -312,8 +320,9 @@ class Session:
         finally:
             self.clock.detach()
 
-    def _next_job(self) -> tuple[list, Controls | None, int] | None:
-        """Wait (lock held) until the next chunk can be made; return what to feed it, new controls, epoch."""
+    def _next_job(self) -> tuple[list, Controls | None, int, float] | None:
+        """Wait (lock held) until the next chunk can be made; return what to feed it, new controls, epoch and
+        its first frame's slot."""
         sched = self._scheduler
         with self._cond:
             while not self._closed:
@@ -332,11 +341,13 @@ class Session:
                 elif now >= slot - self.preset.headroom_s:  # give up waiting: fill the gap with silence
                     pieces = self._fill(need, sched.idle)
                 else:
+                    self._awaited = need
                     self.clock.wait(self._cond, slot - (self._lead if self._queued >= need else self.preset.headroom_s))
+                    self._awaited = 0
                     continue
                 controls = self._controls if self._controls_changed else None
                 self._controls_changed = False
-                return pieces, controls, self._epoch
+                return pieces, controls, self._epoch, slot
         return None
 
     def _drain(self, excess: int) -> None:
@@ -372,9 +383,14 @@ class Session:
                 self._queue[0][0], n = samples[n:], 0
         return pieces
 
-    def _make(self, pieces: list, controls: Controls | None, epoch: int) -> None:
-        """Feed, step and render one chunk (no lock held), posting frames as each batch is ready."""
+    def _make(self, pieces: list, controls: Controls | None, epoch: int, due: float) -> None:
+        """Feed, step and render one chunk (no lock held; in a compute slot, by the chunk's first slot `due`),
+        posting frames as each batch is ready."""
         started = self.clock.now()
+        with self._slots.hold(due):
+            self._compute(pieces, controls, epoch, started)
+
+    def _compute(self, pieces: list, controls: Controls | None, epoch: int, started: float) -> None:
         sched = self._scheduler
         for samples, arrival in pieces:
             sched.feed(samples, arrival)

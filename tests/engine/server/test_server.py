@@ -238,3 +238,21 @@ def test_mdns_rewrite_uses_the_peers_address_for_remote_browsers():
     rewritten = vet_candidates(offer, "192.168.1.20")
     assert "a=candidate:1 1 udp 2122 192.168.1.20 5000 typ host" in rewritten and "192.168.1.20 6" in rewritten
     assert ".local" not in rewritten
+
+
+def test_batched_servers_share_one_batched_renderer_per_avatar():
+    """Where the generator is batched, the sessions of one avatar render through one BatchedRenderer (their
+    frames that meet are one call); otherwise each session calls the avatar's renderer itself."""
+    import torch
+
+    from engine.backends.registry import StepRegistry
+    from engine.render.batching import BatchedRenderer
+    from engine.server.app import AvatarServer, ServerConfig
+
+    renderer = torch.nn.Identity()  # stands in for an avatar's Renderer: only its identity matters here
+    batched = AvatarServer(ServerConfig(port=0), models=StepRegistry("torch", batching=True))
+    first = batched.frames_of(renderer)
+    assert isinstance(first, BatchedRenderer) and first.renderer is renderer
+    assert batched.frames_of(renderer) is first
+    alone = AvatarServer(ServerConfig(port=0), models=StepRegistry("torch", batching=False))
+    assert alone.frames_of(renderer) is renderer
