@@ -123,3 +123,20 @@ def test_shipped_silence_idles_with_a_closed_mouth_and_blinks(shipped):
     assert motion[:, spec.index("jawOpen")].max() < 0.08
     blinks = motion[:, spec.index("eyeBlink_L")] > 0.5
     assert 1 <= np.count_nonzero(np.diff(blinks.astype(int)) == 1) <= 8  # ~17 a minute, give or take
+
+
+def test_the_pretrained_weights_stay_loadable_and_rl_moved_the_default(shipped, speech_features):
+    """The RL post-trained default and the weights it started from: same network, different motion, and the
+    default's provenance names that base by its hash."""
+    import json
+
+    from engine import assets
+    from engine.io import sha256_file
+
+    pretrained = load_generator(assets.PRETRAINED_MOTION)
+    assert pretrained.config == shipped.config
+    rl = json.loads((assets.ASSETS_DIR / "weights.json").read_text())["motion"]["provenance"]["rl"]
+    assert rl["base_sha256"] == sha256_file(assets.PRETRAINED_MOTION) and rl["steps"] > 0
+    before, after = (LearnedDriver(TorchStep(m), LearnedOptions(seed=0)).drive(speech_features[:50])
+                     for m in (pretrained, shipped))
+    assert np.abs(after - before).max() > 1e-3
