@@ -34,13 +34,13 @@ from torch import Tensor
 
 from engine.motion import spec
 from engine.motion.cache import KVCache
-from engine.motion.model import Conditions, MotionTransformer
-from engine.motion.sampler import SamplerOptions, guidance_batch, guided_velocity
+from engine.motion.model import Conditions, Embedded
+from engine.motion.sampler import SamplerOptions, integrate
 from rl.policy import Policy
 from rl.rewards.base import SPEECH_VAD
 from rl.rewards.target import ARTICULATION, JITTER_FLOOR, SHUT, SWAY_SIGMA
 from rl.rewards.temporal import HEAD_ROTATION, JITTER_SIGMA
-from rl.rollout import Prompt
+from rl.rollout import Prompt, embed
 
 _HEAD = [spec.index(n) for n in HEAD_ROTATION]
 _JAW, _CLOSE = spec.index("jawOpen"), spec.index("mouthClose")
@@ -59,25 +59,6 @@ class DraftWeights:
     articulation: float = 0.5
     sync: float = 0.0  # the lip-sync expert's similarity of audio and mouth at lag 0 (train.sync_expert), raised
     anchor: float = 1.0
-
-
-def sample_with_grad(model: MotionTransformer, noise: Tensor, cond: Conditions, cache: KVCache,
-                     options: SamplerOptions) -> tuple[Tensor, Conditions]:
-    """engine.motion.sampler.sample with autograd (the engine's Euler steps and guidance), clamped; and the
-    embedded conditions the commit takes."""
-    if options.guided:
-        emb3 = model.embed(guidance_batch(cond))
-        cache3 = cache.repeat(3)
-    else:
-        emb = model.embed(cond)
-    x, dt = noise, 1.0 / options.steps
-    for i in range(options.steps):
-        t = torch.full((x.shape[0],), i * dt, device=x.device)
-        u = guided_velocity(model, x, t, emb3, cache3, options) if options.guided else model(x, t, emb, cache)
-        x = x + u * dt
-    if options.guided:
-        emb = type(emb3)(*(e[-noise.shape[0]:] for e in emb3))
-    return x.clamp(-1.0, 1.0), emb
 
 
 def smooth(x: Tensor, sigma: float) -> Tensor:
@@ -128,10 +109,10 @@ class SyncSimilarity:
 
     def __init__(self, path: str = ""):
         from engine.assets import ASSETS_DIR
-        from train.sync_expert import _MOUTH_INDEX, load_expert
+        from train.sync_expert import MOUTH, load_expert
 
         self.expert = load_expert(path or ASSETS_DIR / "sync_expert.safetensors").requires_grad_(False)
-        self.mouth = torch.from_numpy(_MOUTH_INDEX)
+        self.mouth = [spec.index(n) for n in MOUTH]  # the expert's motion input (train.sync_expert.mouth_track)
         self._audio: dict[str, Tensor] = {}
 
     def __call__(self, prompt: Prompt, normalized: Tensor, speech: Tensor) -> Tensor:
@@ -158,15 +139,16 @@ def draft_loss(policy: Policy, prompt: Prompt, conditions: list[Conditions], gro
     model, cfg = policy.net, policy.net.config
     cache = KVCache.empty(cfg, group)
     clean, anchor = [], []
-    for cond in conditions:
-        cond = Conditions(*(c.expand(group, *c.shape[1:]) for c in cond))
+    for cond in conditions:  # each chunk sampled as engine.backends.eager.chunk_step samples it, with autograd
         noise = torch.randn(group, cfg.chunk, cfg.motion_dim, generator=gen)
-        x, emb = sample_with_grad(model, noise, cond, cache, sampler)
+        emb = embed(model, cond, group, sampler)
+        x = integrate(model, noise, emb, cache, sampler).clamp(-1.0, 1.0)
         with policy.reference() as ref:
-            x_ref, _ = sample_with_grad(ref, noise, cond, cache, sampler)
+            x_ref = integrate(ref, noise, embed(ref, cond, group, sampler), cache, sampler).clamp(-1.0, 1.0)
         anchor.append((x - x_ref).pow(2).mean())
-        with torch.no_grad():
-            cache = model.commit(x.detach(), emb, cache)
+        with torch.no_grad():  # the commit takes the guidance batch's last (fully conditioned) copy
+            cache = model.commit(x.detach(), Embedded(*(e[-group:] for e in emb)) if sampler.guided else emb,
+                                 cache)
         clean.append(x)
     T = len(prompt)
     normalized = torch.cat(clean, 1)[:, :T]

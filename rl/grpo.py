@@ -281,6 +281,16 @@ class Trainer:
 
     # -- GRPO
 
+    def step_prompts(self) -> list[tuple[int, torch.Generator]]:
+        """This rank's share of the step's prompts (indices into the pool), each with its noise generator: the
+        same draw on every rank and on resume."""
+        opts = self.config.train
+        chosen = np.random.default_rng([opts.seed, self.step]).choice(len(self.pool), size=opts.prompts,
+                                                                      replace=False)
+        return [(int(i), torch.Generator(device=self.device).manual_seed(
+                    int(np.random.SeedSequence([opts.seed, self.step, int(i)]).generate_state(1)[0])))
+                for i in chosen[self.rank :: self.world]]
+
     def conditions(self, i: int) -> list[Conditions]:
         if i not in self._conditions:
             self._conditions[i] = self.rollouter.conditions(self.pool[i])
@@ -311,15 +321,11 @@ class Trainer:
 
     def grpo_step(self) -> dict:
         opts, ropts = self.config.train, self.config.rollout
-        rng = np.random.default_rng([opts.seed, self.step])  # the same draw on every rank, and on resume
-        chosen = rng.choice(len(self.pool), size=opts.prompts, replace=False)
-        mine = chosen[self.rank :: self.world]
+        mine = self.step_prompts()
         rollouts: list[Rollout] = []
         breakdowns: list[RewardBreakdown] = []
-        for i in mine:
-            gen = torch.Generator(device=self.device).manual_seed(int(np.random.SeedSequence(
-                [opts.seed, self.step, int(i)]).generate_state(1)[0]))
-            rollout = self.rollouter.rollout(self.pool[i], gen, self.conditions(int(i)))
+        for i, gen in mine:
+            rollout = self.rollouter.rollout(self.pool[i], gen, self.conditions(i))
             rollouts.append(rollout)
             breakdowns.append(self.reward(self.samples(rollout.prompt, rollout.motion)))
         rewards = gather_rows(np.stack([b.total for b in breakdowns]))  # (prompts, G), rank-major
@@ -388,15 +394,11 @@ class Trainer:
         weights = DraftWeights(**opts.draft)
         if weights.sync and self._sync is None:
             self._sync = SyncSimilarity()
-        rng = np.random.default_rng([opts.seed, self.step])  # the same draw on every rank, and on resume
-        chosen = rng.choice(len(self.pool), size=opts.prompts, replace=False)
-        mine = chosen[self.rank :: self.world]
+        mine = self.step_prompts()
         self.optimizer.zero_grad(set_to_none=True)
         stats = []
-        for i in mine:
-            gen = torch.Generator(device=self.device).manual_seed(int(np.random.SeedSequence(
-                [opts.seed, self.step, int(i)]).generate_state(1)[0]))
-            loss, s = draft_loss(self.policy, self.pool[i], self.conditions(int(i)), ropts.group, ropts.sampler,
+        for i, gen in mine:
+            loss, s = draft_loss(self.policy, self.pool[i], self.conditions(i), ropts.group, ropts.sampler,
                                  weights, gen, self._sync)
             (loss / len(mine)).backward()
             stats.append(s | {"loss": float(loss.detach())})

@@ -85,9 +85,17 @@ def sample(model: MotionTransformer, noise: Tensor, cond: Conditions | Embedded,
             raise ValueError(f"guided sampling needs the raw Conditions or their embedded guidance batch "
                              f"(3 x {noise.shape[0]} rows); got {cond.static.shape[0]} embedded rows")
         emb = cond if isinstance(cond, Embedded) else model.embed(guidance_batch(cond))
-        cache = cache.repeat(3)
     else:
         emb = cond if isinstance(cond, Embedded) else model.embed(cond)
+    return integrate(model, noise, emb, cache, options)
+
+
+def integrate(model: MotionTransformer, noise: Tensor, emb: Embedded, cache: KVCache, options: SamplerOptions
+              ) -> Tensor:
+    """`sample`'s Euler steps on conditions already embedded (guided: their guidance batch, 3B rows), with
+    autograd where the caller has it on (training through the sampler: rl.draft)."""
+    if options.guided:
+        cache = cache.repeat(3)
     x, dt = noise, 1.0 / options.steps
     for i in range(options.steps):
         t = torch.full((x.shape[0],), i * dt, device=x.device)

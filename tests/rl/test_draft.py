@@ -8,8 +8,8 @@ from scipy.ndimage import gaussian_filter1d
 
 from engine.motion.cache import KVCache
 from engine.motion.model import Conditions
-from engine.motion.sampler import SamplerOptions, sample
-from rl.draft import DraftWeights, sample_with_grad, smooth, statistics_loss
+from engine.motion.sampler import SamplerOptions, integrate, sample
+from rl.draft import DraftWeights, smooth, statistics_loss
 from rl.grpo import Trainer, load_config
 
 
@@ -21,20 +21,25 @@ def test_smooth_is_scipys_gaussian_with_repeated_edges():
 
 @pytest.mark.parametrize("guidance", [1.0, 2.0], ids=["cfg-free", "guided"])
 def test_the_differentiable_sampler_is_the_engines(tiny_model, guidance):
+    """What draft_loss samples (rollout.embed, then engine.motion.sampler.integrate with autograd) equals the
+    engine's no-grad `sample`, and carries gradients to the weights."""
     from engine import assets
     from engine.audio.io import load_audio
-    from rl.rollout import Rollouter, RolloutOptions, crop_prompt
+    from rl.rollout import Rollouter, RolloutOptions, crop_prompt, embed
 
     prompt = crop_prompt("sample", load_audio(assets.SAMPLE_SPEECH), "happy", None, start=10, frames=12)
     cond = Rollouter(tiny_model, RolloutOptions(group=2)).conditions(prompt)[0]
     cfg = tiny_model.config
-    cond = Conditions(*(c.expand(2, *c.shape[1:]) for c in cond))
     noise = torch.randn(2, cfg.chunk, cfg.motion_dim, generator=torch.Generator().manual_seed(0))
     options = SamplerOptions(4, guidance, 1.0)
-    x, _ = sample_with_grad(tiny_model, noise, cond, KVCache.empty(cfg, 2), options)
+    x = integrate(tiny_model, noise, embed(tiny_model, cond, 2, options), KVCache.empty(cfg, 2), options)
     assert x.requires_grad
-    expected = sample(tiny_model, noise, cond, KVCache.empty(cfg, 2), options).clamp(-1, 1)
+    expected = sample(tiny_model, noise, Conditions(*(c.expand(2, *c.shape[1:]) for c in cond)),
+                      KVCache.empty(cfg, 2), options)
     torch.testing.assert_close(x.detach(), expected)
+    x.sum().backward()
+    assert next(tiny_model.parameters()).grad is not None
+    tiny_model.zero_grad(set_to_none=True)
 
 
 def test_the_statistics_are_zero_on_the_target_and_grow_with_each_fault():
