@@ -45,3 +45,27 @@ def test_rl_eval_compares_two_generators_on_rendered_human_speech(tmp_path, tiny
     assert "python benchmarks/rl_eval.py" in text and ("**met**" in text or "**missed**" in text)
     assert (tmp_path / "rl_eval_sheet.png").stat().st_size > 10_000
     assert json.loads(out.with_suffix(".json").read_text())["command"] == result["command"]
+
+
+def test_the_base_is_found_by_its_hash_not_its_old_path(tmp_path, tiny_motion):
+    """The shipped default's provenance names engine/assets/motion.safetensors as its base, a path that now holds
+    the RL weights themselves: the base is the file with the recorded hash, or a clear error."""
+    import shutil
+
+    from benchmarks.rl_eval import base_of
+    from engine import assets
+    from engine.errors import UserError
+    from engine.io import sha256_file
+
+    assert base_of(assets.DEFAULT_MOTION) == assets.PRETRAINED_MOTION
+    from engine.io.checkpoint import read_metadata, save_checkpoint
+    from engine.motion.learned import load_generator
+
+    base = shutil.copy(tiny_motion, tmp_path / "base.safetensors")
+    model = load_generator(base)
+    rl = {"base": str(base), "base_sha256": sha256_file(base)}
+    tuned = save_checkpoint(tmp_path / "rl.safetensors", model, model.config, rl=rl)
+    assert base_of(tuned) == base and read_metadata(tuned)[1]["rl"]["base"] == str(base)
+    base.write_bytes(b"overwritten")
+    with pytest.raises(UserError, match="pass the weights it started from with --base"):
+        base_of(tuned)
