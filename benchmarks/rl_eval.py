@@ -68,7 +68,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
     from engine.backends.eager import TorchStep
     from engine.face.analysis import analyze_portrait
     from engine.face.rig import Rig
-    from engine.motion.learned import LearnedDriver, LearnedOptions, load_generator
+    from engine.motion.learned import LearnedDriver, LearnedOptions, load_generator, weights_sampler
     from engine.render.renderer import Renderer
     from rl.rewards import Sample
     from rl.rewards.base import channels
@@ -81,6 +81,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
     start = time.monotonic()
     base = args.base or base_of(args.checkpoint)
     models = {"pretrained": load_generator(base), "rl": load_generator(args.checkpoint)}
+    samplers = {"pretrained": weights_sampler(base), "rl": weights_sampler(args.checkpoint)}  # each its own guidance
     portrait = analyze_portrait(assets.DEFAULT_PORTRAIT, size=args.size)
     rig = Rig(portrait)
     renderer = Renderer(rig).eval()
@@ -92,7 +93,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
     for (name, features, phones), seed in tqdm(work, desc="recordings x seeds"):
         reference = eval_video.reference_opening(phones, len(features))
         for which, model in models.items():
-            motion = LearnedDriver(TorchStep(model), LearnedOptions(seed=seed)).drive(features)
+            motion = LearnedDriver(TorchStep(model), LearnedOptions(seed=seed, **samplers[which])).drive(features)
             frames = eval_video.render(renderer, motion)
             score = eval_video.score_video(name, which, eval_video.measure_opening(frames), phones, reference)
             guard = guards([Sample(audio[name], features, motion)])
@@ -109,6 +110,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
     summary = {w: summarise([r for r in rows if r["weights"] == w]) for w in models}
     pairs = paired(rows)
     return {"command": command, "cpu": cpu_name(), "checkpoint": str(args.checkpoint), "base": str(base),
+            "samplers": {w: LearnedOptions(**s).sampler().__dict__ for w, s in samplers.items()},
             "audio_dir": str(args.audio_dir), "recordings": len(items), "seeds": args.seeds, "size": args.size,
             "summary": summary, "paired": pairs, "targets": targets(summary, pairs), "rows": rows, "sheet": sheet_name,
             "minutes": (time.monotonic() - start) / 60}

@@ -57,7 +57,8 @@ def bench_stages(renderer, backends: list[str], device: str, preset, samples: np
     for backend in backends:
         step = preset_step(preset, backend, device)
         cfg = step.config
-        driver = LearnedDriver(step, LearnedOptions(steps=preset.steps))
+        guidance = dict(guidance_audio=step.sampler.guidance_audio, guidance_emotion=step.sampler.guidance_emotion)
+        driver = LearnedDriver(step, LearnedOptions(steps=preset.steps, **guidance))  # the weights' own guidance
         windows = clip_windows(features, cfg.chunk, cfg.lookahead)
         hop = cfg.chunk * SAMPLES_PER_FRAME
         batch = min(preset.render_batch, cfg.chunk)

@@ -106,7 +106,8 @@ def _add_render(sub) -> None:
     p.add_argument("--steps", type=int, default=argparse.SUPPRESS, help="learned driver: Euler sampling steps per chunk, 2-8 (default 4)")
     p.add_argument("--guidance-audio", type=float, default=argparse.SUPPRESS,
                    help="learned driver: classifier-free guidance on the audio; 1 = none, higher = larger lip "
-                   "motion and a mouth held closed in silence (default 2)")
+                   "motion and a mouth held closed in silence (default: the weights' own, 2 for pretrained ones, 1 for "
+                   "weights post-trained without guidance)")
     p.add_argument("--guidance-emotion", type=float, default=argparse.SUPPRESS,
                    help="learned driver: classifier-free guidance on the emotion; >1 = stronger expression (default 1)")
     p.add_argument("--motion-out", type=Path, help="also save the motion coefficients (.jsonl or .npz)")

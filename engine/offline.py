@@ -24,7 +24,7 @@ from engine.io.video import Mp4Writer
 from engine.motion import spec
 from engine.motion.baseline import BaselineDriver, BaselineOptions
 from engine.motion.choice import Baseline, Driver, Learned
-from engine.motion.learned import LearnedDriver, LearnedOptions
+from engine.motion.learned import LearnedDriver, LearnedOptions, weights_sampler
 from engine.render.renderer import Renderer
 from engine.runtime import resolve_device, set_threads
 from engine.timebase import FPS, SAMPLE_RATE
@@ -56,7 +56,8 @@ class RenderRequest:
                         seed=self.seed)
         if isinstance(self.driver, Baseline):
             return BaselineDriver(BaselineOptions(**controls))
-        options = LearnedOptions(**controls, **self.driver.sampler_options())
+        sampler = weights_sampler(self.driver.checkpoint) | self.driver.sampler_options()  # the user's win
+        options = LearnedOptions(**controls, **sampler)
         step = backends.load(self.driver.backend, self.driver.checkpoint, options.sampler(), threads=self.threads,
                              device=self.device, prepare=self.prepare)
         return LearnedDriver(step, options)

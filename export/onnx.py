@@ -155,7 +155,7 @@ def export_all(checkpoint: Path, out: Path, options, portrait: Path | None = Non
 
 def main(argv: Sequence[str] | None = None) -> int:
     from engine import assets
-    from engine.motion.learned import LearnedOptions
+    from engine.motion.learned import LearnedOptions, weights_sampler
 
     defaults = LearnedOptions()
     parser = argparse.ArgumentParser(
@@ -169,15 +169,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="generator weights (default: engine/assets/motion.safetensors)")
     parser.add_argument("--out", type=Path, required=True, help="directory for the .onnx files and manifest.json")
     parser.add_argument("--steps", type=int, default=defaults.steps, help="Euler steps unrolled in the chunk graph")
-    parser.add_argument("--guidance-audio", type=float, default=defaults.guidance_audio)
-    parser.add_argument("--guidance-emotion", type=float, default=defaults.guidance_emotion)
+    parser.add_argument("--guidance-audio", type=float,
+                        help="audio guidance baked into the chunk graph (default: the weights' own, "
+                        f"{defaults.guidance_audio:g} for pretrained weights)")
+    parser.add_argument("--guidance-emotion", type=float, help="emotion guidance (default: the weights' own, "
+                        f"{defaults.guidance_emotion:g})")
     parser.add_argument("--portrait", type=Path, help="avatar of the renderer graph (default: the bundled portrait)")
     parser.add_argument("--size", type=int, default=512, help="renderer frame size")
     parser.add_argument("--no-renderer", action="store_true", help="export the generator's graphs only")
     args = parser.parse_args(argv)
     try:
-        options = LearnedOptions(steps=args.steps, guidance_audio=args.guidance_audio,
-                                 guidance_emotion=args.guidance_emotion).sampler()
+        given = {k: v for k, v in (("guidance_audio", args.guidance_audio), ("guidance_emotion", args.guidance_emotion))
+                 if v is not None}
+        options = LearnedOptions(steps=args.steps, **weights_sampler(args.checkpoint) | given).sampler()
         manifest = export_all(args.checkpoint, args.out, options, args.portrait, args.size, not args.no_renderer)
     except UserError as err:
         print(f"avatar export onnx: error: {err}", file=sys.stderr)

@@ -20,6 +20,10 @@ cache committed without them (each chunk learns to continue the context it was g
            + anchor * mean ||clean - clean_ref||^2   (the frozen reference's chunk from the same noise and cache)
     each term weighted (DraftWeights, [train] draft = {...} in the config)
 
+The reference may sample with audio guidance while the policy samples without (`[train] distil_guidance`): the
+anchor then pulls one unguided call toward what the guided 3-row call made (guidance distillation, as Flow-GRPO's
+CFG-free rollouts do implicitly), while the terms above keep pushing on the motion itself.
+
 per sample against its clip's own target (rl.rewards.target's statistics, in torch). The anchor plays KL's part.
 """
 
@@ -133,9 +137,12 @@ class SyncSimilarity:
 
 
 def draft_loss(policy: Policy, prompt: Prompt, conditions: list[Conditions], group: int, sampler: SamplerOptions,
-               weights: DraftWeights, gen: torch.Generator, sync: SyncSimilarity | None = None
-               ) -> tuple[Tensor, dict[str, float]]:
-    """The loss of `group` samples of one prompt (with gradients through every chunk's sampling)."""
+               weights: DraftWeights, gen: torch.Generator, sync: SyncSimilarity | None = None,
+               reference: SamplerOptions | None = None) -> tuple[Tensor, dict[str, float]]:
+    """The loss of `group` samples of one prompt (with gradients through every chunk's sampling). `reference`: the
+    frozen reference's sampler for the anchor (default `sampler`); guided while `sampler` is not, the anchor distils
+    the guidance into the weights."""
+    reference = reference or sampler
     model, cfg = policy.net, policy.net.config
     cache = KVCache.empty(cfg, group)
     clean, anchor = [], []
@@ -144,7 +151,7 @@ def draft_loss(policy: Policy, prompt: Prompt, conditions: list[Conditions], gro
         emb = embed(model, cond, group, sampler)
         x = integrate(model, noise, emb, cache, sampler).clamp(-1.0, 1.0)
         with policy.reference() as ref:
-            x_ref = integrate(ref, noise, embed(ref, cond, group, sampler), cache, sampler).clamp(-1.0, 1.0)
+            x_ref = integrate(ref, noise, embed(ref, cond, group, reference), cache, reference).clamp(-1.0, 1.0)
         anchor.append((x - x_ref).pow(2).mean())
         with torch.no_grad():  # the commit takes the guidance batch's last (fully conditioned) copy
             cache = model.commit(x.detach(), Embedded(*(e[-group:] for e in emb)) if sampler.guided else emb,

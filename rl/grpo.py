@@ -74,6 +74,9 @@ class TrainOptions:
     dpo_batch: int = 32  # windows per DPO update over all ranks
     dpo_self: float = 0.0  # share of the DPO losers that are the policy's own samples (the rest: corruptions)
     draft: dict = field(default_factory=dict)  # rl.draft.DraftWeights' fields (sway, jitter, ... anchor)
+    # draft: the anchor's frozen reference samples with this audio guidance (rolled out without guidance, the
+    # weights learn to make in one call what the guided reference makes in three); 0: the rollout's own sampler
+    distil_guidance: float = 0.0
     eval_every: int = 10  # held-out eval every N steps (and at the end)
     eval_prompts: int = 8  # prompts of the corpus's val split (held-out voices)
     eval_samples: int = 2  # samples per eval prompt
@@ -95,6 +98,9 @@ class TrainOptions:
                 raise UserError(f"{name} must be >= 1; got {getattr(self, name)}")
         if self.prompts > self.pool:
             raise UserError(f"prompts ({self.prompts}) cannot exceed the prompt pool ({self.pool})")
+        if self.distil_guidance and (self.objective != "draft" or self.distil_guidance < 1):
+            raise UserError(f"distil_guidance (the anchor's reference guidance) needs objective = \"draft\" and a "
+                            f"scale >= 1 (0 = off); got {self.distil_guidance} with {self.objective!r}")
         from rl.draft import DraftWeights
 
         try:
@@ -394,12 +400,14 @@ class Trainer:
         weights = DraftWeights(**opts.draft)
         if weights.sync and self._sync is None:
             self._sync = SyncSimilarity()
+        reference = (replace(ropts.sampler, guidance_audio=opts.distil_guidance) if opts.distil_guidance
+                     else ropts.sampler)
         mine = self.step_prompts()
         self.optimizer.zero_grad(set_to_none=True)
         stats = []
         for i, gen in mine:
             loss, s = draft_loss(self.policy, self.pool[i], self.conditions(i), ropts.group, ropts.sampler,
-                                 weights, gen, self._sync)
+                                 weights, gen, self._sync, reference)
             (loss / len(mine)).backward()
             stats.append(s | {"loss": float(loss.detach())})
         self._apply()
@@ -476,7 +484,9 @@ class Trainer:
                                    if k.startswith(("reward", "eval/reward", "draft/")) or k == "loss"})}
         from engine.io import sha256_file
 
-        provenance = provenance | {"rl": {"command": command, "config": asdict(self.config), "steps": self.step,
+        sampler = {"guidance_audio": self.config.rollout.guidance_audio,  # what the weights were made to run with
+                   "guidance_emotion": self.config.rollout.guidance_emotion}
+        provenance = provenance | {"sampler": sampler, "rl": {"command": command, "config": asdict(self.config), "steps": self.step,
                                           "base": str(base), "base_sha256": sha256_file(base), "curves": curves}}
         return save_checkpoint(self.out / "rl.safetensors", model, model.config, **provenance)
 

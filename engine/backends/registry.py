@@ -30,13 +30,14 @@ class StepRegistry:
         self._lock = threading.Lock()  # sessions open from several threads; a step loads once
 
     def get(self, weights: Path, steps: int) -> ChunkStep:
-        """The step of `weights` sampled with `steps` Euler steps (the preset's; guidance at its defaults)."""
-        from engine.motion.learned import LearnedOptions
+        """The step of `weights` sampled with `steps` Euler steps (the preset's) and the weights' own guidance."""
+        from engine.motion.learned import LearnedOptions, weights_sampler
 
         with self._lock:
             key = (Path(weights), steps)
             if key not in self._steps:
-                step = backends.load(self.backend, weights, LearnedOptions(steps=steps).sampler(), threads=self.threads,
+                sampler = LearnedOptions(steps=steps, **weights_sampler(weights)).sampler()
+                step = backends.load(self.backend, weights, sampler, threads=self.threads,
                                      device=self.device, prepare=self.prepare)
                 if self.device == "cuda" and self.backend == "torch":
                     from engine.backends.cuda_graph import warm_up

@@ -25,7 +25,7 @@ from engine import assets
 from engine.audio.frontend import AudioFeatures
 from engine.backends import ChunkStep
 from engine.errors import UserError
-from engine.io.checkpoint import load_model
+from engine.io.checkpoint import load_model, read_metadata
 from engine.motion import spec
 from engine.motion.baseline import EMOTIONS, BaselineOptions, BlinkProcess, frame_draws
 from engine.motion.generator import StreamingGenerator, silence
@@ -38,14 +38,28 @@ _WIDE = [spec.index("eyeWide_L"), spec.index("eyeWide_R")]
 _FACE = [i for i in range(spec.D) if i not in _HEAD and i not in _BLINK]
 
 
+# The pretrained generators' audio guidance: chosen on held-out synthetic voices (benchmarks/results/
+# guidance_sweep.md), never on the human set.
+GUIDANCE_AUDIO = 2.0
+
+
+def weights_sampler(path: str | Path | None = None) -> dict[str, float]:
+    """The guidance a checkpoint was made to be sampled with, as LearnedOptions fields, for wherever it is loaded
+    and the user set none: RL weights record their rollouts' (`sampler` in their provenance; rolled out without
+    guidance, guidance_audio 1: one generator call a step instead of three); older weights record none ({}: the
+    defaults)."""
+    _, provenance = read_metadata(path if path is not None else assets.DEFAULT_MOTION)
+    return {k: float(v) for k, v in provenance.get("sampler", {}).items() if k in ("guidance_audio", "guidance_emotion")}
+
+
 @dataclass(frozen=True)
 class LearnedOptions(BaselineOptions):
     """The baseline's controls plus the sampler's: Euler steps and guidance scales (1 = none)."""
 
     steps: int = 4  # Euler steps per chunk
-    # > 1 follows the audio more strongly: larger lip motion in speech, a mouth held closed in silence. 2 was
-    # chosen on held-out synthetic voices (benchmarks/results/guidance_sweep.md), never on the human set.
-    guidance_audio: float = 2.0
+    # > 1 follows the audio more strongly: larger lip motion in speech, a mouth held closed in silence. Weights
+    # made for another scale say so (weights_sampler): pass theirs where they are loaded.
+    guidance_audio: float = GUIDANCE_AUDIO
     guidance_emotion: float = 1.0  # > 1 exaggerates the emotion
 
     def __post_init__(self):

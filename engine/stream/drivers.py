@@ -53,7 +53,9 @@ class MotionStream(Protocol):
 class LearnedStream:
     def __init__(self, step: ChunkStep, controls: Controls, steps: int, seed: int = 0):
         self.chunk, self.lookahead = step.config.chunk, step.config.lookahead
-        self._driver = LearnedDriver(step, LearnedOptions(**vars(controls), steps=steps, seed=seed))
+        guidance = dict(guidance_audio=step.sampler.guidance_audio, guidance_emotion=step.sampler.guidance_emotion)
+        # the step's own guidance: the registry loaded it with its weights' (engine.motion.learned.weights_sampler)
+        self._driver = LearnedDriver(step, LearnedOptions(**vars(controls), steps=steps, seed=seed, **guidance))
 
     def reset(self) -> None:
         self._driver.reset()

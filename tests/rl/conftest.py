@@ -69,4 +69,6 @@ def toml_value(v):
         return f'"{v}"'
     if isinstance(v, bool):
         return str(v).lower()
+    if isinstance(v, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(x)}" for k, x in v.items()) + " }"
     return str(v)

@@ -69,6 +69,24 @@ def test_a_few_draft_steps_lower_the_loss(make_config):
     assert np.mean(losses[-2:]) < np.mean(losses[:2])
 
 
+def test_distilling_the_guidance_pulls_one_unguided_call_toward_the_guided_reference(make_config):
+    """With `distil_guidance` the anchor compares the unguided policy with the guided reference: it starts > 0 (the
+    guidance changes the motion) and a few anchor-only steps shrink it; a bad setting is a clear error."""
+    from engine.errors import UserError
+
+    only_anchor = {"sway": 0.0, "jitter": 0.0, "roughness": 0.0, "tracking": 0.0, "closure": 0.0,
+                   "articulation": 0.0, "anchor": 1.0}
+    config = load_config(make_config(train={"objective": "draft", "steps": 10, "lr": 1e-2, "prompts": 2,
+                                            "draft": only_anchor, "distil_guidance": 3.0},
+                                     rollout={"guidance_audio": 1.0}, reward={"target": {"weight": 1.0}}))
+    trainer = Trainer(config)
+    gaps = [trainer.train_step()["draft/anchor"] for _ in range(10)]
+    assert gaps[0] > 1e-4, gaps
+    assert np.mean(gaps[-3:]) < 0.85 * np.mean(gaps[:3]), gaps
+    with pytest.raises(UserError, match="distil_guidance"):
+        load_config(make_config("bad", train={"objective": "grpo", "distil_guidance": 2.0}))
+
+
 def test_the_sync_similarity_is_the_experts_and_rises_for_motion_in_sync():
     """The differentiable lag-0 similarity equals train.sync_expert's embeddings' and prefers the clip's own
     (baseline) mouth to the same mouth 8 frames late."""

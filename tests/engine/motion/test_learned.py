@@ -140,3 +140,33 @@ def test_the_pretrained_weights_stay_loadable_and_rl_moved_the_default(shipped, 
     before, after = (LearnedDriver(TorchStep(m), LearnedOptions(seed=0)).drive(speech_features[:50])
                      for m in (pretrained, shipped))
     assert np.abs(after - before).max() > 1e-3
+
+
+def test_weights_made_without_guidance_run_without_it_wherever_they_load(tmp_path, model):
+    """A checkpoint whose provenance records its sampler (RL rolled out without guidance) is sampled with it by
+    the offline driver, the server's step registry and a live session's stream; a user's flag still wins; weights
+    recording none keep the defaults."""
+    from engine.backends.registry import StepRegistry
+    from engine.motion.choice import Learned
+    from engine.motion.learned import GUIDANCE_AUDIO, weights_sampler
+    from engine.offline import RenderRequest
+    from engine.stream.drivers import Controls, motion_stream
+
+    plain = save_checkpoint(tmp_path / "plain.safetensors", model, CFG, emotions=list(EMOTIONS))
+    free = save_checkpoint(tmp_path / "free.safetensors", model, CFG, emotions=list(EMOTIONS),
+                           sampler={"guidance_audio": 1.0, "guidance_emotion": 1.0})
+    assert weights_sampler(plain) == {} and weights_sampler(free)["guidance_audio"] == 1.0
+
+    def offline(checkpoint, **flags):
+        request = RenderRequest(audio=tmp_path / "a.wav", out=tmp_path / "o.mp4",
+                                driver=Learned(checkpoint=checkpoint, backend="torch", **flags))
+        return request.make_driver().generator.chunk_step.sampler.guidance_audio
+
+    assert offline(free) == 1.0 and offline(plain) == GUIDANCE_AUDIO
+    assert offline(free, guidance_audio=3.0) == 3.0
+    registry = StepRegistry("torch")
+    for weights, expected in ((free, 1.0), (plain, GUIDANCE_AUDIO)):
+        step = registry.get(weights, 4)
+        assert step.sampler.guidance_audio == expected
+        stream = motion_stream(step, Controls(), 4, 2)
+        assert stream._driver.generator.chunk_step.sampler.guidance_audio == expected

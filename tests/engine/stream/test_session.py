@@ -23,8 +23,9 @@ UPFRONT = SessionOptions(vad=False, max_backlog_s=60.0)  # room to push a whole 
 
 @pytest.fixture(scope="module")
 def tiny():
+    """A tiny generator's step as the registry loads pretrained weights: guided (a session keeps its step's guidance)."""
     torch.manual_seed(0)
-    return TorchStep(perturb_gates(MotionTransformer(MotionConfig.tiny())))
+    return TorchStep(perturb_gates(MotionTransformer(MotionConfig.tiny())), LearnedOptions(steps=4).sampler())
 
 
 def session(model=None, preset="balanced", options=FAST, **kwargs) -> Session:
