@@ -46,7 +46,7 @@ from engine.backends.onnxruntime import OrtStep, ort_session
 from engine.errors import UserError
 from engine.io import sha256_file
 from engine.motion.generator import StreamingGenerator, silence
-from engine.motion.learned import LearnedDriver, LearnedOptions, load_generator
+from engine.motion.learned import LearnedDriver, LearnedOptions, load_generator, weights_sampler
 from engine.render.renderer import Renderer, to_uint8
 from engine.runtime import set_threads
 from engine.timebase import SAMPLES_PER_FRAME
@@ -57,7 +57,9 @@ from export.specs import generator_specs, renderer_spec
 SCRIPT = "benchmarks/backend_bench.py"
 DEFAULT_OUT = Path(__file__).parent / "results" / "backend_bench"
 TARGET_RATIO = 2.0  # the shipped ONNX Runtime backend's end-to-end frames/s over torch eager's
-LEARNED = LearnedOptions()  # the shipped controls and sampler (4 Euler steps, guidance 2/1)
+def learned(checkpoint: Path) -> LearnedOptions:
+    """The shipped controls and sampler (4 Euler steps) with the weights' own guidance (weights_sampler)."""
+    return LearnedOptions(**weights_sampler(checkpoint))
 RENDER_FRAMES = 48  # frames of the clip's motion per renderer repeat
 GRAPH_CALLS = 20  # calls per repeat of each exported generator graph
 # end-to-end rows: (generator backend, renderer backend)
@@ -98,7 +100,7 @@ def exported(onnx_dir: Path, checkpoint: Path, renderer: Renderer, chunk: int) -
     there; the renderer at batch `chunk` too. Returns the renderer graph of each batch size."""
     manifest, want = onnx_dir / "manifest.json", {"checkpoint_sha256": sha256_file(checkpoint),
                                                   "graph_code_sha256": code_digest(),
-                                                  "sampler": asdict(LEARNED.sampler()), "renderer_size": renderer.size}
+                                                  "sampler": asdict(learned(checkpoint).sampler()), "renderer_size": renderer.size}
     if manifest.is_file():
         have = {k: json.loads(manifest.read_text()).get(k) for k in want}
         if have != want:
@@ -106,7 +108,7 @@ def exported(onnx_dir: Path, checkpoint: Path, renderer: Renderer, chunk: int) -
                             f"run needs {want}); pass an empty --onnx directory or leave --onnx out")
     else:
         progress(f"exporting the graphs to {onnx_dir} ...")
-        export_all(checkpoint, onnx_dir, LEARNED.sampler(), size=renderer.size)
+        export_all(checkpoint, onnx_dir, learned(checkpoint).sampler(), size=renderer.size)
     paths = {1: onnx_dir / "renderer.onnx"}
     if chunk > 1:
         paths[chunk] = onnx_dir / f"renderer_batch{chunk}.onnx"
@@ -228,7 +230,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
     samples = load_audio(assets.SAMPLE_SPEECH)
     features = extract_features(samples)
     set_threads(args.threads)  # after the frontend: importing silero-vad sets 1 thread process-wide
-    model, gpu = load_generator(args.checkpoint), gpu_status()
+    model, gpu, options = load_generator(args.checkpoint), gpu_status(), learned(args.checkpoint)
     renderer = Renderer.from_photo(assets.DEFAULT_PORTRAIT, args.size)
     cfg = model.config
     with contextlib.ExitStack() as stack:
@@ -237,15 +239,15 @@ def run(args: argparse.Namespace, command: str) -> dict:
         sessions = {b: ort_session(p, args.threads) for b, p in exported(onnx_dir, args.checkpoint, renderer,
                                                                          cfg.chunk).items()}
         graphs = {s.name: (s, ort_session(onnx_dir / f"{s.name}.onnx", args.threads))
-                  for s in generator_specs(model, LEARNED.sampler())}
-        models = {"torch": TorchStep(model, LEARNED.sampler()), "onnxruntime": OrtStep(onnx_dir, args.threads)}
+                  for s in generator_specs(model, options.sampler())}
+        models = {"torch": TorchStep(model, options.sampler()), "onnxruntime": OrtStep(onnx_dir, args.threads)}
         renders = {"torch": torch_render(renderer), "onnxruntime": ort_render(sessions)}
         if gpu["torch CUDA graph"] == "run":
-            models["torch CUDA"] = CudaGraphStep(copy.deepcopy(model).to("cuda"), LEARNED.sampler())
+            models["torch CUDA"] = CudaGraphStep(copy.deepcopy(model).to("cuda"), options.sampler())
             renders["torch CUDA"] = torch_render(copy.deepcopy(renderer).to("cuda"))
         if gpu["TensorRT"] == "run":
             models["TensorRT"], renders["TensorRT"] = tensorrt_backend(onnx_dir, cfg.chunk)
-        drivers = {name: LearnedDriver(models[g], LEARNED) for name, (g, _) in PIPELINES.items() if g in models}
+        drivers = {name: LearnedDriver(models[g], options) for name, (g, _) in PIPELINES.items() if g in models}
         windows = clip_windows(features, cfg.chunk, cfg.lookahead)
 
         progress("equality pass (also the warm-up) ...")
@@ -269,7 +271,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
         "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "threads": args.threads, "torch": torch.__version__,
                     "onnxruntime": onnxruntime.__version__, "ort_providers": onnxruntime.get_available_providers(),
                     "python": platform.python_version(), "load_average_at_start": load, "gpu": gpu},
-        "checkpoint": os.path.relpath(args.checkpoint), "config": cfg.to_dict(), "sampler": asdict(LEARNED.sampler()),
+        "checkpoint": os.path.relpath(args.checkpoint), "config": cfg.to_dict(), "sampler": asdict(options.sampler()),
         "renderer_px": args.size, "repeats": args.repeats,
         "clip": {"frames": len(features), "chunks": len(windows), "frames_rendered": len(windows) * cfg.chunk},
         "stages": stages, "graphs": graph_ms, "end_to_end": e2e,

@@ -70,7 +70,7 @@ class Plan:
     minutes: float  # length of the stream
 
 
-SHIPPED = LearnedOptions().sampler()  # what avatar render and live sessions run by default
+SHIPPED = LearnedOptions().sampler()  # the pretrained weights' sampler; weights distilled without guidance run the "off" rows
 GUIDED = (SHIPPED.guidance_audio, SHIPPED.guidance_emotion)  # the grid's "on" rows: the shipped scales
 FULL = Plan(chunks=(1, 2, 4, 8), steps=(2, 4, 8), guidance=GUIDED, repeats=5, frames=100, minutes=10.0)
 QUICK = Plan(chunks=(1, 4), steps=(2,), guidance=GUIDED, repeats=2, frames=8, minutes=10 / 60)

@@ -95,11 +95,15 @@ def run(args: argparse.Namespace, command: str) -> dict:
         for which, model in models.items():
             motion = LearnedDriver(TorchStep(model), LearnedOptions(seed=seed, **samplers[which])).drive(features)
             frames = eval_video.render(renderer, motion)
-            score = eval_video.score_video(name, which, eval_video.measure_opening(frames), phones, reference)
+            opening = eval_video.measure_opening(frames)
+            score = eval_video.score_video(name, which, opening, phones, reference)
+            speaking = eval_video.speech_frames(phones, len(opening))
             guard = guards([Sample(audio[name], features, motion)])
             head = channels(motion, HEAD_ROTATION)
             rows.append({"recording": name, "seed": seed, "weights": which, "r": score.r, "bilabial": score.bilabial,
-                         "roughness": score.roughness, "yaw_std": float(head[:, 0].std()),
+                         "roughness": score.roughness,
+                         "opening": float(np.nanmean(opening[speaking])) if speaking.any() else float("nan"),
+                         "yaw_std": float(head[:, 0].std()),
                          "head_jitter": jitter(head), "tripped": bool(guard.tripped[0])})
             if seed == 0 and name == items[0][0]:
                 picks = np.linspace(0, len(frames) - 1, SHEET_FRAMES).round().astype(int)
@@ -118,7 +122,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
 
 def summarise(rows: list[dict]) -> dict:
     out = {}
-    for key in ("r", "bilabial", "roughness", "yaw_std", "head_jitter"):
+    for key in ("r", "bilabial", "roughness", "opening", "yaw_std", "head_jitter"):
         v = np.array([r[key] for r in rows], np.float64)
         v = v[np.isfinite(v)]  # p/b/m is NaN on a recording without them
         out[key] = ({"median": float(np.median(v)), "min": float(v.min()), "max": float(v.max())} if len(v)
@@ -181,23 +185,27 @@ def markdown(result: dict) -> str:
         return f"{s['median']:{fmt}} ({s['min']:{fmt}} – {s['max']:{fmt}})"
 
     rows = [[w, cell(s["r"], ".2f"), f"{s['bilabial']['median']:.2f}x", f"{s['roughness']['median']:.2f}x",
-             cell(s["yaw_std"], ".4f"), cell(s["head_jitter"], ".4f"), f"{100 * s['tripped']:.0f} %"]
+             cell(s["opening"], ".3f"), cell(s["yaw_std"], ".4f"), cell(s["head_jitter"], ".4f"), f"{100 * s['tripped']:.0f} %"]
             for w, s in result["summary"].items()]
     checks = [[t["what"], f"{t['measured']:.4g}", t["limit"], "**met**" if t["met"] else "**missed**"]
               for t in result["targets"]]
     pairs = [[k, f"{p['median']:+.4f}", f"{p['better']} / {p['pairs']}"] for k, p in result["paired"].items()]
+    samplers = ", ".join(f"{w} audio guidance {s['guidance_audio']:g}" for w, s in result.get("samplers", {}).items())
     return "\n".join([
         "# RL post-trained weights against their base, on held-out human speech",
         "",
         f"Command: `{result['command']}` on {result['cpu']} ({result['minutes']:.1f} min).  ",
         f"RL weights: `{result['checkpoint']}`; base: `{result['base']}`.  ",
-        f"Data: {result['recordings']} recordings of `{result['audio_dir']}` (never trained or tuned on), "
+        f"Data: {result['recordings']} recordings of `{result['audio_dir']}` (none trained on), "
         f"{result['seeds']} seeds each, rendered at {result['size']} px on the bundled portrait.",
         "",
         "Medians (ranges) over recordings x seeds. r, p/b/m and roughness are measured by FaceMesh on the rendered "
-        "frames against phones force-aligned on acoustic boundaries; yaw std and jitter from the motion.",
+        "frames against phones force-aligned on acoustic boundaries (the opening: FaceMesh's lip gap over the face's "
+        "size, mean over speech frames); yaw std and jitter from the motion. Each generator ran with its own "
+        f"sampler: {samplers}.",
         "",
-        *table(["weights", "r at lag 0", "lips on p/b/m", "roughness", "head yaw std (rad)", "head jitter (rad)",
+        *table(["weights", "r at lag 0", "lips on p/b/m", "roughness", "mouth opening in speech",
+                "head yaw std (rad)", "head jitter (rad)",
                 "guards tripped"], rows),
         "",
         "RL minus pretrained on the same recording and seed (the better way: r and yaw std up, the others down):",

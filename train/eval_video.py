@@ -89,6 +89,11 @@ def _frame_mask(phones: Sequence[Phone], frames: int, keep: Callable[[Phone], bo
     return mask
 
 
+def speech_frames(phones: Sequence[Phone], frames: int) -> np.ndarray:
+    """(frames,) bool: the frames whose centre lies inside a phone that is not silence."""
+    return _frame_mask(phones, frames, lambda p: p.arpabet != SIL)
+
+
 @dataclass(frozen=True)
 class VideoScore:
     recording: str
@@ -113,7 +118,7 @@ def score_video(name: str, driver: str, opening: np.ndarray, phones: Sequence[Ph
     idx = np.arange(len(opening))
     filled = np.interp(idx, idx[found], opening[found])
     r0, lag, best = lagged_r(filled, reference, MAX_LAG)
-    speech = _frame_mask(phones, len(filled), lambda p: p.arpabet != SIL)
+    speech = speech_frames(phones, len(filled))
     bilabial = _frame_mask(phones, len(filled), lambda p: p.arpabet in BILABIALS, shrink=0.25)
     margin = round(PAUSE_MARGIN_S * FPS)
     pause = np.convolve(speech, np.ones(2 * margin + 1), mode="same") == 0  # no speech within the margin
