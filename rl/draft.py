@@ -63,6 +63,16 @@ class DraftWeights:
     articulation: float = 0.5
     sync: float = 0.0  # the lip-sync expert's similarity of audio and mouth at lag 0 (train.sync_expert), raised
     anchor: float = 1.0
+    # the anchor's weight on the head's channels relative to the rest: guidance amplifies the head's noise leak,
+    # so a guided reference's head is no model to distil (0: the sway and jitter terms alone shape the head)
+    anchor_head: float = 1.0
+
+
+def _anchor_channels(head: float, dims: int) -> Tensor:
+    """(dims,) weights that average the anchor's squared gap over channels, the head's counted `head` times."""
+    w = torch.ones(dims)
+    w[_HEAD] = head
+    return w / dims
 
 
 def smooth(x: Tensor, sigma: float) -> Tensor:
@@ -152,7 +162,8 @@ def draft_loss(policy: Policy, prompt: Prompt, conditions: list[Conditions], gro
         x = integrate(model, noise, emb, cache, sampler).clamp(-1.0, 1.0)
         with policy.reference() as ref:
             x_ref = integrate(ref, noise, embed(ref, cond, group, reference), cache, reference).clamp(-1.0, 1.0)
-        anchor.append((x - x_ref).pow(2).mean())
+        gap = (x - x_ref).pow(2)
+        anchor.append((gap * _anchor_channels(weights.anchor_head, gap.shape[-1])).sum(-1).mean())
         with torch.no_grad():  # the commit takes the guidance batch's last (fully conditioned) copy
             cache = model.commit(x.detach(), Embedded(*(e[-group:] for e in emb)) if sampler.guided else emb,
                                  cache)

@@ -112,3 +112,15 @@ def test_the_sync_similarity_is_the_experts_and_rises_for_motion_in_sync():
     assert similarity[0] > similarity[1] + 0.05
     similarity.sum().backward()
     assert both.grad.abs().sum() > 0
+
+
+def test_the_anchor_weighs_the_head_as_asked():
+    """anchor_head 1 is the plain mean over channels; 0 leaves the head's gap out (guidance's head is no model)."""
+    from engine.motion import spec
+    from rl.draft import _HEAD, _anchor_channels
+
+    gap = torch.rand(2, 3, spec.D)
+    torch.testing.assert_close((gap * _anchor_channels(1.0, spec.D)).sum(-1).mean(), gap.mean())
+    only_head = torch.zeros_like(gap)
+    only_head[..., _HEAD] = 1.0
+    assert float((only_head * _anchor_channels(0.0, spec.D)).sum(-1).mean()) == 0.0
