@@ -192,7 +192,7 @@ def markdown(result: dict) -> str:
     pairs = [[k, f"{p['median']:+.4f}", f"{p['better']} / {p['pairs']}"] for k, p in result["paired"].items()]
     samplers = ", ".join(f"{w} audio guidance {s['guidance_audio']:g}" for w, s in result.get("samplers", {}).items())
     return "\n".join([
-        "# RL post-trained weights against their base, on held-out human speech",
+        "# RL post-trained weights against their base, on real human speech",
         "",
         f"Command: `{result['command']}` on {result['cpu']} ({result['minutes']:.1f} min).  ",
         f"RL weights: `{result['checkpoint']}`; base: `{result['base']}`.  ",
