@@ -66,6 +66,9 @@ class DraftWeights:
     # the anchor's weight on the head's channels relative to the rest: guidance amplifies the head's noise leak,
     # so a guided reference's head is no model to distil (0: the sway and jitter terms alone shape the head)
     anchor_head: float = 1.0
+    # |log std ratio| of the opening, funnel and pucker over the clip against the frozen reference's clip from the same
+    # noise: the teacher's dynamics (with distil_guidance, the guided mouth's width) rather than its chunks
+    teacher_articulation: float = 0.0
 
 
 def _anchor_channels(head: float, dims: int) -> Tensor:
@@ -83,6 +86,15 @@ def smooth(x: Tensor, sigma: float) -> Tensor:
     B, T, C = x.shape
     y = F.pad(x.permute(0, 2, 1).reshape(B * C, 1, T), (radius, radius), mode="replicate")
     return F.conv1d(y, k).view(B, C, T).permute(0, 2, 1)
+
+
+def articulation(motion: Tensor, reference: Tensor, std_floor: float = 2e-3) -> Tensor:
+    """(B, T, D) raw motion against (1 or B, T, D) raw reference -> (B,) mean |log std ratio| over time of the lips'
+    opening, funnel and pucker."""
+    def lips(x: Tensor) -> Tensor:
+        return torch.cat([(x[..., _JAW] - x[..., _CLOSE]).clamp(min=0)[..., None], x[..., _ARTIC]], -1)
+
+    return torch.log((lips(motion).std(1) + std_floor) / (lips(reference).std(1) + std_floor)).abs().mean(-1)
 
 
 def statistics_loss(motion: Tensor, target: Tensor, weights: DraftWeights, speech: Tensor | None = None,
@@ -108,11 +120,8 @@ def statistics_loss(motion: Tensor, target: Tensor, weights: DraftWeights, speec
     r = (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + 1e-6)
     shut = (opening_t[0] < SHUT) & (speech if speech is not None else torch.ones_like(opening_t[0], dtype=torch.bool))
     closure = opening[:, shut].mean(1) if int(shut.sum()) >= 2 else opening.new_zeros(opening.shape[0])
-    lips, lips_t = torch.cat([opening[..., None], motion[..., _ARTIC]], -1), torch.cat(
-        [opening_t[..., None], target[None, :, _ARTIC]], -1)
-    articulation = torch.log((lips.std(1) + std_floor) / (lips_t.std(1) + std_floor)).abs().mean(-1)
     parts = {"sway": sway, "jitter": jitter, "roughness": roughness, "tracking": 1 - r, "closure": closure,
-             "articulation": articulation}
+             "articulation": articulation(motion, target[None], std_floor)}
     loss = sum(getattr(weights, k) * v for k, v in parts.items()).mean()
     return loss, {f"draft/{k}": float(v.detach().mean()) for k, v in parts.items()}
 
@@ -155,13 +164,14 @@ def draft_loss(policy: Policy, prompt: Prompt, conditions: list[Conditions], gro
     reference = reference or sampler
     model, cfg = policy.net, policy.net.config
     cache = KVCache.empty(cfg, group)
-    clean, anchor = [], []
+    clean, anchor, teacher = [], [], []
     for cond in conditions:  # each chunk sampled as engine.backends.eager.chunk_step samples it, with autograd
         noise = torch.randn(group, cfg.chunk, cfg.motion_dim, generator=gen)
         emb = embed(model, cond, group, sampler)
         x = integrate(model, noise, emb, cache, sampler).clamp(-1.0, 1.0)
         with policy.reference() as ref:
             x_ref = integrate(ref, noise, embed(ref, cond, group, reference), cache, reference).clamp(-1.0, 1.0)
+        teacher.append(x_ref.detach())
         gap = (x - x_ref).pow(2)
         anchor.append((gap * _anchor_channels(weights.anchor_head, gap.shape[-1])).sum(-1).mean())
         with torch.no_grad():  # the commit takes the guidance batch's last (fully conditioned) copy
@@ -177,6 +187,10 @@ def draft_loss(policy: Policy, prompt: Prompt, conditions: list[Conditions], gro
         similarity = sync(prompt, normalized, speech)
         loss = loss - weights.sync * similarity.mean()
         stats["draft/sync"] = float(similarity.detach().mean())
+    if weights.teacher_articulation:
+        taught = articulation(motion, torch.cat(teacher, 1)[:, :T] * _HALF + _MID)
+        loss = loss + weights.teacher_articulation * taught.mean()
+        stats["draft/teacher_articulation"] = float(taught.detach().mean())
     anchor_loss = torch.stack(anchor).mean()
     stats["draft/anchor"] = float(anchor_loss.detach())
     return loss + weights.anchor * anchor_loss, stats

@@ -124,3 +124,17 @@ def test_the_anchor_weighs_the_head_as_asked():
     only_head = torch.zeros_like(gap)
     only_head[..., _HEAD] = 1.0
     assert float((only_head * _anchor_channels(0.0, spec.D)).sum(-1).mean()) == 0.0
+
+
+def test_articulation_is_zero_against_itself_and_sees_a_narrower_mouth():
+    """The teacher term's measure: 0 for the reference's own motion, > 0 for the same motion at half the width."""
+    from engine.motion import spec
+    from rl.draft import articulation
+
+    t = torch.arange(80, dtype=torch.float32)
+    motion = torch.from_numpy(np.tile(spec.neutral(), (80, 1)))[None].clone()
+    motion[0, :, spec.index("jawOpen")] = 0.2 * (1 + torch.sin(t / 3))
+    narrow = motion.clone()
+    narrow[0, :, spec.index("jawOpen")] *= 0.5
+    assert float(articulation(motion, motion)) == 0.0
+    assert float(articulation(narrow, motion)) > 0.15
