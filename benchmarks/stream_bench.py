@@ -55,6 +55,7 @@ from benchmarks.common import cpu_name, fmt, percentiles, preset_step, progress,
 from benchmarks.generator_bench import stream_bins
 from engine import assets
 from engine.audio.io import load_audio
+from engine.batch import PhaseGroups
 from engine.face.analysis import analyze_portrait
 from engine.face.rig import Rig
 from engine.render.batching import BatchedRenderer
@@ -211,7 +212,8 @@ def measure(renderer: Renderer, preset: Preset, seconds: float, sessions: int = 
     calls = getattr(step, "calls", 0), getattr(step, "streams", 0)
     batched = hasattr(step, "streams")  # the server batches the renderer's frames with the generator's calls
     render = BatchedRenderer(renderer) if batched else renderer
-    opened = [Session(render, step, preset, options=OPTIONS) for _ in range(sessions)]
+    phases = PhaseGroups() if batched else None  # batched sessions make their chunks in phase groups, as served
+    opened = [Session(render, step, preset, options=OPTIONS, phases=phases) for _ in range(sessions)]
     mic = Mic(opened, mic_audio())
     try:
         with tqdm(total=frames, desc=f"{preset.name} x{sessions}", unit="frame", leave=False, mininterval=1) as bar:
