@@ -411,8 +411,7 @@ class Session:
 
     def _compute(self, pieces: list, controls: Controls | None, epoch: int, started: float) -> None:
         sched = self._scheduler
-        for samples, arrival in pieces:
-            sched.feed(samples, arrival)
+        sched.feed_all(pieces)
         if controls is not None:
             sched.driver.set_controls(controls)
         if self._epoch != epoch:  # interrupted while waiting for the lock: the next job restarts
