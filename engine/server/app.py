@@ -65,6 +65,7 @@ from websockets.protocol import OPEN
 
 from engine import backends
 from engine.backends.registry import StepRegistry
+from engine.batch import PhaseGroups
 from engine.errors import UserError
 from engine.face.analysis import analyze_portrait, decode_image
 from engine.face.rig import Rig
@@ -248,6 +249,8 @@ class AvatarServer:
         self.config = config
         self._own_models = models is None
         self.models = models or StepRegistry(backend_of(config), config.device)
+        # batched sessions make their chunks in phase groups, so their calls meet (engine.batch.PhaseGroups)
+        self.phases = PhaseGroups() if self.models.batching else None
         if (broadcast is None) != isinstance(config.mode, Converse):
             raise ValueError(f"{config.mode} needs {'no' if broadcast is None else 'a'} broadcast session: "
                              "Broadcast() serves the one session it is given, Converse() makes one per visitor")
@@ -661,7 +664,8 @@ class Visitor:
             loop = asyncio.get_running_loop()
             model = await loop.run_in_executor(None, server.generator_for, preset)
             session = await loop.run_in_executor(
-                None, lambda: Session(renderer, model, preset, server.config.controls, options=LIVE_OPTIONS))
+                None, lambda: Session(renderer, model, preset, server.config.controls, options=LIVE_OPTIONS,
+                                      phases=server.phases))
             self.relay = FrameRelay(session)
         else:
             self.relay = server.relay
