@@ -397,10 +397,10 @@ def concurrency_section(ramps: list[dict]) -> list[str]:
         "## Concurrent sessions", "",
         f"Sessions at once (one renderer and generator shared, a worker thread each), {ramps[0]['seconds']:g} s a "
         f"step, until one falls behind real time (< {MIN_FPS:g} fps, > {MAX_LATE:.0%} of frames late, or anything "
-        "dropped). Batching on: the sessions' generator calls that meet share one backend call (streams a call: "
-        "their mean) and their renderer calls one renderer call (frames a call); off: each session calls alone. "
-        "Either way the workers make chunks in the process's compute slots (engine.batch: a core each plus one, "
-        "earliest deadline first).", "",
+        "dropped). Batching on: the sessions make their chunks in phase groups (engine.batch.PhaseGroups, one a "
+        "core), so a group's generator calls share one backend call (streams a call: their mean) and its renderer "
+        "calls one renderer call (frames a call); off: each session calls alone, its worker in the process's "
+        "compute slots (engine.batch: a core each plus one, earliest deadline first).", "",
         *table(["preset", "batching", "sessions", "slowest fps", "most late", "dropped frames / audio s",
                 "worst engine p95 ms", "CPU", "streams a call", "frames a render", "real time"], rows), "",
         *(f"{c['preset']}, batching {batching(c)}: **{c['held']}** session(s) held real time"

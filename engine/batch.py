@@ -320,14 +320,15 @@ class PhaseGroups:
         if self.count < 1:
             raise ValueError(f"PhaseGroups needs at least 1 group, got {self.count}")
         self.gather_s = gather_s
-        self._groups: dict[float, list[PhaseGroup]] = {}  # chunk period -> its groups
+        self._groups: dict[tuple, list[PhaseGroup]] = {}  # (chunk period, kind) -> its groups
         self._lock = threading.Lock()
 
-    def join(self, period: float) -> PhaseGroup:
-        """The least loaded group of the chunk period `period` (seconds); leave it when the session ends."""
+    def join(self, period: float, kind: object = None) -> PhaseGroup:
+        """The least loaded group of the chunk period `period` (seconds) among those of `kind` (sessions of
+        one preset gather only with each other); leave it when the session ends."""
         with self._lock:
-            groups = self._groups.setdefault(period, [PhaseGroup(period, i * period / self.count, self.gather_s)
-                                                      for i in range(self.count)])
+            groups = self._groups.setdefault((period, kind), [
+                PhaseGroup(period, i * period / self.count, self.gather_s) for i in range(self.count)])
             group = min(groups, key=lambda g: g.members)
             group._join()
             return group

@@ -280,7 +280,7 @@ class Session:
             self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
             self._t0 = self.clock.now() + self.preset.headroom_s
             if self._phases is not None:  # a member from now: before it, its chunks are not due
-                self._phase = self._phases.join(self.chunk / FPS)
+                self._phase = self._phases.join(self.chunk / FPS, self.preset)
                 self._t0 = self._phase.align(self._t0)
             self.clock.notify(self._cond)
         while True:

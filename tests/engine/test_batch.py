@@ -163,6 +163,7 @@ def test_phase_groups_spread_sessions_and_put_their_slots_on_the_groups_grids():
     joined = [groups.join(0.08) for _ in range(4)]
     assert [g.phase for g in joined] == [0.0, 0.04, 0.0, 0.04] and joined[0] is joined[2]
     assert groups.join(0.16) is not joined[0]  # another chunk period: groups of its own
+    assert groups.join(0.08, "quality") not in joined  # and another kind (preset)
     joined[1].leave()
     assert groups.join(0.08) is joined[1]  # the least loaded
     for group in joined[:2]:

@@ -366,7 +366,7 @@ def test_sessions_in_a_phase_group_share_calls_and_each_streams_its_motion_alone
     finally:
         step.close()
         render.close()
-    group = phases.join(opened[0].chunk / FPS)
+    group = phases.join(opened[0].chunk / FPS, opened[0].preset)
     for seed, frames in got.items():
         mine = [f for f, _ in alone[seed][: len(frames)]]
         assert [f.pts for f in frames] == [f.pts for f in mine]
