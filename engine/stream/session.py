@@ -43,6 +43,10 @@ Time:
   on schedule, generated from silence, and the face eases to idle (mouth closing, blinks going on).
   Audio that arrives after such a gap (a talk spurt starting) goes after the silence, with `jitter_s`
   more of it, so the packets that follow have slack; a spurt's last packets go before it.
+- Batched sessions (`phases`, engine.batch.PhaseGroups): t0 goes on the session's phase group's grid
+  (the first frame waits up to a chunk for it), so audio arriving in real time completes the chunks of a
+  group's sessions within a packet of each other; each chunk then waits (at most GATHER_S) for the
+  group's others, and they are made together, their generator and renderer calls batched.
 - Latency (DESIGN.md §3), per frame: arrival of its first sample -> the frame released on its slot.
   Audio arriving in real time lands on the timeline that far ahead of the slots, so every frame of a
   talk spurt has the same latency: engine.stream.presets.latency_floor_s(L, K) + headroom_s + jitter_s
