@@ -18,6 +18,13 @@ once with no hand-off, the busier the lanes the larger (and cheaper per item) th
 waits to fill a batch, and a caller joining or leaving changes only the next batch's size. A batch
 that raises hands the error to every caller in it; the lanes go on. Used by engine.backends.batching
 (the generator's calls) and engine.render.batching (the renderer's frames).
+
+PhaseGroups and Cohort: on their own, sessions' calls rarely meet (each makes its chunk as soon as
+its audio is in, at its own phase of the chunk period: 1.0-1.2 streams a call at 4-5 sessions on the
+2-core CPU). A batched session joins a phase group: its frame slots go on the group's grid, its
+chunks are made in the cohort of the group's chunks ready together (`PhaseGroup.gather`), and a
+Combiner batch led by a cohort member waits until no member still computes outside a Combiner
+(`Cohort.meet`), so the members' speech encoder, chunk graph and renderer calls each run as one batch.
 """
 
 from __future__ import annotations
