@@ -13,7 +13,8 @@ compute (waiting for a Combiner's batch) gives its slot up meanwhile (`yielding`
 Combiner: calls from many threads that meet share one batched call, run by a caller, no thread of its
 own. A call that finds a lane free runs at once, with every call queued (its own included, in arrival
 order, up to `max_batch`); a call that finds every lane busy waits, and when a lane frees, the first
-waiting call leads the next batch with everything that queued meanwhile. So a lone caller runs at
+waiting call leads the next batch with everything that queued meanwhile. (A cohort's call first meets
+its cohort, below, and takes only its cohort's calls; a cohort holds one lane at a time.) So a lone caller runs at
 once with no hand-off, the busier the lanes the larger (and cheaper per item) the batches, nothing
 waits to fill a batch, and a caller joining or leaving changes only the next batch's size. A batch
 that raises hands the error to every caller in it; the lanes go on. Used by engine.backends.batching
@@ -112,7 +113,7 @@ def cpu_slots() -> ComputeSlots:
     global _cpu_slots
     with _cpu_slots_lock:
         if _cpu_slots is None:
-            _cpu_slots = ComputeSlots(_cores() + 1)
+            _cpu_slots = ComputeSlots(cores() + 1)
         return _cpu_slots
 
 
@@ -143,6 +144,7 @@ class Combiner(Generic[Item, Result]):
         self.batches = self.items = 0
         self._queue: deque[_Call] = deque()  # calls waiting for a batch (not their leaders)
         self._running = 0  # lanes busy
+        self._leading: set[Cohort] = set()  # cohorts whose call holds a lane
         self._lock = threading.Lock()
         self._closed = False
 
@@ -152,9 +154,8 @@ class Combiner(Generic[Item, Result]):
             if self._closed:
                 raise RuntimeError("this Combiner is closed; make a new one")
             self._queue.append(call)
-            if self._running < self.lanes:
-                self._grant()
-            else:
+            self._dispatch()
+            if not call.leads:
                 call.waiting = True
                 _add(call.cohort, -1)
         while not call.done:
@@ -168,18 +169,33 @@ class Combiner(Generic[Item, Result]):
                     with yielding():
                         call.cohort.meet()
                 with self._lock:
-                    group = [call, *(self._queue.popleft() for _ in range(min(len(self._queue), self.max_batch - 1)))]
+                    group = [call, *self._take(call.cohort, self.max_batch - 1)]
                 self._lead(group)
         if call.error is not None:
             raise call.error
         return call.result
 
-    def _grant(self) -> None:
-        """A lane goes to the first queued call (lock held): its caller leads the next batch."""
-        call = self._queue.popleft()
-        self._running += 1
-        call.leads = True
-        _resume(call)
+    def _dispatch(self) -> None:
+        """Free lanes go to queued calls in arrival order (lock held), each caller leading the next batch; at
+        most one lane a cohort, so a cohort's later calls join its leader's batch and the next lane goes to
+        another cohort (a phase group's batch beside another's, one a core)."""
+        while self._running < self.lanes:
+            call = next((c for c in self._queue if c.cohort is None or c.cohort not in self._leading), None)
+            if call is None:
+                return
+            self._queue.remove(call)
+            self._running += 1
+            if call.cohort is not None:
+                self._leading.add(call.cohort)
+            call.leads = True
+            _resume(call)
+
+    def _take(self, cohort: Cohort | None, most: int) -> list[_Call]:
+        """Up to `most` queued calls for a batch led by a call of `cohort` (lock held): its own cohort's."""
+        taken = [c for c in self._queue if c.cohort is cohort][:most]
+        for c in taken:
+            self._queue.remove(c)
+        return taken
 
     def _lead(self, group: list[_Call]) -> None:
         try:
@@ -192,11 +208,11 @@ class Combiner(Generic[Item, Result]):
             error = None
         with self._lock:
             self._running -= 1
+            self._leading.discard(group[0].cohort)
             if error is None:
                 self.batches += 1
                 self.items += len(group)
-            if self._queue:  # what queued meanwhile: its first caller leads it
-                self._grant()
+            self._dispatch()  # what queued meanwhile: its first caller leads it
         for member, result in zip(group, results, strict=True):
             member.result, member.error, member.done = result, error, True
             _resume(member)
@@ -319,11 +335,11 @@ class PhaseGroups:
     group's grid (engine.stream.session: its first slot waits up to a period for the grid) and makes
     each chunk in that tick's cohort: audio arriving in real time then completes the chunks of a
     group's sessions within a packet of each other, the cohort forms, and its members' speech
-    encoder, chunk graph and renderer calls each run as one batch. One group a core (the default)
-    keeps both cores busy, the groups' ticks a fraction of a period apart."""
+    encoder, chunk graph and renderer calls each run as one batch. One group a core (the default, with
+    a Combiner lane a core) keeps both cores busy, the groups' ticks a fraction of a period apart."""
 
     def __init__(self, count: int | None = None, gather_s: float = GATHER_S):
-        self.count = count if count is not None else _cores()
+        self.count = count if count is not None else cores()
         if self.count < 1:
             raise ValueError(f"PhaseGroups needs at least 1 group, got {self.count}")
         self.gather_s = gather_s
@@ -341,5 +357,6 @@ class PhaseGroups:
             return group
 
 
-def _cores() -> int:
+def cores() -> int:
+    """The cores this process may run on."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

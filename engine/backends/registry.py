@@ -8,6 +8,7 @@ from pathlib import Path
 from engine import backends
 from engine.backends import ChunkStep, Prepare
 from engine.backends.batching import BatchedStep
+from engine.batch import cores
 
 
 class StepRegistry:
@@ -42,7 +43,9 @@ class StepRegistry:
                     from engine.backends.cuda_graph import warm_up
 
                     warm_up(step)  # its CUDA graph, captured before any session runs beside it
-                self._steps[key] = BatchedStep(step) if self.batching else step
+                # on a CPU a lane a core: each phase group's batch runs beside the others' (engine.batch)
+                lanes = cores() if self.device == "cpu" else 1
+                self._steps[key] = BatchedStep(step, lanes=lanes) if self.batching else step
             return self._steps[key]
 
     def close(self) -> None:

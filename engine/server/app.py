@@ -250,7 +250,8 @@ class AvatarServer:
         self._own_models = models is None
         self.models = models or StepRegistry(backend_of(config), config.device)
         # batched sessions make their chunks in phase groups, so their calls meet (engine.batch.PhaseGroups)
-        self.phases = PhaseGroups() if self.models.batching else None
+        # (one a core on a CPU; on a GPU one, the biggest batches: the device runs a call at a time anyway)
+        self.phases = None if not self.models.batching else PhaseGroups(1 if config.device != "cpu" else None)
         if (broadcast is None) != isinstance(config.mode, Converse):
             raise ValueError(f"{config.mode} needs {'no' if broadcast is None else 'a'} broadcast session: "
                              "Broadcast() serves the one session it is given, Converse() makes one per visitor")
@@ -335,7 +336,7 @@ class AvatarServer:
         if not self.models.batching:
             return renderer
         if renderer not in self._batched_renderers:  # the event loop's thread only: no race
-            self._batched_renderers[renderer] = BatchedRenderer(renderer)
+            self._batched_renderers[renderer] = BatchedRenderer(renderer, lanes=self.phases.count)
         return self._batched_renderers[renderer]
 
     async def serve_forever(self) -> None:

@@ -199,3 +199,33 @@ def test_a_gathering_forms_when_every_member_is_in_or_its_time_is_up_and_a_leave
     group.leave()  # ... which leaves: the gathering forms at once with the one that came
     waiter.join(5)
     assert cohorts["d"].members == 1 and took["d"] < 0.2
+
+
+def test_two_cohorts_batch_apart_side_by_side_a_lane_each():
+    batches, inside, most = [], [0], [0]
+    lock = threading.Lock()
+
+    def run(items):
+        with lock:
+            batches.append(sorted(items))
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        time.sleep(0.05)
+        with lock:
+            inside[0] -= 1
+        return list(items)
+
+    combine, cohorts = Combiner(run, lanes=2), [Cohort(3), Cohort(3)]
+
+    def member(name: str, cohort: Cohort, delay: float) -> None:
+        with cohort.member():
+            time.sleep(delay)
+            combine(name)
+
+    threads = [threading.Thread(target=member, args=(f"{g}{i}", cohorts[g], 0.01 * i)) for g in (0, 1)
+               for i in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(5)
+    assert sorted(batches) == [["00", "01", "02"], ["10", "11", "12"]] and most[0] == 2
