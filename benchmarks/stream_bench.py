@@ -211,9 +211,9 @@ def measure(renderer: Renderer, preset: Preset, seconds: float, sessions: int = 
     step = generator(preset, batching)
     calls = getattr(step, "calls", 0), getattr(step, "streams", 0)
     batched = hasattr(step, "streams")  # the server batches the renderer's frames with the generator's calls
-    # batched sessions make their chunks in phase groups and render a lane a group, as `avatar serve` runs them
+    # batched sessions make their chunks in phase groups, as `avatar serve` runs them
     phases = PhaseGroups(1 if BACKEND["device"] != "cpu" else None) if batched else None
-    render = BatchedRenderer(renderer, lanes=phases.count) if batched else renderer
+    render = BatchedRenderer(renderer) if batched else renderer
     opened = [Session(render, step, preset, options=OPTIONS, phases=phases) for _ in range(sessions)]
     mic = Mic(opened, mic_audio())
     try:

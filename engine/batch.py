@@ -335,8 +335,8 @@ class PhaseGroups:
     group's grid (engine.stream.session: its first slot waits up to a period for the grid) and makes
     each chunk in that tick's cohort: audio arriving in real time then completes the chunks of a
     group's sessions within a packet of each other, the cohort forms, and its members' speech
-    encoder, chunk graph and renderer calls each run as one batch. One group a core (the default, with
-    a Combiner lane a core) keeps both cores busy, the groups' ticks a fraction of a period apart."""
+    encoder, chunk graph and renderer calls each run as one batch. One group a core (the default) keeps
+    both cores busy, the groups' ticks a fraction of a period apart."""
 
     def __init__(self, count: int | None = None, gather_s: float = GATHER_S):
         self.count = count if count is not None else cores()

@@ -43,7 +43,8 @@ class StepRegistry:
                     from engine.backends.cuda_graph import warm_up
 
                     warm_up(step)  # its CUDA graph, captured before any session runs beside it
-                # on a CPU a lane a core: each phase group's batch runs beside the others' (engine.batch)
+                # on a CPU a lane a core: a phase group's batch runs beside another's (engine.batch; two
+                # at once make 1.9 calls' worth: benchmarks/results/stage_overlap.md)
                 lanes = cores() if self.device == "cpu" else 1
                 self._steps[key] = BatchedStep(step, lanes=lanes) if self.batching else step
             return self._steps[key]

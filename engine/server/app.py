@@ -336,7 +336,9 @@ class AvatarServer:
         if not self.models.batching:
             return renderer
         if renderer not in self._batched_renderers:  # the event loop's thread only: no race
-            self._batched_renderers[renderer] = BatchedRenderer(renderer, lanes=self.phases.count)
+            # one lane: two renders at once make 1.3 renders' worth on this 2-core CPU (the GIL;
+            # benchmarks/results/stage_overlap.md), so a group's render waits for another's to end
+            self._batched_renderers[renderer] = BatchedRenderer(renderer)
         return self._batched_renderers[renderer]
 
     async def serve_forever(self) -> None:
