@@ -9,7 +9,9 @@ concurrency ramp, and this reports:
   * per thread kind, CPU and kernel time (% of one core) and context switches a second, from /proc;
   * fps and late frames of the slowest session, as stream_bench counts them.
 --slots N runs the sessions' workers in N compute slots (engine.batch.ComputeSlots) instead of the
-process's default (a core each plus one); a large N means no limit, as before the slots.
+process's default (a core each plus one); a large N means no limit, as before the slots. --batching on
+runs them batched, as stream_bench's ramp does with batching on (phase groups, one generator and
+renderer call for a group's chunks); a batched call's CPU counts once, in the thread that ran it.
 
     python benchmarks/session_cpu.py --sessions 1 5 --out benchmarks/results/session_cpu
 """
@@ -109,7 +111,7 @@ def thread_times() -> dict[int, tuple[str, float, float, int]]:
     return out
 
 
-def measure_count(renderer: Renderer, sessions: int, seconds: float) -> dict:
+def measure_count(renderer: Renderer, sessions: int, seconds: float, batching: bool = False) -> dict:
     """`sessions` at once for `seconds`: stage and thread CPU over the steady middle of the run."""
     preset = PRESETS["balanced"]
     window: dict = {}
@@ -123,7 +125,7 @@ def measure_count(renderer: Renderer, sessions: int, seconds: float) -> dict:
     sampler = threading.Thread(target=sample, daemon=True)
     with StageClock() as clock:
         sampler.start()
-        runs, _, cpu = stream_bench.measure(renderer, preset, seconds, sessions, batching=False)
+        runs, _, cpu = stream_bench.measure(renderer, preset, seconds, sessions, batching=batching)
         sampler.join()
     chunks = clock.calls["chunk (all below)"]
     wall = seconds + 1e-9
@@ -155,11 +157,12 @@ def run(args: argparse.Namespace, command: str) -> dict:
     stream_bench.generator(PRESETS["balanced"])
     renderer = Renderer(Rig(analyze_portrait(assets.DEFAULT_PORTRAIT, size=512))).eval()
     set_threads(1)
-    stream_bench.measure(renderer, PRESETS["balanced"], stream_bench.WARMUP_S)
+    batching = args.batching == "on"
+    stream_bench.measure(renderer, PRESETS["balanced"], stream_bench.WARMUP_S, batching=batching)
     return {"command": command, "date": datetime.now(UTC).isoformat(timespec="seconds"),
             "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "load_average_at_start": os.getloadavg()[0]},
-            "slots": args.slots, "seconds": args.seconds,
-            "counts": [measure_count(renderer, n, args.seconds) for n in args.sessions]}
+            "slots": args.slots, "seconds": args.seconds, "batching": batching,
+            "counts": [measure_count(renderer, n, args.seconds, batching) for n in args.sessions]}
 
 
 def markdown(result: dict) -> str:
@@ -179,7 +182,8 @@ def markdown(result: dict) -> str:
         f"Command: `{result['command']}`  ", f"Date: {result['date']}  ",
         f"Machine: {m['cpu']}, {m['cores']} cores, load average {m['load_average_at_start']:.2f} at start. "
         f"Balanced preset, onnxruntime generator, 512 px renderer, {result['seconds']:g} s a count, compute slots: "
-        f"{result['slots'] or 'the default (a core each plus one)'}.", "",
+        f"{result['slots'] or 'the default (a core each plus one)'}, batching "
+        f"{'on (phase groups)' if result.get('batching') else 'off'}.", "",
         "## Stages", "",
         "Thread CPU time in each stage (inclusive: indented stages are inside the one above), ms per chunk of "
         "2 frames / % of one core per session.", "",
@@ -199,6 +203,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--sessions", type=int, nargs="+", default=[1, 5], help="session counts (default 1 5)")
     parser.add_argument("--seconds", type=float, default=15.0, help="each count's run (default 15, at least 8)")
     parser.add_argument("--slots", type=int, help="compute slots (default: a core each plus one; 99: no limit)")
+    parser.add_argument("--batching", choices=("on", "off"), default="off",
+                        help="sessions batched in phase groups, or each calling alone (default off)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="writes OUT.json and OUT.md")
     args = parser.parse_args(argv)
     if args.seconds < 8 or min(args.sessions) < 1 or (args.slots is not None and args.slots < 1):

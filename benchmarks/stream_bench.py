@@ -55,6 +55,7 @@ from benchmarks.common import cpu_name, fmt, percentiles, preset_step, progress,
 from benchmarks.generator_bench import stream_bins
 from engine import assets
 from engine.audio.io import load_audio
+from engine.batch import PhaseGroups
 from engine.face.analysis import analyze_portrait
 from engine.face.rig import Rig
 from engine.render.batching import BatchedRenderer
@@ -210,8 +211,10 @@ def measure(renderer: Renderer, preset: Preset, seconds: float, sessions: int = 
     step = generator(preset, batching)
     calls = getattr(step, "calls", 0), getattr(step, "streams", 0)
     batched = hasattr(step, "streams")  # the server batches the renderer's frames with the generator's calls
+    # batched sessions make their chunks in phase groups, as `avatar serve` runs them
+    phases = PhaseGroups(1 if BACKEND["device"] != "cpu" else None) if batched else None
     render = BatchedRenderer(renderer) if batched else renderer
-    opened = [Session(render, step, preset, options=OPTIONS) for _ in range(sessions)]
+    opened = [Session(render, step, preset, options=OPTIONS, phases=phases) for _ in range(sessions)]
     mic = Mic(opened, mic_audio())
     try:
         with tqdm(total=frames, desc=f"{preset.name} x{sessions}", unit="frame", leave=False, mininterval=1) as bar:
@@ -395,10 +398,10 @@ def concurrency_section(ramps: list[dict]) -> list[str]:
         "## Concurrent sessions", "",
         f"Sessions at once (one renderer and generator shared, a worker thread each), {ramps[0]['seconds']:g} s a "
         f"step, until one falls behind real time (< {MIN_FPS:g} fps, > {MAX_LATE:.0%} of frames late, or anything "
-        "dropped). Batching on: the sessions' generator calls that meet share one backend call (streams a call: "
-        "their mean) and their renderer calls one renderer call (frames a call); off: each session calls alone. "
-        "Either way the workers make chunks in the process's compute slots (engine.batch: a core each plus one, "
-        "earliest deadline first).", "",
+        "dropped). Batching on: the sessions make their chunks in phase groups (engine.batch.PhaseGroups, one a "
+        "core), so a group's generator calls share one backend call (streams a call: their mean) and its renderer "
+        "calls one renderer call (frames a call); off: each session calls alone, its worker in the process's "
+        "compute slots (engine.batch: a core each plus one, earliest deadline first).", "",
         *table(["preset", "batching", "sessions", "slowest fps", "most late", "dropped frames / audio s",
                 "worst engine p95 ms", "CPU", "streams a call", "frames a render", "real time"], rows), "",
         *(f"{c['preset']}, batching {batching(c)}: **{c['held']}** session(s) held real time"

@@ -246,7 +246,7 @@ def _add_server_options(p, sessions_help: str) -> None:
                    help="torch and OpenCV threads per session worker (1 is steadiest)")
     p.add_argument("--batching", choices=("auto", "on", "off"), default="auto",
                    help="sessions sharing each generator call (continuous batching): auto batches on a GPU only; "
-                   "on a CPU sessions' calls rarely meet and one batching thread slows them (see the README)")
+                   "on a CPU batched sessions cost less but hold no more sessions (see the README)")
     _add_backend(p)
 
 

@@ -15,6 +15,8 @@ stream's encode can run beside another's chunk.
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 from engine.backends import ChunkStep
@@ -26,7 +28,8 @@ from engine.motion.sampler import SamplerOptions
 
 class BatchedStep:
     """A ChunkStep that any number of threads call at once; calls meeting share one call of `step`.
-    `calls` and `streams` count the backend calls made and the stream-chunks they carried."""
+    `calls` and `streams` count the backend calls made and the stream-chunks they carried (its
+    with_sampler steps' included)."""
 
     def __init__(self, step: ChunkStep, max_batch: int = MAX_BATCH, lanes: int = 1):
         self.step, self.lanes = step, lanes
@@ -34,14 +37,16 @@ class BatchedStep:
         self.max_batch = min(max_batch, getattr(step, "max_batch", max_batch))
         self._encode = Combiner(self._encode_batch, lanes, self.max_batch)
         self._chunk = Combiner(self._chunk_batch, lanes, self.max_batch)
+        self._samplers: dict[SamplerOptions, BatchedStep] = {}  # with_sampler's steps: one a sampler, shared
+        self._lock = threading.Lock()
 
     @property
     def calls(self) -> int:
-        return self._encode.batches + self._chunk.batches
+        return self._encode.batches + self._chunk.batches + sum(s.calls for s in list(self._samplers.values()))
 
     @property
     def streams(self) -> int:
-        return self._encode.items + self._chunk.items
+        return self._encode.items + self._chunk.items + sum(s.streams for s in list(self._samplers.values()))
 
     def empty_cache(self, batch: int = 1) -> KVCache:
         return self.step.empty_cache(batch)
@@ -53,13 +58,20 @@ class BatchedStep:
         return self._chunk((cond, noise, cache))
 
     def with_sampler(self, sampler: SamplerOptions) -> ChunkStep:
-        return self if sampler == self.sampler else BatchedStep(self.step.with_sampler(sampler), self.max_batch,
-                                                                self.lanes)
+        """The step sampling with `sampler`: the same one for every session asking for it, so their calls meet."""
+        if sampler == self.sampler:
+            return self
+        with self._lock:
+            if sampler not in self._samplers:
+                self._samplers[sampler] = BatchedStep(self.step.with_sampler(sampler), self.max_batch, self.lanes)
+            return self._samplers[sampler]
 
     def close(self) -> None:
         """Refuse later calls (those under way finish)."""
         self._encode.close()
         self._chunk.close()
+        for step in self._samplers.values():
+            step.close()
 
     def _encode_batch(self, mels: list[torch.Tensor]) -> list[torch.Tensor]:
         if len(mels) == 1:  # alone: the step itself, without stacking copies

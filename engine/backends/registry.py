@@ -8,6 +8,7 @@ from pathlib import Path
 from engine import backends
 from engine.backends import ChunkStep, Prepare
 from engine.backends.batching import BatchedStep
+from engine.batch import cores
 
 
 class StepRegistry:
@@ -16,10 +17,10 @@ class StepRegistry:
     With `batching`, every step it hands out is a BatchedStep: the sessions sharing it share each backend
     call (engine.backends.batching). Sessions keep their own state, so sharing is safe either way. None
     (the default) batches on a GPU only: there one call of B streams costs about what one stream's does and
-    the device runs one call at a time anyway, while on a CPU the sessions' calls rarely meet (their chunks
-    fall at random phases: 1.0-1.1 streams a call up to 5 sessions) and one lane of calls serializes what
-    their own threads run side by side on both cores (benchmarks/results/stream_bench_batching.md and
-    stream_bench_batching_run2.md: 3 and 4 sessions held real time either way)."""
+    the device runs one call at a time anyway. On a CPU, batched sessions made in phase groups
+    (engine.batch.PhaseGroups) do meet (2.0-2.5 streams a call at 4-5 sessions) and cost less (115 % of a
+    core for 4 against 130 %), but hold no more sessions: 4 either way (benchmarks/results/
+    stream_bench_batching.md; a group's chain of calls, not the CPU, is the limit there)."""
 
     def __init__(self, backend: str = "auto", device: str = "cpu", threads: int = 1, prepare: Prepare | None = None,
                  batching: bool | None = None):
@@ -43,7 +44,10 @@ class StepRegistry:
                     from engine.backends.cuda_graph import warm_up
 
                     warm_up(step)  # its CUDA graph, captured before any session runs beside it
-                self._steps[key] = BatchedStep(step) if self.batching else step
+                # on a CPU a lane a core: a phase group's batch runs beside another's (engine.batch; two
+                # at once make 1.9 calls' worth: benchmarks/results/stage_overlap.md)
+                lanes = cores() if self.device == "cpu" else 1
+                self._steps[key] = BatchedStep(step, lanes=lanes) if self.batching else step
             return self._steps[key]
 
     def close(self) -> None:

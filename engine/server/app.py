@@ -65,6 +65,7 @@ from websockets.protocol import OPEN
 
 from engine import backends
 from engine.backends.registry import StepRegistry
+from engine.batch import PhaseGroups
 from engine.errors import UserError
 from engine.face.analysis import analyze_portrait, decode_image
 from engine.face.rig import Rig
@@ -248,6 +249,9 @@ class AvatarServer:
         self.config = config
         self._own_models = models is None
         self.models = models or StepRegistry(backend_of(config), config.device)
+        # batched sessions make their chunks in phase groups, so their calls meet (engine.batch.PhaseGroups)
+        # (one a core on a CPU; on a GPU one, the biggest batches: the device runs a call at a time anyway)
+        self.phases = None if not self.models.batching else PhaseGroups(1 if config.device != "cpu" else None)
         if (broadcast is None) != isinstance(config.mode, Converse):
             raise ValueError(f"{config.mode} needs {'no' if broadcast is None else 'a'} broadcast session: "
                              "Broadcast() serves the one session it is given, Converse() makes one per visitor")
@@ -332,6 +336,8 @@ class AvatarServer:
         if not self.models.batching:
             return renderer
         if renderer not in self._batched_renderers:  # the event loop's thread only: no race
+            # one lane: two renders at once make 1.3 renders' worth on this 2-core CPU (the GIL;
+            # benchmarks/results/stage_overlap.md), so a group's render waits for another's to end
             self._batched_renderers[renderer] = BatchedRenderer(renderer)
         return self._batched_renderers[renderer]
 
@@ -661,7 +667,8 @@ class Visitor:
             loop = asyncio.get_running_loop()
             model = await loop.run_in_executor(None, server.generator_for, preset)
             session = await loop.run_in_executor(
-                None, lambda: Session(renderer, model, preset, server.config.controls, options=LIVE_OPTIONS))
+                None, lambda: Session(renderer, model, preset, server.config.controls, options=LIVE_OPTIONS,
+                                      phases=server.phases))
             self.relay = FrameRelay(session)
         else:
             self.relay = server.relay

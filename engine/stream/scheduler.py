@@ -86,12 +86,21 @@ class ChunkScheduler:
     def feed(self, samples: np.ndarray, arrival: float | None) -> None:
         """Append (n,) float32 samples to the timeline; `arrival` is when they reached the session
         (None for silence filled in)."""
-        if not len(samples):
+        self.feed_all([(samples, arrival)])
+
+    def feed_all(self, runs: list[tuple[np.ndarray, float | None]]) -> None:
+        """Append several (samples, arrival) runs, as `feed` does one by one, in one push through the
+        frontend: a chunk's 20 ms packets pushed one at a time cost 1.8 ms against 1.2 for one push (the same
+        features, to float rounding)."""
+        runs = [(samples, arrival) for samples, arrival in runs if len(samples)]
+        if not runs:
             return
+        samples = np.concatenate([samples for samples, _ in runs]) if len(runs) > 1 else runs[0][0]
         self._features = AudioFeatures.concat([self._features, self.frontend.push(samples)])
         self._audio = np.concatenate([self._audio, samples])
-        self._fed += len(samples)
-        self._arrivals.append((self._fed, arrival))
+        for piece, arrival in runs:
+            self._fed += len(piece)
+            self._arrivals.append((self._fed, arrival))
 
     def step(self) -> Chunk:
         """The next chunk's motion (needs samples_needed() == 0)."""

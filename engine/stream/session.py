@@ -43,6 +43,10 @@ Time:
   on schedule, generated from silence, and the face eases to idle (mouth closing, blinks going on).
   Audio that arrives after such a gap (a talk spurt starting) goes after the silence, with `jitter_s`
   more of it, so the packets that follow have slack; a spurt's last packets go before it.
+- Batched sessions (`phases`, engine.batch.PhaseGroups): t0 goes on the session's phase group's grid
+  (the first frame waits up to a chunk for it), so audio arriving in real time completes the chunks of a
+  group's sessions within a packet of each other; each chunk then waits (at most GATHER_S) for the
+  group's others, and they are made together, their generator and renderer calls batched.
 - Latency (DESIGN.md §3), per frame: arrival of its first sample -> the frame released on its slot.
   Audio arriving in real time lands on the timeline that far ahead of the slots, so every frame of a
   talk spurt has the same latency: engine.stream.presets.latency_floor_s(L, K) + headroom_s + jitter_s
@@ -62,7 +66,7 @@ import numpy as np
 import torch
 
 from engine.backends import ChunkStep
-from engine.batch import ComputeSlots, cpu_slots
+from engine.batch import ComputeSlots, PhaseGroups, cpu_slots
 from engine.frames import LiveFrame
 from engine.stream.clock import Clock, MonotonicClock
 from engine.stream.drivers import Controls, motion_stream
@@ -146,14 +150,22 @@ class Session:
     preset: a name in engine.stream.presets.PRESETS, or a Preset.
     slots: the compute slots its worker makes chunks in (engine.batch.ComputeSlots; default the process's
     CPU slots, one a core, shared by every session): the chunk due first is made first, and no more
-    workers compute at once than there are cores.
+    workers compute at once than there are cores. A session in a phase group computes in its cohort instead.
+    phases: the process's phase groups (engine.batch.PhaseGroups) when its sessions batch their calls
+    (engine.backends.batching, engine.render.batching): the session's frame slots go on its group's grid
+    (the first frame waits up to a chunk's period for it) and its chunks are made with the group's, so
+    their calls meet. Needs the real clock. None (the default): each chunk is made alone, as soon as
+    its audio is in.
     """
 
     def __init__(self, renderer: torch.nn.Module, model: ChunkStep | None = None,
                  preset: str | Preset = "balanced", controls: Controls = Controls(), *,
                  clock: Clock | None = None, options: SessionOptions = SessionOptions(),
-                 slots: ComputeSlots | None = None):
+                 slots: ComputeSlots | None = None, phases: PhaseGroups | None = None):
         self.preset = get_preset(preset)
+        if phases is not None and clock is not None and not isinstance(clock, MonotonicClock):
+            raise ValueError(f"phase groups run on the monotonic clock; got {type(clock).__name__} "
+                             "(pass phases=None with a simulated clock)")
         self._slots = slots if slots is not None else cpu_slots()
         self.options = options
         self.clock = clock if clock is not None else MonotonicClock()
@@ -162,6 +174,8 @@ class Session:
         self.chunk, self.lookahead = motion.chunk, motion.lookahead  # L, K
         self._scheduler = ChunkScheduler(motion, renderer, self.preset.render_batch, options.vad)
         self._controls = controls
+        self._phases = phases
+        self._phase = None  # its group, joined at the first frames() pull and left when the worker ends
         self._lead = self.preset.headroom_s + self.chunk / FPS  # how far ahead of its slot a chunk may be made
         self._out_capacity = math.ceil((self._lead + options.max_video_lag_s) * FPS) + self.chunk
         self._slack = (None if options.drain_backlog_s is None  # queued samples a chunk may leave standing
@@ -269,6 +283,9 @@ class Session:
                                    "(fan frames out to several viewers from that one)")
             self._loop, self._wake = asyncio.get_running_loop(), asyncio.Event()
             self._t0 = self.clock.now() + self.preset.headroom_s
+            if self._phases is not None:  # a member from now: before it, its chunks are not due
+                self._phase = self._phases.join(self.chunk / FPS, self.preset)
+                self._t0 = self._phase.align(self._t0)
             self.clock.notify(self._cond)
         while True:
             await self.clock.sleep_until(self.slot(self._taken + 1))  # first, so a simulated clock moves on
@@ -318,6 +335,8 @@ class Session:
                 self._error, self._closed = err, True
             self._notify_consumer()
         finally:
+            if self._phase is not None:
+                self._phase.leave()
             self.clock.detach()
 
     def _next_job(self) -> tuple[list, Controls | None, int, float] | None:
@@ -384,16 +403,22 @@ class Session:
         return pieces
 
     def _make(self, pieces: list, controls: Controls | None, epoch: int, due: float) -> None:
-        """Feed, step and render one chunk (no lock held; in a compute slot, by the chunk's first slot `due`),
-        posting frames as each batch is ready."""
+        """Feed, step and render one chunk (no lock held; by the chunk's first slot `due`), posting frames as
+        each batch is ready: in a compute slot, or in a phase group with the group's other chunks of this
+        tick. A cohort's members wait for each other at every batched stage, so at most a few of its threads
+        compute at once; in the slots too they would also wait for other groups' members (engine p95 at 4
+        batched sessions: ~250 ms in the slots, ~210 without)."""
         started = self.clock.now()
-        with self._slots.hold(due):
+        if self._phase is None:
+            with self._slots.hold(due):
+                self._compute(pieces, controls, epoch, started)
+            return
+        with self._phase.gather().member():
             self._compute(pieces, controls, epoch, started)
 
     def _compute(self, pieces: list, controls: Controls | None, epoch: int, started: float) -> None:
         sched = self._scheduler
-        for samples, arrival in pieces:
-            sched.feed(samples, arrival)
+        sched.feed_all(pieces)
         if controls is not None:
             sched.driver.set_controls(controls)
         if self._epoch != epoch:  # interrupted while waiting for the lock: the next job restarts

@@ -23,6 +23,6 @@ def test_markdown_has_every_stage_and_thread_kind():
              "threads": {"avatar-session": {"core_pct": 70.0, "kernel_pct": 2.0, "switches_per_s": 300.0}}}
     md = session_cpu.markdown({"command": "python benchmarks/session_cpu.py", "date": time.strftime("%F"),
                                "machine": {"cpu": "x", "cores": 2, "load_average_at_start": 0.5}, "slots": None,
-                               "seconds": 15.0, "counts": [count]})
-    assert "| chunk (all below) | 28.00 / 35.0 |" in md and "| avatar-session | 70.0 / 2.0 / 300 |" in md
+                               "seconds": 15.0, "batching": True, "counts": [count]})
+    assert "batching on (phase groups)" in md and "| chunk (all below) | 28.00 / 35.0 |" in md and "| avatar-session | 70.0 / 2.0 / 300 |" in md
     assert md.count("&nbsp;&nbsp;&nbsp;&nbsp;speech encoder") == 1

@@ -242,7 +242,8 @@ def test_mdns_rewrite_uses_the_peers_address_for_remote_browsers():
 
 def test_batched_servers_share_one_batched_renderer_per_avatar():
     """Where the generator is batched, the sessions of one avatar render through one BatchedRenderer (their
-    frames that meet are one call); otherwise each session calls the avatar's renderer itself."""
+    frames that meet are one call) and make their chunks in the server's phase groups; otherwise each
+    session calls the avatar's renderer itself."""
     import torch
 
     from engine.backends.registry import StepRegistry
@@ -256,3 +257,4 @@ def test_batched_servers_share_one_batched_renderer_per_avatar():
     assert batched.frames_of(renderer) is first
     alone = AvatarServer(ServerConfig(port=0), models=StepRegistry("torch", batching=False))
     assert alone.frames_of(renderer) is renderer
+    assert batched.phases is not None and alone.phases is None  # batched sessions make their chunks in phase groups

@@ -54,6 +54,34 @@ def test_a_chunk_needs_its_frames_its_lookahead_and_the_frontends():
     assert sched.next_frame == 4 and sched.samples_needed() == 4 * SAMPLES_PER_FRAME
 
 
+class Recorder(Still):
+    """Still, keeping the features of every step."""
+
+    def step(self, features):
+        self.calls.append(features)
+        return super().step(features)
+
+
+def test_runs_fed_at_once_are_the_runs_fed_one_by_one():
+    audio = speechlike(0.5, seed=3)
+    cuts, arrivals = [320, 640, 960, 1500, 4000], [1.0, None, 2.0, 2.5, 3.0, 3.5]
+    drivers, chunks = [Recorder(), Recorder()], []
+    for driver, at_once in zip(drivers, (False, True)):
+        sched = ChunkScheduler(driver, small_renderer(), render_batch=4, with_vad=True)
+        runs = list(zip(np.split(audio[: sched.samples_needed() + 2000], cuts), arrivals))
+        if at_once:
+            sched.feed_all(runs)
+        else:
+            for piece, arrival in runs:
+                sched.feed(piece, arrival)
+        chunks.append(sched.step())
+    one, all_ = (d.calls[-1] for d in drivers)
+    for name in ("mel", "energy", "f0", "voicing", "vad"):
+        np.testing.assert_allclose(getattr(all_, name), getattr(one, name), atol=1e-5, err_msg=name)
+    assert chunks[0].arrivals == chunks[1].arrivals == [1.0, 2.0, 2.5, 3.0]
+    np.testing.assert_array_equal(chunks[0].audio, chunks[1].audio)
+
+
 def test_frames_come_render_batch_at_a_time_with_their_pts_motion_and_audio():
     sched = ChunkScheduler(Still(), small_renderer(), render_batch=3, with_vad=False)
     (chunk,) = feed_and_step(sched, 1)
