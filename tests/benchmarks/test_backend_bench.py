@@ -99,7 +99,7 @@ def test_reusing_an_export_of_other_weights_says_what_to_do(tmp_path):
 def test_an_export_traced_from_other_graph_code_is_not_reused(tmp_path):
     """Same weights, sampler and size, but the model code changed since: the old graphs would time old code."""
     manifest = {"checkpoint_sha256": sha256_file(assets.FAST_MOTION), "graph_code_sha256": "0" * 64,
-                "sampler": asdict(bench.LEARNED.sampler()), "renderer_size": 128}
+                "sampler": asdict(bench.learned(assets.FAST_MOTION).sampler()), "renderer_size": 128}
     (tmp_path / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(UserError, match="graph code"):
         bench.exported(tmp_path, assets.FAST_MOTION, SimpleNamespace(size=128), chunk=2)
