@@ -16,6 +16,7 @@ Medians over recordings x seeds, with ranges.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import time
 from pathlib import Path
 
@@ -114,7 +115,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
     summary = {w: summarise([r for r in rows if r["weights"] == w]) for w in models}
     pairs = paired(rows)
     return {"command": command, "cpu": cpu_name(), "checkpoint": str(args.checkpoint), "base": str(base),
-            "samplers": {w: LearnedOptions(**s).sampler().__dict__ for w, s in samplers.items()},
+            "samplers": {w: dataclasses.asdict(LearnedOptions(**s).sampler()) for w, s in samplers.items()},
             "audio_dir": str(args.audio_dir), "recordings": len(items), "seeds": args.seeds, "size": args.size,
             "summary": summary, "paired": pairs, "targets": targets(summary, pairs), "rows": rows, "sheet": sheet_name,
             "minutes": (time.monotonic() - start) / 60}

@@ -50,15 +50,14 @@ def bench_stages(renderer, backends: list[str], device: str, preset, samples: np
     from benchmarks.common import preset_step
     from engine.audio.frontend import AudioFrontend
     from engine.motion.generator import speech_windows
-    from engine.motion.learned import LearnedDriver, LearnedOptions
+    from engine.motion.learned import LearnedDriver, LearnedOptions, guidance_of
     from engine.timebase import SAMPLES_PER_FRAME
 
     calls, shape = {}, {}
     for backend in backends:
         step = preset_step(preset, backend, device)
         cfg = step.config
-        guidance = dict(guidance_audio=step.sampler.guidance_audio, guidance_emotion=step.sampler.guidance_emotion)
-        driver = LearnedDriver(step, LearnedOptions(steps=preset.steps, **guidance))  # the weights' own guidance
+        driver = LearnedDriver(step, LearnedOptions(steps=preset.steps, **guidance_of(step.sampler)))
         windows = clip_windows(features, cfg.chunk, cfg.lookahead)
         hop = cfg.chunk * SAMPLES_PER_FRAME
         batch = min(preset.render_batch, cfg.chunk)

@@ -171,7 +171,8 @@ def draft_loss(policy: Policy, prompt: Prompt, conditions: list[Conditions], gro
         x = integrate(model, noise, emb, cache, sampler).clamp(-1.0, 1.0)
         with policy.reference() as ref:
             x_ref = integrate(ref, noise, embed(ref, cond, group, reference), cache, reference).clamp(-1.0, 1.0)
-        teacher.append(x_ref.detach())
+        if weights.teacher_articulation:
+            teacher.append(x_ref.detach())
         gap = (x - x_ref).pow(2)
         anchor.append((gap * _anchor_channels(weights.anchor_head, gap.shape[-1])).sum(-1).mean())
         with torch.no_grad():  # the commit takes the guidance batch's last (fully conditioned) copy

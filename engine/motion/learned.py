@@ -52,6 +52,12 @@ def weights_sampler(path: str | Path | None = None) -> dict[str, float]:
     return {k: float(v) for k, v in provenance.get("sampler", {}).items() if k in ("guidance_audio", "guidance_emotion")}
 
 
+def guidance_of(sampler: SamplerOptions) -> dict[str, float]:
+    """A sampler's guidance scales as LearnedOptions fields: a driver over a loaded step keeps the guidance the step
+    was loaded with (its weights', weights_sampler)."""
+    return {"guidance_audio": sampler.guidance_audio, "guidance_emotion": sampler.guidance_emotion}
+
+
 @dataclass(frozen=True)
 class LearnedOptions(BaselineOptions):
     """The baseline's controls plus the sampler's: Euler steps and guidance scales (1 = none)."""

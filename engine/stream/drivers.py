@@ -18,7 +18,7 @@ import numpy as np
 from engine.audio.frontend import AudioFeatures
 from engine.backends import ChunkStep
 from engine.motion.baseline import BaselineDriver, BaselineOptions
-from engine.motion.learned import LearnedDriver, LearnedOptions
+from engine.motion.learned import LearnedDriver, LearnedOptions, guidance_of
 
 
 @dataclass(frozen=True)
@@ -53,9 +53,8 @@ class MotionStream(Protocol):
 class LearnedStream:
     def __init__(self, step: ChunkStep, controls: Controls, steps: int, seed: int = 0):
         self.chunk, self.lookahead = step.config.chunk, step.config.lookahead
-        guidance = dict(guidance_audio=step.sampler.guidance_audio, guidance_emotion=step.sampler.guidance_emotion)
-        # the step's own guidance: the registry loaded it with its weights' (engine.motion.learned.weights_sampler)
-        self._driver = LearnedDriver(step, LearnedOptions(**vars(controls), steps=steps, seed=seed, **guidance))
+        options = LearnedOptions(**vars(controls), steps=steps, seed=seed, **guidance_of(step.sampler))
+        self._driver = LearnedDriver(step, options)
 
     def reset(self) -> None:
         self._driver.reset()
