@@ -76,15 +76,14 @@ def table(header: list[str], rows: list[list]) -> list[str]:
 
 
 @functools.cache
-def _registry(backend: str, device: str, threads: int, batching: bool | None):
+def _registry(backend: str, device: str, threads: int, batching: bool):
     from engine.backends.registry import StepRegistry
     from export.runtime import prepare
 
     return StepRegistry(backend, device, threads, prepare, batching)
 
 
-def preset_step(preset, backend: str = "auto", device: str = "cpu", threads: int = 1, batching: bool | None = None):
+def preset_step(preset, backend: str = "auto", device: str = "cpu", threads: int = 1, batching: bool = False):
     """A preset's chunk step on a backend, loaded once per process and shared by the sessions that use it
-    (as the server shares it); `batching` hands out the batched step (engine.backends.batching; None: as the
-    server decides, on a GPU only)."""
+    (as the server shares it); `batching` hands out the batched step the server runs (engine.backends.batching)."""
     return _registry(backend, device, threads, batching).get(preset.weights, preset.steps)

@@ -11,7 +11,9 @@ concurrency ramp, and this reports:
 --slots N runs the sessions' workers in N compute slots (engine.batch.ComputeSlots) instead of the
 process's default (a core each plus one); a large N means no limit, as before the slots. --batching on
 runs them batched, as stream_bench's ramp does with batching on (phase groups, one generator and
-renderer call for a group's chunks); a batched call's CPU counts once, in the thread that ran it.
+renderer call for a group's chunks); a batched call's CPU counts once, in the thread that ran it. The
+render workers' CPU (engine.render.pool, batching on) is in the process total, not in the stages: there
+the renderer stage is only its hand-off to a worker.
 
     python benchmarks/session_cpu.py --sessions 1 5 --out benchmarks/results/session_cpu
 """

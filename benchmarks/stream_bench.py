@@ -59,6 +59,7 @@ from engine.batch import PhaseGroups
 from engine.face.analysis import analyze_portrait
 from engine.face.rig import Rig
 from engine.render.batching import BatchedRenderer
+from engine.render.pool import RenderPool
 from engine.render.renderer import Renderer
 from engine.runtime import resolve_device, set_threads
 from engine.stream import PRESETS, Preset, Session, SessionOptions
@@ -197,23 +198,31 @@ def keeps_up(s: dict) -> bool:
 BACKEND = {"name": "auto", "device": "cpu"}  # --backend and --device of this run, set once by run()
 
 
-def generator(preset: Preset, batching: bool | None = None):
+def generator(preset: Preset, batching: bool = True):
     """The preset's chunk step on the run's backend (loaded once, shared by its sessions as a server shares
-    it; batched or not as a server decides unless `batching` says)."""
+    it; batched, as a server runs it, unless `batching` says not)."""
     return preset_step(preset, BACKEND["name"], BACKEND["device"], batching=batching)
 
 
+@functools.cache
+def render_pool() -> RenderPool:
+    """The run's render workers (started once: each imports torch and OpenCV)."""
+    return RenderPool()
+
+
 def measure(renderer: Renderer, preset: Preset, seconds: float, sessions: int = 1,
-            bin_ends: list[int] | None = None, batching: bool | None = None) -> tuple[list[dict], list[Trace], dict]:
+            bin_ends: list[int] | None = None, batching: bool = True) -> tuple[list[dict], list[Trace], dict]:
     """`sessions` sessions at once for `seconds` of video: a summary and a trace per session, and CPU use."""
     frames = round(seconds * FPS)
     started, cpu = time.monotonic(), time.process_time()
     step = generator(preset, batching)
     calls = getattr(step, "calls", 0), getattr(step, "streams", 0)
     batched = hasattr(step, "streams")  # the server batches the renderer's frames with the generator's calls
-    # batched sessions make their chunks in phase groups, as `avatar serve` runs them
+    # batched sessions make their chunks in phase groups and render in worker processes, as `avatar serve` runs them
     phases = PhaseGroups(1 if BACKEND["device"] != "cpu" else None) if batched else None
-    render = BatchedRenderer(renderer) if batched else renderer
+    pool = render_pool() if batched and renderer.image.device.type == "cpu" else None
+    render = BatchedRenderer(renderer, pool=pool) if batched else renderer
+    cpu += pool.cpu_seconds() if pool else 0.0  # the render workers' CPU counts too
     opened = [Session(render, step, preset, options=OPTIONS, phases=phases) for _ in range(sessions)]
     mic = Mic(opened, mic_audio())
     try:
@@ -224,7 +233,7 @@ def measure(renderer: Renderer, preset: Preset, seconds: float, sessions: int = 
     finally:
         for s in opened:
             s.close()
-    wall, cpu = time.monotonic() - started, time.process_time() - cpu
+    wall, cpu = time.monotonic() - started, time.process_time() - cpu + (pool.cpu_seconds() if pool else 0)
     use = {"core_pct": 100 * cpu / wall, "machine_pct": 100 * cpu / wall / os.cpu_count()}
     if batched:  # streams per backend call (encoder and chunk calls together), frames per renderer call
         calls = getattr(step, "calls", 0) - calls[0], getattr(step, "streams", 0) - calls[1]
@@ -400,7 +409,8 @@ def concurrency_section(ramps: list[dict]) -> list[str]:
         f"step, until one falls behind real time (< {MIN_FPS:g} fps, > {MAX_LATE:.0%} of frames late, or anything "
         "dropped). Batching on: the sessions make their chunks in phase groups (engine.batch.PhaseGroups, one a "
         "core), so a group's generator calls share one backend call (streams a call: their mean) and its renderer "
-        "calls one renderer call (frames a call); off: each session calls alone, its worker in the process's "
+        "calls one renderer call (frames a call), made on a CPU in the render workers (engine.render.pool, a "
+        "process a core; CPU counts theirs); off: each session calls alone, its worker in the process's "
         "compute slots (engine.batch: a core each plus one, earliest deadline first).", "",
         *table(["preset", "batching", "sessions", "slowest fps", "most late", "dropped frames / audio s",
                 "worst engine p95 ms", "CPU", "streams a call", "frames a render", "real time"], rows), "",

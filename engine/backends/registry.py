@@ -14,19 +14,18 @@ from engine.batch import cores
 class StepRegistry:
     """Chunk steps by weights and Euler steps, on one backend and device with `threads` intra-op threads.
 
-    With `batching`, every step it hands out is a BatchedStep: the sessions sharing it share each backend
-    call (engine.backends.batching). Sessions keep their own state, so sharing is safe either way. None
-    (the default) batches on a GPU only: there one call of B streams costs about what one stream's does and
-    the device runs one call at a time anyway. On a CPU, batched sessions made in phase groups
-    (engine.batch.PhaseGroups) do meet (2.0-2.5 streams a call at 4-5 sessions) and cost less (115 % of a
-    core for 4 against 130 %), but hold no more sessions: 4 either way (benchmarks/results/
-    stream_bench_batching.md; a group's chain of calls, not the CPU, is the limit there)."""
+    With `batching` (the default), every step it hands out is a BatchedStep: the sessions sharing it share each
+    backend call (engine.backends.batching). Sessions keep their own state, so sharing is safe either way. On a
+    GPU one call of B streams costs about what one stream's does and the device runs one call at a time anyway;
+    on the 2-core CPU batched sessions, made in phase groups (engine.batch.PhaseGroups) and rendered in worker
+    processes (engine.render.pool, as the server runs them), held 6 sessions against 5 unbatched, at 149 % of a
+    core against 162 % for 5 (benchmarks/results/stream_bench_batching.md)."""
 
     def __init__(self, backend: str = "auto", device: str = "cpu", threads: int = 1, prepare: Prepare | None = None,
-                 batching: bool | None = None):
+                 batching: bool = True):
         backends.check(backend, device)
         self.backend, self.device, self.threads = backends.resolve(backend, device, prepare is not None), device, threads
-        self.prepare, self.batching = prepare, device != "cpu" if batching is None else batching
+        self.prepare, self.batching = prepare, batching
         self._steps: dict[tuple[Path, int], ChunkStep] = {}
         self._lock = threading.Lock()  # sessions open from several threads; a step loads once
 

@@ -213,8 +213,9 @@ class Renderer(nn.Module):
             face = eyelid(face, coeffs, (a, c))
         return self._assemble(outside, face)
 
-    def frames(self, coeffs: torch.Tensor) -> np.ndarray:
-        """(B, D) raw coefficients -> (B, S, S, 3) uint8 RGB frames: `to_uint8(self(coeffs))`, faster.
+    def frames(self, coeffs: torch.Tensor, out: np.ndarray | None = None) -> np.ndarray:
+        """(B, D) raw coefficients -> (B, S, S, 3) uint8 RGB frames: `to_uint8(self(coeffs))`, faster; written
+        into `out` where given (engine.render.pool renders into shared memory).
 
         On CPU the rest image is sampled by OpenCV's remap straight into uint8 (about 3x torch's
         float grid_sample at 512 px on one thread, with no conversion pass after): the coarse
@@ -225,14 +226,20 @@ class Renderer(nn.Module):
         so frames differ from `forward`'s by a grey level or so at sharp edges. Elsewhere (CUDA)
         this is `forward` then `to_uint8`."""
         if self.image.device.type != "cpu":
-            return to_uint8(self(coeffs.to(self.image.device)))
+            frames = to_uint8(self(coeffs.to(self.image.device)))
+            if out is None:
+                return frames
+            out[...] = frames
+            return out
         s, f = self.size, self.factor
         a, b, c, d = self.frame_box
         ring, hd, expr = self._coarse(coeffs)
         # normalized units (align_corners=False) -> pixel coordinates, which remap reads
         ring = ((ring + 1) * (s / 2) - 0.5).permute(0, 2, 3, 1).contiguous().numpy()  # channels last, as cv2 reads
         detail = (self._detail(hd, expr) * (s / 2)).permute(0, 2, 3, 1).contiguous().numpy()
-        out = np.empty((len(ring), s, s, 3), np.uint8)
+        out = np.empty((len(ring), s, s, 3), np.uint8) if out is None else out
+        if out.shape != (len(ring), s, s, 3) or out.dtype != np.uint8:
+            raise ValueError(f"out must be a ({len(ring)}, {s}, {s}, 3) uint8 array, got {out.shape} {out.dtype}")
         side = ring.shape[1] * f
         for i in range(len(ring)):
             field = cv2.resize(ring[i], (side, side), interpolation=cv2.INTER_LINEAR)[f:f + s, f:f + s]

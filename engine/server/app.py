@@ -72,6 +72,7 @@ from engine.face.rig import Rig
 from engine.motion.baseline import EMOTIONS
 from engine.motion.choice import Baseline, Driver, Learned
 from engine.render.batching import BatchedRenderer
+from engine.render.pool import RenderPool
 from engine.render.renderer import Renderer
 from engine.runtime import resolve_device, set_threads
 from engine.server import capacity, protocol
@@ -267,6 +268,7 @@ class AvatarServer:
         self._renderers: OrderedDict[str, tuple[Renderer, dict]] = OrderedDict()
         self._default_renderer: Renderer | None = None
         self._batched_renderers: weakref.WeakKeyDictionary[Renderer, BatchedRenderer] = weakref.WeakKeyDictionary()
+        self.render_pool: RenderPool | None = None  # batched sessions' render workers on a CPU (started by `start`)
         # Portraits are analysed on their own thread: queued on the default executor they delayed every
         # visitor's session set-up behind them (8.2 s behind 40 uploads). One thread: analysis is serial anyway.
         self._upload_executor = ThreadPoolExecutor(1, thread_name_prefix="avatar-upload")
@@ -291,6 +293,8 @@ class AvatarServer:
                 self._default_renderer = renderer
         if self.relay is not None:
             self.relay.start()
+        elif self.models.batching and config.device == "cpu":
+            self.render_pool = RenderPool()  # its workers start now, not on the first visitor's first frame
         if self.max_sessions is None:
             measured = await loop.run_in_executor(
                 None, capacity.measure, renderer, model, preset, self.mode == "broadcast")
@@ -323,6 +327,8 @@ class AvatarServer:
         if self.relay is not None:
             await self.relay.close()
         self._upload_executor.shutdown(wait=False, cancel_futures=True)
+        if self.render_pool is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self.render_pool.close)
         if self._own_models:
             self.models.close()
 
@@ -332,13 +338,13 @@ class AvatarServer:
 
     def frames_of(self, renderer: Renderer) -> Renderer | BatchedRenderer:
         """What a session renders with: its avatar's renderer, or where the generator is batched (the registry's
-        choice) one BatchedRenderer per avatar, shared by its sessions (engine.render.batching)."""
+        choice) one BatchedRenderer per avatar, shared by its sessions (engine.render.batching), rendering on a
+        CPU in the render workers (a lane each: in this process two renders at once make 1.3 renders' worth,
+        the GIL; benchmarks/results/stage_overlap.md)."""
         if not self.models.batching:
             return renderer
         if renderer not in self._batched_renderers:  # the event loop's thread only: no race
-            # one lane: two renders at once make 1.3 renders' worth on this 2-core CPU (the GIL;
-            # benchmarks/results/stage_overlap.md), so a group's render waits for another's to end
-            self._batched_renderers[renderer] = BatchedRenderer(renderer)
+            self._batched_renderers[renderer] = BatchedRenderer(renderer, pool=self.render_pool)
         return self._batched_renderers[renderer]
 
     async def serve_forever(self) -> None:

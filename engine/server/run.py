@@ -43,7 +43,7 @@ async def _run(server: AvatarServer, banner: str, publish: WhipTarget | None = N
         await server.close()
 
 
-def serve(config: ServerConfig, threads: int = 1, prepare: Prepare | None = None, batching: bool | None = None) -> None:
+def serve(config: ServerConfig, threads: int = 1, prepare: Prepare | None = None, batching: bool = True) -> None:
     """`avatar serve`: until interrupted. `prepare` makes the exported backends' graphs (export.runtime);
     `batching` as engine.backends.registry.StepRegistry takes it."""
     configure(config, threads)
@@ -52,7 +52,7 @@ def serve(config: ServerConfig, threads: int = 1, prepare: Prepare | None = None
 
 
 def live(config: ServerConfig, input_device: str | int | None, threads: int = 1, prepare: Prepare | None = None,
-         publish: WhipTarget | None = None, batching: bool | None = None) -> None:
+         publish: WhipTarget | None = None, batching: bool = True) -> None:
     """`avatar live`: the microphone `input_device` drives one session that every viewer of the page sees,
     and that `publish` (a WHIP endpoint) receives too. `prepare` makes the exported backends' graphs."""
     from engine.assets import DEFAULT_PORTRAIT

@@ -1,0 +1,220 @@
+"""Frames rendered in worker processes, off the serving process's GIL.
+
+On a CPU the renderer's warp is OpenCV, which runs free of the GIL, but its mouth and eyelid layers are
+many small torch ops on small crops, and every op takes the GIL back: in one process two renders at once
+make 1.3-1.5 renders' worth on the 2-core CPU (the mouth layer alone 0.9), and a render slows every other
+session's work beside it (benchmarks/results/stage_overlap.md). A RenderPool keeps worker processes (one a
+core by default), each holding the renderers it has been sent (pickled once a worker) and rendering into
+shared memory: a call costs a pipe message each way and one copy of its frames. BatchedRenderer
+(engine.render.batching) runs its batches through one when given it, a lane a worker.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import multiprocessing as mp
+import os
+import pickle
+import queue
+import threading
+import weakref
+from multiprocessing.connection import Connection
+from multiprocessing.shared_memory import SharedMemory
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 120.0  # a worker's first answer (it imports torch and OpenCV) comes within this
+
+
+class RenderWorkerError(RuntimeError):
+    """A render worker failed a call: the renderer raised there, or the process died (the next call starts a
+    new one)."""
+
+
+class RenderPool:
+    """`render(renderer, coeffs (B, D)) -> (B, S, S, 3) uint8`, `renderer.frames(coeffs)` made in a worker
+    process; at most `workers` calls run at once (one a worker), from any threads."""
+
+    def __init__(self, workers: int | None = None):
+        from engine.batch import cores
+
+        self.workers = workers if workers is not None else cores()
+        if self.workers < 1:
+            raise ValueError(f"a RenderPool needs at least 1 worker, got {self.workers}")
+        self._keys: weakref.WeakKeyDictionary[torch.nn.Module, int] = weakref.WeakKeyDictionary()
+        self._ids = itertools.count()
+        self._lock = threading.Lock()
+        self._all = [_Worker() for _ in range(self.workers)]  # started now: their imports overlap the caller's
+        self._idle: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+        for worker in self._all:
+            self._idle.put(worker)
+        self._closed = False
+        # unclosed, the workers stop and the buffers are unlinked when the pool is collected or at exit
+        self._finalizer = weakref.finalize(self, _stop_all, self._all)
+
+    def render(self, renderer: torch.nn.Module, coeffs: torch.Tensor) -> np.ndarray:
+        """`renderer.frames(coeffs)` in the first free worker (waiting for one). RenderWorkerError if it fails."""
+        if self._closed:
+            raise RuntimeError("this RenderPool is closed; make a new one")
+        key = self._key(renderer)
+        worker = self._idle.get()
+        try:
+            return worker.render(key, renderer, coeffs.detach().to("cpu", torch.float32).numpy())
+        finally:
+            self._idle.put(worker)
+
+    def cpu_seconds(self) -> float:
+        """CPU time the workers have used (user + system), for benchmarks' accounting."""
+        return sum(worker.cpu_seconds() for worker in self._all)
+
+    def close(self) -> None:
+        """Stop the workers (calls under way finish first). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for _ in self._all:
+            self._idle.get()  # each worker's call under way ends first
+        self._finalizer()
+
+    def _key(self, renderer: torch.nn.Module) -> int:
+        """The renderer's key in the workers; when it is collected, they drop their copies with their next call."""
+        with self._lock:
+            if renderer not in self._keys:
+                key = self._keys[renderer] = next(self._ids)
+                weakref.finalize(renderer, self._forget, key)
+            return self._keys[renderer]
+
+    def _forget(self, key: int) -> None:
+        for worker in self._all:
+            worker.forget(key)
+
+
+class _Worker:
+    """One render process, its pipe and its shared frame buffer (the parent makes, grows and unlinks it)."""
+
+    def __init__(self):
+        self.buffer: SharedMemory | None = None
+        self._lock = threading.Lock()  # `known` and `dropped`: a collected renderer is forgotten from any thread
+        self._spawn()
+
+    def _spawn(self) -> None:
+        # spawn, not fork: forking a process with ONNX Runtime's and torch's threads running can deadlock
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_serve, args=(child,), name="avatar-render", daemon=True)
+        self.process.start()
+        child.close()
+        self.known: set[int] = set()  # keys of the renderers it holds
+        self.dropped: list[int] = []  # keys it may drop
+        self.started = False  # it has answered once
+
+    def render(self, key: int, renderer: torch.nn.Module, coeffs: np.ndarray) -> np.ndarray:
+        shape = (len(coeffs), renderer.size, renderer.size, 3)
+        need = int(np.prod(shape))
+        if self.buffer is None or self.buffer.size < need:
+            self._release_buffer()
+            self.buffer = SharedMemory(create=True, size=max(need, 1))
+        with self._lock:
+            known, (dropped, self.dropped) = key in self.known, (self.dropped, [])
+        payload = None if known else pickle.dumps(renderer, protocol=pickle.HIGHEST_PROTOCOL)
+        try:
+            self.conn.send((key, payload, coeffs, self.buffer.name, dropped))
+            if not self.started and not self.conn.poll(START_TIMEOUT_S):
+                raise TimeoutError(f"no answer in {START_TIMEOUT_S:.0f} s")
+            status, detail = self.conn.recv()
+        except (EOFError, OSError, TimeoutError) as err:
+            pid, code = self.process.pid, self.process.exitcode
+            self._restart()
+            raise RenderWorkerError(f"the render worker (pid {pid}) stopped answering "
+                                    f"({err or type(err).__name__}; exit code {code}); the next call starts a "
+                                    "new one") from None
+        self.started = True
+        if status != "ok":
+            raise RenderWorkerError(f"rendering in the worker failed: {detail}")
+        with self._lock:
+            self.known.add(key)
+        return np.ndarray(shape, np.uint8, buffer=self.buffer.buf).copy()
+
+    def forget(self, key: int) -> None:
+        with self._lock:
+            if key in self.known:
+                self.known.discard(key)
+                self.dropped.append(key)
+
+    def cpu_seconds(self) -> float:
+        try:
+            with open(f"/proc/{self.process.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+        except (OSError, IndexError, ValueError):  # not Linux, or already gone
+            return 0.0
+
+    def stop(self) -> None:
+        try:
+            self.conn.send(None)
+        except OSError:
+            pass
+        self.process.join(5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
+        self._release_buffer()
+
+    def _restart(self) -> None:
+        self.process.kill()
+        self.process.join()
+        self.conn.close()
+        with self._lock:
+            self._spawn()  # the buffer stays: the new process attaches to it by name
+
+    def _release_buffer(self) -> None:
+        if self.buffer is not None:
+            self.buffer.close()
+            self.buffer.unlink()
+            self.buffer = None
+
+
+def _stop_all(workers: list[_Worker]) -> None:
+    for worker in workers:
+        worker.stop()
+
+
+def _serve(conn: Connection) -> None:
+    """A worker's loop: (key, pickled renderer or None, coeffs, buffer name, keys to drop) in, frames into the
+    named buffer, ("ok", None) or ("error", what) out; None or a closed pipe ends it."""
+    from engine.runtime import set_threads
+
+    set_threads(1)  # one core each: the pool has a worker a core
+    renderers: dict[int, torch.nn.Module] = {}
+    buffer: SharedMemory | None = None
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return
+        if message is None:
+            return
+        key, payload, coeffs, name, dropped = message
+        for k in dropped:
+            renderers.pop(k, None)
+        try:
+            if payload is not None:
+                renderers[key] = pickle.loads(payload)
+            if buffer is None or buffer.name != name:
+                if buffer is not None:
+                    buffer.close()
+                buffer = SharedMemory(name=name)
+            renderer = renderers[key]
+            out = np.ndarray((len(coeffs), renderer.size, renderer.size, 3), np.uint8, buffer=buffer.buf)
+            with torch.inference_mode():
+                renderer.frames(torch.from_numpy(coeffs), out=out)
+            del out  # the buffer can close later only with no view left on it
+            reply = ("ok", None)
+        except Exception as err:  # the caller gets it; the worker goes on
+            reply = ("error", f"{type(err).__name__}: {err}")
+        conn.send(reply)
