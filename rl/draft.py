@@ -69,6 +69,9 @@ class DraftWeights:
     # |log std ratio| of the opening, funnel and pucker over the clip against the frozen reference's clip from the same
     # noise: the teacher's dynamics (with distil_guidance, the guided mouth's width) rather than its chunks
     teacher_articulation: float = 0.0
+    # frames of Gaussian smoothing of the lips before both articulation terms take their std (0: none): the width
+    # of the syllable-rate motion, so a term asking for a wider mouth cannot be met by frame-to-frame pops
+    articulation_sigma: float = 0.0
 
 
 def _anchor_channels(head: float, dims: int) -> Tensor:
@@ -88,11 +91,12 @@ def smooth(x: Tensor, sigma: float) -> Tensor:
     return F.conv1d(y, k).view(B, C, T).permute(0, 2, 1)
 
 
-def articulation(motion: Tensor, reference: Tensor, std_floor: float = 2e-3) -> Tensor:
+def articulation(motion: Tensor, reference: Tensor, std_floor: float = 2e-3, sigma: float = 0.0) -> Tensor:
     """(B, T, D) raw motion against (1 or B, T, D) raw reference -> (B,) mean |log std ratio| over time of the lips'
-    opening, funnel and pucker."""
+    opening, funnel and pucker (each smoothed over `sigma` frames first, where given)."""
     def lips(x: Tensor) -> Tensor:
-        return torch.cat([(x[..., _JAW] - x[..., _CLOSE]).clamp(min=0)[..., None], x[..., _ARTIC]], -1)
+        x = torch.cat([(x[..., _JAW] - x[..., _CLOSE]).clamp(min=0)[..., None], x[..., _ARTIC]], -1)
+        return smooth(x, sigma) if sigma > 0 else x
 
     return torch.log((lips(motion).std(1) + std_floor) / (lips(reference).std(1) + std_floor)).abs().mean(-1)
 
@@ -121,7 +125,7 @@ def statistics_loss(motion: Tensor, target: Tensor, weights: DraftWeights, speec
     shut = (opening_t[0] < SHUT) & (speech if speech is not None else torch.ones_like(opening_t[0], dtype=torch.bool))
     closure = opening[:, shut].mean(1) if int(shut.sum()) >= 2 else opening.new_zeros(opening.shape[0])
     parts = {"sway": sway, "jitter": jitter, "roughness": roughness, "tracking": 1 - r, "closure": closure,
-             "articulation": articulation(motion, target[None], std_floor)}
+             "articulation": articulation(motion, target[None], std_floor, weights.articulation_sigma)}
     loss = sum(getattr(weights, k) * v for k, v in parts.items()).mean()
     return loss, {f"draft/{k}": float(v.detach().mean()) for k, v in parts.items()}
 
@@ -189,7 +193,7 @@ def draft_loss(policy: Policy, prompt: Prompt, conditions: list[Conditions], gro
         loss = loss - weights.sync * similarity.mean()
         stats["draft/sync"] = float(similarity.detach().mean())
     if weights.teacher_articulation:
-        taught = articulation(motion, torch.cat(teacher, 1)[:, :T] * _HALF + _MID)
+        taught = articulation(motion, torch.cat(teacher, 1)[:, :T] * _HALF + _MID, sigma=weights.articulation_sigma)
         loss = loss + weights.teacher_articulation * taught.mean()
         stats["draft/teacher_articulation"] = float(taught.detach().mean())
     anchor_loss = torch.stack(anchor).mean()

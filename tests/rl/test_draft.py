@@ -138,3 +138,21 @@ def test_articulation_is_zero_against_itself_and_sees_a_narrower_mouth():
     narrow[0, :, spec.index("jawOpen")] *= 0.5
     assert float(articulation(motion, motion)) == 0.0
     assert float(articulation(narrow, motion)) > 0.15
+
+
+
+def test_smoothed_articulation_does_not_count_pops_as_width():
+    """A mouth at half the width plus frame-to-frame pops can match the reference's raw std; smoothed over a frame
+    (articulation_sigma) its width is the syllable-rate motion's, still narrower."""
+    from engine.motion import spec
+    from rl.draft import articulation
+
+    t = torch.arange(80, dtype=torch.float32)
+    motion = torch.from_numpy(np.tile(spec.neutral(), (80, 1)))[None].clone()
+    jaw = spec.index("jawOpen")
+    motion[0, :, jaw] = 0.2 * (1 + torch.sin(t / 3))
+    popping = motion.clone()
+    popping[0, :, jaw] = 0.1 * (1 + torch.sin(t / 3)) + 0.1 + 0.11 * (-1) ** t  # half the width, pops every frame
+    raw, smoothed = float(articulation(popping, motion)), float(articulation(popping, motion, sigma=1.0))
+    assert raw < 0.05 and smoothed > 0.15, (raw, smoothed)  # 0.15: the half-width mouth's, as above
+    assert float(articulation(motion, motion, sigma=1.0)) == 0.0
