@@ -245,7 +245,7 @@ def _add_server_options(p, sessions_help: str) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch and OpenCV threads per session worker (1 is steadiest)")
     p.add_argument("--batching", choices=("on", "off"), default="on",
-                   help="sessions sharing each generator and renderer call (continuous batching; default on): on a "
+                   help="sessions sharing each generator and renderer call (continuous batching): on a "
                    "CPU the server then renders in a worker process a core, and this 2-core machine held 6 "
                    "balanced sessions batched against 5 unbatched (README: Serving at scale)")
     _add_backend(p)
