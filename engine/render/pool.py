@@ -31,8 +31,11 @@ START_TIMEOUT_S = 120.0  # a worker's first answer (it imports torch and OpenCV)
 
 
 class RenderWorkerError(RuntimeError):
-    """A render worker failed a call: the renderer raised there, or the process died (the next call starts a
-    new one)."""
+    """A render worker failed a call: the renderer raised there, or the process died twice on it."""
+
+
+class _WorkerDied(RenderWorkerError):
+    """The worker process died or stopped answering during a call; a new one has been started."""
 
 
 class RenderPool:
@@ -57,13 +60,19 @@ class RenderPool:
         self._finalizer = weakref.finalize(self, _stop_all, self._all)
 
     def render(self, renderer: torch.nn.Module, coeffs: torch.Tensor) -> np.ndarray:
-        """`renderer.frames(coeffs)` in the first free worker (waiting for one). RenderWorkerError if it fails."""
+        """`renderer.frames(coeffs)` in the first free worker (waiting for one). A worker that dies on the call
+        is replaced and the call made again once (rendering has no state), so the streams go on; RenderWorkerError
+        if the renderer raises, or the call kills the new worker too."""
         if self._closed:
             raise RuntimeError("this RenderPool is closed; make a new one")
-        key = self._key(renderer)
+        key, coeffs = self._key(renderer), coeffs.detach().to("cpu", torch.float32).numpy()
         worker = self._idle.get()
         try:
-            return worker.render(key, renderer, coeffs.detach().to("cpu", torch.float32).numpy())
+            try:
+                return worker.render(key, renderer, coeffs)
+            except _WorkerDied as err:
+                log.warning("%s; rendering the call again there", err)
+                return worker.render(key, renderer, coeffs)
         finally:
             self._idle.put(worker)
 
@@ -127,11 +136,11 @@ class _Worker:
                 raise TimeoutError(f"no answer in {START_TIMEOUT_S:.0f} s")
             status, detail = self.conn.recv()
         except (EOFError, OSError, TimeoutError) as err:
+            self.process.join(1)  # reaped, so its exit code is known
             pid, code = self.process.pid, self.process.exitcode
             self._restart()
-            raise RenderWorkerError(f"the render worker (pid {pid}) stopped answering "
-                                    f"({err or type(err).__name__}; exit code {code}); the next call starts a "
-                                    "new one") from None
+            raise _WorkerDied(f"the render worker (pid {pid}) stopped answering ({str(err) or type(err).__name__}, "
+                              f"exit code {code}); a new one has started") from None
         self.started = True
         if status != "ok":
             raise RenderWorkerError(f"rendering in the worker failed: {detail}")
