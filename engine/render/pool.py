@@ -5,22 +5,30 @@ many small torch ops on small crops, and every op takes the GIL back: in one pro
 make 1.3-1.5 renders' worth on the 2-core CPU (the mouth layer alone 0.9), and a render slows every other
 session's work beside it (benchmarks/results/stage_overlap.md). A RenderPool keeps worker processes (one a
 core by default), each holding the renderers it has been sent (pickled once a worker) and rendering into
-shared memory: a call costs a pipe message each way and one copy of its frames. BatchedRenderer
+shared memory: a call costs a socket message each way and one copy of its frames. BatchedRenderer
 (engine.render.batching) runs its batches through one when given it, a lane a worker.
+
+A worker is a fresh `python -c` importing only this module, not multiprocessing's spawn: spawn re-imports the
+caller's main script, which a script serving without an `if __name__ == "__main__"` guard would run again
+in every worker (a forked worker could deadlock on ONNX Runtime's and torch's threads instead).
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-import multiprocessing as mp
 import os
 import pickle
 import queue
+import socket
+import subprocess
+import sys
 import threading
 import weakref
+from multiprocessing import resource_tracker
 from multiprocessing.connection import Connection
 from multiprocessing.shared_memory import SharedMemory
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -76,6 +84,19 @@ class RenderPool:
         finally:
             self._idle.put(worker)
 
+    def warm(self, renderer: torch.nn.Module) -> None:
+        """Have every worker started and holding `renderer` (one frame each, every coefficient 0), so the first
+        sessions' first frames do not wait for a worker's imports."""
+        dims = int(renderer.expr_index.numel() + renderer.head_index.numel())
+        key, rest = self._key(renderer), np.zeros((1, dims), np.float32)
+        workers = [self._idle.get() for _ in self._all]
+        try:
+            for worker in workers:
+                worker.render(key, renderer, rest)
+        finally:
+            for worker in workers:
+                self._idle.put(worker)
+
     def cpu_seconds(self) -> float:
         """CPU time the workers have used (user + system), for benchmarks' accounting."""
         return sum(worker.cpu_seconds() for worker in self._all)
@@ -111,12 +132,15 @@ class _Worker:
         self._spawn()
 
     def _spawn(self) -> None:
-        # spawn, not fork: forking a process with ONNX Runtime's and torch's threads running can deadlock
-        ctx = mp.get_context("spawn")
-        self.conn, child = ctx.Pipe()
-        self.process = ctx.Process(target=_serve, args=(child,), name="avatar-render", daemon=True)
-        self.process.start()
-        child.close()
+        ours, theirs = socket.socketpair()
+        root = str(Path(__file__).resolve().parents[2])  # where `engine` is imported from here, first there too
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")]))}
+        self.process = subprocess.Popen(
+            [sys.executable, "-c", "from engine.render.pool import _main; _main()", str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, env=env)
+        theirs.close()
+        self.conn = Connection(ours.detach())
+        self.conn.send(sys.path)  # what a renderer's pickle names must import as it does here
         self.known: set[int] = set()  # keys of the renderers it holds
         self.dropped: list[int] = []  # keys it may drop
         self.started = False  # it has answered once
@@ -136,8 +160,7 @@ class _Worker:
                 raise TimeoutError(f"no answer in {START_TIMEOUT_S:.0f} s")
             status, detail = self.conn.recv()
         except (EOFError, OSError, TimeoutError) as err:
-            self.process.join(1)  # reaped, so its exit code is known
-            pid, code = self.process.pid, self.process.exitcode
+            pid, code = self.process.pid, self._reap(1)
             self._restart()
             raise _WorkerDied(f"the render worker (pid {pid}) stopped answering ({str(err) or type(err).__name__}, "
                               f"exit code {code}); a new one has started") from None
@@ -167,16 +190,22 @@ class _Worker:
             self.conn.send(None)
         except OSError:
             pass
-        self.process.join(5)
-        if self.process.is_alive():
+        if self._reap(5) is None:
             self.process.kill()
-            self.process.join()
+            self.process.wait()
         self.conn.close()
         self._release_buffer()
 
+    def _reap(self, timeout: float) -> int | None:
+        """The process's exit code, waiting up to `timeout` s for it to end (None if it has not)."""
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
     def _restart(self) -> None:
         self.process.kill()
-        self.process.join()
+        self.process.wait()
         self.conn.close()
         with self._lock:
             self._spawn()  # the buffer stays: the new process attaches to it by name
@@ -191,6 +220,14 @@ class _Worker:
 def _stop_all(workers: list[_Worker]) -> None:
     for worker in workers:
         worker.stop()
+
+
+def _main() -> None:
+    """A worker process's entry: serve the socket whose descriptor is the last argument, importing from the
+    parent's sys.path (its first message)."""
+    conn = Connection(int(sys.argv[-1]))
+    sys.path[:] = conn.recv()
+    _serve(conn)
 
 
 def _serve(conn: Connection) -> None:
@@ -218,6 +255,8 @@ def _serve(conn: Connection) -> None:
                 if buffer is not None:
                     buffer.close()
                 buffer = SharedMemory(name=name)
+                # the parent owns it: this process's own resource tracker must not unlink it when the worker ends
+                resource_tracker.unregister(buffer._name, "shared_memory")
             renderer = renderers[key]
             out = np.ndarray((len(coeffs), renderer.size, renderer.size, 3), np.uint8, buffer=buffer.buf)
             with torch.inference_mode():

@@ -294,7 +294,9 @@ class AvatarServer:
         if self.relay is not None:
             self.relay.start()
         elif self.models.batching and config.device == "cpu":
-            self.render_pool = RenderPool()  # its workers start now, not on the first visitor's first frame
+            self.render_pool = RenderPool()
+            # its workers start now and hold the default avatar, not on the first visitor's first frames
+            await loop.run_in_executor(None, self.render_pool.warm, self._default_renderer)
         if self.max_sessions is None:
             measured = await loop.run_in_executor(
                 None, capacity.measure, renderer, model, preset, self.mode == "broadcast")

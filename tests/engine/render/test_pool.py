@@ -39,6 +39,15 @@ def test_a_worker_renders_the_frames_the_renderer_renders(pool):
     assert pool.cpu_seconds() > 0
 
 
+def test_warming_leaves_every_worker_holding_the_renderer():
+    renderer, pool = small_renderer(), RenderPool(2)
+    try:
+        pool.warm(renderer)
+        assert all(w.started and pool._keys[renderer] in w.known for w in pool._all)
+    finally:
+        pool.close()
+
+
 def test_two_calls_at_once_each_get_their_own_frames(pool):
     """Two threads, two workers: each caller gets its own motion's frames, never the other's."""
     renderer = small_renderer()
