@@ -19,12 +19,14 @@ them needs this file from its own commit (the recorded "before" ran at 4858255 w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import av
@@ -128,6 +130,19 @@ class _Undecoded:
         return [frame]
 
 
+@contextlib.contextmanager
+def undecoded() -> Iterator[None]:
+    """This process's aiortc receivers skip decoding (_Undecoded) inside the block, and decode again after."""
+    from aiortc import rtcrtpreceiver
+
+    decoder = rtcrtpreceiver.get_decoder
+    rtcrtpreceiver.get_decoder = lambda codec: _Undecoded(codec.mimeType.split("/")[0])
+    try:
+        yield
+    finally:
+        rtcrtpreceiver.get_decoder = decoder
+
+
 async def _viewer(url: str, arrivals: list[float], stop: asyncio.Event) -> None:
     """A real aiortc viewer (receivers left undecoded) that notes each video frame's arrival until `stop`."""
     from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
@@ -164,25 +179,23 @@ async def _viewer(url: str, arrivals: list[float], stop: asyncio.Event) -> None:
 
 async def _window(server: ServerProcess, viewers: int, seconds: float) -> dict:
     """`viewers` viewers at once; the server's CPU over `seconds` once they all receive video."""
-    from aiortc import rtcrtpreceiver
-
-    rtcrtpreceiver.get_decoder = lambda codec: _Undecoded(codec.mimeType.split("/")[0])
     url = f"ws://127.0.0.1:{server.port}/ws"
     stop, arrivals = asyncio.Event(), [[] for _ in range(viewers)]
-    clients = [asyncio.create_task(_viewer(url, a, stop)) for a in arrivals]
-    try:
-        async with asyncio.timeout(60):
-            while not all(arrivals):
-                if failed := [c for c in clients if c.done()]:
-                    failed[0].result()
-                await asyncio.sleep(0.1)
-        await asyncio.sleep(SETTLE_S)
-        cpu, start = server.cpu_s(), time.monotonic()
-        await asyncio.sleep(seconds)
-        cpu, end = server.cpu_s() - cpu, time.monotonic()
-    finally:
-        stop.set()
-        await asyncio.gather(*clients, return_exceptions=True)
+    with undecoded():
+        clients = [asyncio.create_task(_viewer(url, a, stop)) for a in arrivals]
+        try:
+            async with asyncio.timeout(60):
+                while not all(arrivals):
+                    if failed := [c for c in clients if c.done()]:
+                        failed[0].result()
+                    await asyncio.sleep(0.1)
+            await asyncio.sleep(SETTLE_S)
+            cpu, start = server.cpu_s(), time.monotonic()
+            await asyncio.sleep(seconds)
+            cpu, end = server.cpu_s() - cpu, time.monotonic()
+        finally:
+            stop.set()
+            await asyncio.gather(*clients, return_exceptions=True)
     fps = sorted(sum(start <= t < end for t in a) / (end - start) for a in arrivals)
     stream_s = fps[len(fps) // 2] * (end - start) / FPS  # of video the median viewer got in the window
     return {"core_pct": 100 * cpu / stream_s, "wall_core_pct": 100 * cpu / (end - start),
