@@ -159,11 +159,12 @@ def ramp(batching: str, args: argparse.Namespace, audio: Path) -> dict:
 
 
 def run(args: argparse.Namespace, command: str) -> dict:
+    load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as folder:
         audio = speech_file(args.seconds + 5, Path(folder))
         ramps = [ramp(b, args, audio) for b in args.batching]
     return {"command": command, "date": datetime.now(UTC).isoformat(timespec="seconds"),
-            "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "load_average_at_start": os.getloadavg()[0]},
+            "machine": {"cpu": cpu_name(), "cores": os.cpu_count(), "load_average_at_start": load},
             "preset": args.preset, "size": args.size, "seconds": args.seconds, "ramps": ramps}
 
 
