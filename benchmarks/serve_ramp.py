@@ -8,9 +8,9 @@ SRTP. Their receivers do not decode (benchmarks.broadcast_cpu._Undecoded): decod
 server for this machine's cores, so the visitors cost the server's machine their sending and their RTP only,
 and the count is a lower bound for visitors on other machines.
 
-For 1, 2, ... visitors at once, each streams --seconds; a visitor is held when it received >= 24.5 fps and its
-session's own stats (the last "stats" message on the data channel) show 25 fps sent, nothing dropped and at
-most 5 % of frames late. Reported per count: the slowest visitor's fps, the server's worst engine latency p95,
+For 1, 2, ... visitors at once, each streams --seconds; a visitor is held when it received >= 24.5 fps over
+its stream and its session's own stats (the last "stats" message on the data channel) show nothing dropped
+and at most 5 % of frames late. Reported per count: the slowest visitor's fps, the server's worst engine latency p95,
 late and dropped frames, and the server's CPU (its process and its render workers) over the run.
 
     python benchmarks/serve_ramp.py --batching on off --out benchmarks/results/serve_ramp
@@ -122,7 +122,9 @@ async def visitors(server: Server, count: int, audio: Path, seconds: float) -> t
 def held(report) -> bool:
     stats = report.server_stats or {}
     sent = stats.get("frames_sent") or 0
-    return (report.fps or 0) >= MIN_FPS and stats.get("fps", 0) >= MIN_FPS and stats.get("frames_dropped", 1) == 0 \
+    # the session's own "fps" is of its last stats interval (a second: 24 or 26 frames on a jittery tick), so the
+    # rate is the visitor's over the whole stream
+    return (report.fps or 0) >= MIN_FPS and stats.get("frames_dropped", 1) == 0 \
         and stats.get("frames_late", sent) <= MAX_LATE * sent
 
 
@@ -144,7 +146,10 @@ def ramp(batching: str, args: argparse.Namespace, audio: Path) -> dict:
                 "most_late_pct": max((100 * s.get("frames_late", 0) / max(s.get("frames_sent") or 1, 1)
                                       for s in stats), default=None),
                 "frames_dropped": sum(s.get("frames_dropped", 0) for s in stats),
-                "server_core_pct": 100 * cpu})
+                "server_core_pct": 100 * cpu,
+                "each": [{"received_fps": r.fps, "held": held(r), "server": {k: s.get(k) for k in (
+                    "fps", "frames_sent", "frames_late", "frames_dropped", "engine_latency_p95_ms")}}
+                    for r, s in zip(ok, stats)]})
             progress(f"batching {batching}, {n} visitor(s): slowest {rows[-1]['slowest_fps']:.2f} fps, "
                      f"server {100 * cpu:.0f} % of a core, {'held' if rows[-1]['held'] else 'fell behind'}")
             deadline = time.monotonic() + 30
@@ -183,8 +188,8 @@ def markdown(result: dict) -> str:
         f"server and the visitors share it; the visitors do not decode what they receive.", "",
         f"Each count: that many visitors at once, each sending the sample speech in real time for "
         f"{result['seconds']:g} s ({result['preset']} preset, {result['size']} px, the server's defaults otherwise). Held: every visitor "
-        f"received >= {MIN_FPS:g} fps and its session sent 25 fps with nothing dropped and <= {MAX_LATE:.0%} late "
-        f"(the session's own stats). Server CPU: the server process and its render workers, % of one core.", "",
+        f"received >= {MIN_FPS:g} fps over its stream and its session dropped nothing and made <= {MAX_LATE:.0%} of "
+        f"its frames late (the session's own stats). Server CPU: the server process and its render workers, % of one core.", "",
         *table(["batching", "visitors", "slowest fps", "worst engine p95 ms", "most late", "dropped",
                 "server CPU", "real time"], rows), "",
         *(f"batching {r['batching']}: **{r['held']}** visitor(s) held" + (
