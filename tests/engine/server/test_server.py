@@ -75,6 +75,8 @@ def test_a_client_talks_and_the_avatar_answers_in_sync(server, tmp_path):
         assert (video.width, video.height) == (SIZE, SIZE)
         assert abs(float(video.duration * video.time_base) - float(audio.duration * audio.time_base)) < 0.2
     assert _wait_for_sessions(server, 0)["sessions"] == 0  # the visitor left: everything it held is freed
+    # batched by default, so its frames were rendered in the server's render workers (engine.render.pool)
+    assert server.server.render_pool is not None and server.server.render_pool.cpu_seconds() > 0
 
 
 async def _raw(url: str, *messages: dict) -> list[dict]:
