@@ -48,6 +48,28 @@ def test_the_encoders_stamp_pts_from_the_frame_index_and_key_on_request():
     assert [p.pts for p in packets] == [5 * SAMPLES_PER_FRAME, 5 * SAMPLES_PER_FRAME + SAMPLES_PER_FRAME // 2]
 
 
+def test_frames_convert_to_yuv420_as_swscale_converts_them():
+    """The encoder's OpenCV conversion gives swscale's BT.601 limited-range planes: luma to a level, the half-size
+    chroma to a level on average (a few at sharp edges: the two subsample it with different filters); odd sizes
+    go through swscale itself."""
+    import av
+    import cv2
+
+    from engine import assets
+    from engine.server.media import _yuv420
+
+    portrait = cv2.cvtColor(cv2.imread(str(assets.DEFAULT_PORTRAIT)), cv2.COLOR_BGR2RGB)
+    for size in (256, 512):
+        image = cv2.resize(portrait, (size, size), interpolation=cv2.INTER_AREA)
+        ours = _yuv420(image).to_ndarray().astype(int)
+        theirs = av.VideoFrame.from_ndarray(image, format="rgb24").reformat(format="yuv420p").to_ndarray()
+        assert ours.shape == theirs.shape, size
+        luma, chroma = np.abs(ours - theirs)[:size], np.abs(ours - theirs)[size:]
+        assert luma.max() <= 1 and chroma.mean() <= 1 and np.percentile(chroma, 99) <= 6, size
+    odd = _yuv420(cv2.resize(portrait, (255, 255)))
+    assert (odd.width, odd.height, odd.format.name) == (255, 255, "yuv420p")
+
+
 def test_a_viewer_that_falls_behind_drops_to_the_next_keyframe_and_asks_for_one():
     requests = []
     viewer = Viewer(lambda: requests.append(True))
