@@ -36,6 +36,7 @@ import torch
 log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 120.0  # a worker's first answer (it imports torch and OpenCV) comes within this
+CALL_TIMEOUT_S = 30.0  # and every later one (a batch of 64 frames at 512 px takes under a second): else it hangs
 
 
 class RenderWorkerError(RuntimeError):
@@ -156,8 +157,9 @@ class _Worker:
         payload = None if known else pickle.dumps(renderer, protocol=pickle.HIGHEST_PROTOCOL)
         try:
             self.conn.send((key, payload, coeffs, self.buffer.name, dropped))
-            if not self.started and not self.conn.poll(START_TIMEOUT_S):
-                raise TimeoutError(f"no answer in {START_TIMEOUT_S:.0f} s")
+            timeout = CALL_TIMEOUT_S if self.started else START_TIMEOUT_S
+            if not self.conn.poll(timeout):
+                raise TimeoutError(f"no answer in {timeout:.0f} s")
             status, detail = self.conn.recv()
         except (EOFError, OSError, TimeoutError) as err:
             pid, code = self.process.pid, self._reap(1)

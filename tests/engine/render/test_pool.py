@@ -5,6 +5,7 @@ import gc
 import os
 import signal
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -106,6 +107,34 @@ def test_a_killed_worker_is_replaced_and_the_call_made_again(caplog):
         pool.close()  # idempotent
     with pytest.raises(RuntimeError, match="closed"):
         pool.render(renderer, motion(0))
+
+
+class Hung(torch.nn.Module):
+    """A renderer whose every call hangs the process rendering it."""
+
+    size = 8
+
+    def frames(self, coeffs, out=None):
+        time.sleep(3600)
+
+
+@pytest.mark.slow  # the call and its retry each wait out their timeouts: ~15 s
+def test_a_hung_worker_is_replaced_and_its_call_fails_in_time(monkeypatch):
+    """A worker that stops answering is killed and replaced, as a dead one is: callers wait a bounded time."""
+    import engine.render.pool as pool_module
+
+    monkeypatch.setattr(pool_module, "CALL_TIMEOUT_S", 1.0)
+    monkeypatch.setattr(pool_module, "START_TIMEOUT_S", 12.0)  # a new worker's imports (~2 s), then the hang
+    renderer, pool = small_renderer(), RenderPool(1)
+    try:
+        pool.warm(renderer)
+        started = time.monotonic()
+        with pytest.raises(RenderWorkerError, match="no answer in"):
+            pool.render(Hung(), motion(0))
+        assert time.monotonic() - started < 30
+        assert np.array_equal(pool.render(renderer, motion(1)), renderer.frames(motion(1)))
+    finally:
+        pool.close()
 
 
 def test_a_collected_renderer_is_dropped_by_the_workers(pool):
