@@ -40,7 +40,7 @@ CALL_TIMEOUT_S = 30.0  # and every later one (a batch of 64 frames at 512 px tak
 
 
 class RenderWorkerError(RuntimeError):
-    """A render worker failed a call: the renderer raised there, or the process died twice on it."""
+    """A render worker failed a call: the renderer raised there, or two workers in turn died or hung on it."""
 
 
 class _WorkerDied(RenderWorkerError):
@@ -69,9 +69,9 @@ class RenderPool:
         self._finalizer = weakref.finalize(self, _stop_all, self._all)
 
     def render(self, renderer: torch.nn.Module, coeffs: torch.Tensor) -> np.ndarray:
-        """`renderer.frames(coeffs)` in the first free worker (waiting for one). A worker that dies on the call
-        is replaced and the call made again once (rendering has no state), so the streams go on; RenderWorkerError
-        if the renderer raises, or the call kills the new worker too."""
+        """`renderer.frames(coeffs)` in the first free worker (waiting for one). A worker that dies on the call or
+        stops answering (CALL_TIMEOUT_S) is replaced and the call made again once (rendering has no state), so the
+        streams go on; RenderWorkerError if the renderer raises, or the new worker fails the call too."""
         if self._closed:
             raise RuntimeError("this RenderPool is closed; make a new one")
         key, coeffs = self._key(renderer), coeffs.detach().to("cpu", torch.float32).numpy()
@@ -125,7 +125,7 @@ class RenderPool:
 
 
 class _Worker:
-    """One render process, its pipe and its shared frame buffer (the parent makes, grows and unlinks it)."""
+    """One render process, its socket and its shared frame buffer (the parent makes, grows and unlinks it)."""
 
     def __init__(self):
         self.buffer: SharedMemory | None = None
