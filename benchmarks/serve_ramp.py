@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.common import cpu_name, progress, run_benchmark, table
+from benchmarks.common import cpu_name, fmt, progress, run_benchmark, table
 from engine import assets
 from engine.audio.io import load_audio
 from engine.timebase import SAMPLE_RATE
@@ -165,6 +165,7 @@ def ramp(batching: str, args: argparse.Namespace, audio: Path) -> dict:
 
 def run(args: argparse.Namespace, command: str) -> dict:
     load = os.getloadavg()[0]
+    args.out.parent.mkdir(parents=True, exist_ok=True)  # the servers' logs go beside it from the start
     with tempfile.TemporaryDirectory() as folder:
         audio = speech_file(args.seconds + 5, Path(folder))
         ramps = [ramp(b, args, audio) for b in args.batching]
@@ -175,7 +176,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
 
 def markdown(result: dict) -> str:
     m = result["machine"]
-    rows = [[r["batching"], x["visitors"], f"{x['slowest_fps']:.2f}", fmt_ms(x["worst_engine_p95_ms"]),
+    rows = [[r["batching"], x["visitors"], f"{x['slowest_fps']:.2f}", fmt(x["worst_engine_p95_ms"]),
              "–" if x["most_late_pct"] is None else f"{x['most_late_pct']:.1f} %", x["frames_dropped"],
              f"{x['server_core_pct']:.0f} %", "held" if x["held"] else "fell behind" + (
                  f" ({'; '.join(x['failed'])})" if x["failed"] else "")]
@@ -197,10 +198,6 @@ def markdown(result: dict) -> str:
         ""])
 
 
-def fmt_ms(v) -> str:
-    return "–" if v is None else f"{v:.0f}"
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batching", nargs="+", choices=("on", "off"), default=["on"],
@@ -211,7 +208,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-sessions", type=int, default=8, help="stop the ramp here even if it holds (default 8)")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="writes OUT.json, OUT.md and the servers' logs")
     args = parser.parse_args(argv)
-    args.out.parent.mkdir(parents=True, exist_ok=True)  # the servers' logs go beside it from the start
     if args.seconds < 5 or args.max_sessions < 1:
         parser.error("--seconds must be at least 5 and --max-sessions at least 1")
     return args
