@@ -26,6 +26,7 @@ from scipy.ndimage import gaussian_filter1d
 
 from engine.audio.frontend import AudioFeatures
 from engine.face.analysis import detect_landmarks
+from engine.motion import spec
 from engine.render.renderer import Renderer
 from engine.timebase import FPS
 from train.eval_lipsync import MAX_LAG, lagged_r
@@ -108,6 +109,30 @@ class VideoScore:
     faces_found: float  # share of frames where FaceMesh found the face
 
 
+def filled(opening: np.ndarray) -> np.ndarray:
+    """A measured opening track with the frames where no face was found interpolated from their neighbours."""
+    found = np.isfinite(opening)
+    idx = np.arange(len(opening))
+    return np.interp(idx, idx[found], opening[found])
+
+
+def reference_motion(motion: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """(T, D) motion with its mouth replaced by the phone reference's opening at the motion's own opening mean and
+    std (jawOpen; the other jaw and mouth channels held at their means): what the same renderer and FaceMesh make
+    of a mouth exactly as smooth as the reference, under the same head, eyes and width. FaceMesh reads a smooth
+    rendered mouth 20-45 % rougher than its geometry, so a roughness against the unrendered reference carries that
+    bias; against this one's, rendered and read the same way, it cancels."""
+    jaw, close = spec.index("jawOpen"), spec.index("mouthClose")
+    lips = [i for i, c in enumerate(spec.COEFFS) if c.group in ("jaw", "mouth")]
+    opening = np.clip(motion[:, jaw] - motion[:, close], 0, None)
+    out = motion.copy()
+    out[:, lips] = motion[:, lips].mean(0)
+    out[:, close] = 0.0
+    z = (reference - reference.mean()) / max(float(reference.std()), 1e-9)
+    out[:, jaw] = np.clip(opening.mean() + opening.std() * z, 0.0, 1.0)
+    return out
+
+
 def score_video(name: str, driver: str, opening: np.ndarray, phones: Sequence[Phone], reference: np.ndarray
                 ) -> VideoScore:
     """Compare a measured opening track with the reference (frames where no face was found are filled in)."""
@@ -115,19 +140,18 @@ def score_video(name: str, driver: str, opening: np.ndarray, phones: Sequence[Ph
     if found.sum() < 3:
         nan = float("nan")
         return VideoScore(name, driver, len(opening) / FPS, nan, nan, nan, nan, nan, nan, float(found.mean()))
-    idx = np.arange(len(opening))
-    filled = np.interp(idx, idx[found], opening[found])
-    r0, lag, best = lagged_r(filled, reference, MAX_LAG)
-    speech = speech_frames(phones, len(filled))
-    bilabial = _frame_mask(phones, len(filled), lambda p: p.arpabet in BILABIALS, shrink=0.25)
+    track = filled(opening)
+    r0, lag, best = lagged_r(track, reference, MAX_LAG)
+    speech = speech_frames(phones, len(track))
+    bilabial = _frame_mask(phones, len(track), lambda p: p.arpabet in BILABIALS, shrink=0.25)
     margin = round(PAUSE_MARGIN_S * FPS)
     pause = np.convolve(speech, np.ones(2 * margin + 1), mode="same") == 0  # no speech within the margin
-    mean_speech = filled[speech].mean() if speech.any() else float("nan")
+    mean_speech = track[speech].mean() if speech.any() else float("nan")
     return VideoScore(
-        name, driver, len(filled) / FPS, r0, 1000 * lag / FPS, best,
-        float(filled[bilabial].mean() / mean_speech) if bilabial.any() else float("nan"),
-        float(filled[pause].mean() / mean_speech) if pause.any() else float("nan"),
-        roughness(filled) / roughness(reference), float(found.mean()),
+        name, driver, len(track) / FPS, r0, 1000 * lag / FPS, best,
+        float(track[bilabial].mean() / mean_speech) if bilabial.any() else float("nan"),
+        float(track[pause].mean() / mean_speech) if pause.any() else float("nan"),
+        roughness(track) / roughness(reference), float(found.mean()),
     )
 
 
