@@ -157,13 +157,18 @@ def paired(rows: list[dict]) -> dict:
 
 def targets(summary: dict, pairs: dict) -> list[dict]:
     """Issue 15's checks on human speech, rendered: each (what, measured, limit, met). "Not lower" and "no more"
-    compare the same recording and seed (the paired median difference), not two medians."""
+    compare the same recording and seed (the paired median difference), not two medians. Roughness is checked
+    against the speech reference rendered and read alike (eval_video.reference_motion): against the unrendered
+    reference FaceMesh's reading noise alone reads a mouth that follows it exactly as 1.3-1.6x."""
     rl = summary["rl"]
-    med = {k: rl[k]["median"] for k in ("bilabial", "roughness", "yaw_std")}
+    med = {k: rl[k]["median"] for k in ("bilabial", "roughness_rendered", "yaw_std")}
+    rough = pairs["roughness_rendered"]["median"]
     checks = [
         ("lip-sync r not lower than the pretrained weights' (paired median difference)", pairs["r"]["median"],
          ">= 0", pairs["r"]["median"] >= 0),
-        ("roughness of the rendered mouth over the speech's", med["roughness"], "<= 1.2", med["roughness"] <= 1.2),
+        ("roughness of the rendered mouth over the speech's (both rendered and read alike)",
+         med["roughness_rendered"], "<= 1.2", med["roughness_rendered"] <= 1.2),
+        ("roughness: no more than the pretrained weights' (paired median difference)", rough, "<= 0", rough <= 0),
         ("lips on p/b/m: opening over the speech mean", med["bilabial"], "<= 0.5 (the lips close)",
          med["bilabial"] <= 0.5),
         ("head yaw std, rad", med["yaw_std"], ">= 0.012", med["yaw_std"] >= 0.012),
