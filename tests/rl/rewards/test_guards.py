@@ -30,3 +30,25 @@ def test_penalty_grows_with_the_fault(samples, motions, clip):
         shakes.append(Sample(*clip, m))
     values = GuardTerm(GuardOptions(shaking_jitter=0.004))(shakes).values
     assert values[0] > values[1] > values[2]
+
+
+def test_a_mouth_opening_for_speech_the_vad_has_not_caught_yet_is_not_stuck_open(samples, motions, clip):
+    """Silent frames next to speech hold a mouth already moving for it; only a mouth open through a pause,
+    0.2 s or more from speech, is stuck."""
+    from engine.motion import spec
+    from rl.rewards import Sample
+    from rl.rewards.guards import PAUSE_MARGIN_FRAMES, pauses
+
+    real = samples["real"]
+    pause = pauses(real)
+    assert pause.sum() >= 5 and not (pause & real.speech).any()
+    edges = real.silence & ~pause  # silent, but within the margin of speech
+    assert edges.any()
+    jaw = spec.index("jawOpen")
+    onset = motions["real"].copy()
+    onset[edges, jaw] = 0.6  # wide open just before and after speech
+    paused = motions["real"].copy()
+    paused[pause, jaw] = 0.3  # open through the pauses
+    result = GuardTerm()([Sample(*clip, onset), Sample(*clip, paused)])
+    assert result.tripped.tolist() == [False, True]
+    assert PAUSE_MARGIN_FRAMES == 5
