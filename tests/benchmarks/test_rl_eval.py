@@ -49,9 +49,10 @@ def test_rl_eval_compares_two_generators_on_rendered_human_speech(tmp_path, tiny
     assert json.loads(out.with_suffix(".json").read_text())["command"] == result["command"]
 
 
-def test_the_base_is_found_by_its_hash_not_its_old_path(tmp_path, tiny_motion):
-    """The shipped default's provenance names engine/assets/motion.safetensors as its base, a path that now holds
-    the RL weights themselves: the base is the file with the recorded hash, or a clear error."""
+def test_the_base_is_found_by_its_hash_not_its_old_path(tmp_path, tiny_motion, monkeypatch):
+    """The shipped default's provenance names its base relative to the repo, found from any directory; a recorded
+    base path that now holds other weights is passed over: the base is the file with the recorded hash, or a clear
+    error."""
     import shutil
 
     from benchmarks.rl_eval import base_of
@@ -59,6 +60,7 @@ def test_the_base_is_found_by_its_hash_not_its_old_path(tmp_path, tiny_motion):
     from engine.errors import UserError
     from engine.io import sha256_file
 
+    monkeypatch.chdir(tmp_path)
     assert base_of(assets.DEFAULT_MOTION) == assets.PRETRAINED_MOTION
     from engine.io.checkpoint import read_metadata, save_checkpoint
     from engine.motion.learned import load_generator
