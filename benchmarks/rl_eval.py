@@ -102,15 +102,12 @@ def run(args: argparse.Namespace, command: str) -> dict:
             frames = eval_video.render(renderer, motion)
             opening = eval_video.measure_opening(frames)
             score = eval_video.score_video(name, which, opening, phones, reference)
-            seen = eval_video.filled(eval_video.measure_opening(
-                eval_video.render(renderer, eval_video.reference_motion(motion, reference))))
             speaking = eval_video.speech_frames(phones, len(opening))
             guard = guards([Sample(audio[name], features, motion)])
             head = channels(motion, HEAD_ROTATION)
             rows.append({"recording": name, "seed": seed, "weights": which, "r": score.r, "lag_ms": score.lag_ms,
                          "best_r": score.best_r, "bilabial": score.bilabial, "roughness": score.roughness,
-                         "roughness_rendered": (eval_video.roughness(eval_video.filled(opening))
-                                                / eval_video.roughness(seen)),
+                         "roughness_rendered": eval_video.roughness_rendered(renderer, motion, opening, reference),
                          "opening": float(np.nanmean(opening[speaking])) if speaking.any() else float("nan"),
                          "yaw_std": float(head[:, 0].std()),
                          "head_jitter": jitter(head), "tripped": bool(guard.tripped[0])})

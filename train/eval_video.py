@@ -133,6 +133,15 @@ def reference_motion(motion: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return out
 
 
+def roughness_rendered(renderer: Renderer, motion: np.ndarray, opening: np.ndarray, reference: np.ndarray) -> float:
+    """The measured opening's roughness over that of reference_motion(motion, reference), rendered and read by
+    FaceMesh the same way (NaN where either has a face in fewer than 3 frames)."""
+    seen = measure_opening(render(renderer, reference_motion(motion, reference)))
+    if min(np.isfinite(opening).sum(), np.isfinite(seen).sum()) < 3:
+        return float("nan")
+    return roughness(filled(opening)) / roughness(filled(seen))
+
+
 def score_video(name: str, driver: str, opening: np.ndarray, phones: Sequence[Phone], reference: np.ndarray
                 ) -> VideoScore:
     """Compare a measured opening track with the reference (frames where no face was found are filled in)."""
