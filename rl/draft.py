@@ -17,6 +17,7 @@ cache committed without them (each chunk learns to continue the context it was g
            + closure (the opening where the target's lips are shut in speech)
            + articulation (|log std ratio| of the opening, funnel and pucker)
            - sync (the lip-sync expert's audio . mouth embedding similarity at lag 0 over speech frames)
+           + idle (the head's frame-to-frame motion in silence, relu of its log ratio to the frozen reference's)
            + anchor * mean ||clean - clean_ref||^2   (the frozen reference's chunk from the same noise and cache)
     each term weighted (DraftWeights, [train] draft = {...} in the config)
 
@@ -41,7 +42,7 @@ from engine.motion.cache import KVCache
 from engine.motion.model import Conditions, Embedded
 from engine.motion.sampler import SamplerOptions, integrate
 from rl.policy import Policy
-from rl.rewards.base import SPEECH_VAD
+from rl.rewards.base import SILENCE_VAD, SPEECH_VAD
 from rl.rewards.target import ARTICULATION, JITTER_FLOOR, SHUT, SWAY_SIGMA
 from rl.rewards.temporal import HEAD_ROTATION, JITTER_SIGMA
 from rl.rollout import Prompt, embed
@@ -49,6 +50,7 @@ from rl.rollout import Prompt, embed
 _HEAD = [spec.index(n) for n in HEAD_ROTATION]
 _JAW, _CLOSE = spec.index("jawOpen"), spec.index("mouthClose")
 _ARTIC = [spec.index(n) for n in ARTICULATION]
+IDLE_MIN_STEPS = 5  # fewer silent frame pairs than this in a crop: no idle term for it
 _MID = torch.from_numpy((spec.LOW + spec.HIGH) / 2)
 _HALF = torch.from_numpy((spec.HIGH - spec.LOW) / 2)
 
@@ -72,6 +74,10 @@ class DraftWeights:
     # frames of Gaussian smoothing of the lips before both articulation terms take their std (0: none): the width
     # of the syllable-rate motion, so a term asking for a wider mouth cannot be met by frame-to-frame pops
     articulation_sigma: float = 0.0
+    # relu(log ratio) of the head's frame-to-frame motion in silent frames (VAD below SILENCE_VAD) over the frozen
+    # reference's from the same noise: the statistics terms span the whole crop, so alone they let the head keep
+    # moving once speech stops (the live weights' runs moved ~45 % more a frame in silence than their base)
+    idle: float = 0.0
 
 
 def _anchor_channels(head: float, dims: int) -> Tensor:
@@ -99,6 +105,13 @@ def articulation(motion: Tensor, reference: Tensor, std_floor: float = 2e-3, sig
         return smooth(x, sigma) if sigma > 0 else x
 
     return torch.log((lips(motion).std(1) + std_floor) / (lips(reference).std(1) + std_floor)).abs().mean(-1)
+
+
+def idle_motion(motion: Tensor, silent: Tensor) -> Tensor:
+    """(B, T, D) raw motion, (T,) bool silent frames -> (B,) rms frame-to-frame change of the head's rotation over
+    the steps between two silent frames."""
+    steps = silent[1:] & silent[:-1]
+    return motion[:, :, _HEAD].diff(dim=1)[:, steps].pow(2).mean((1, 2)).sqrt()
 
 
 def statistics_loss(motion: Tensor, target: Tensor, weights: DraftWeights, speech: Tensor | None = None,
@@ -175,7 +188,7 @@ def draft_loss(policy: Policy, prompt: Prompt, conditions: list[Conditions], gro
         x = integrate(model, noise, emb, cache, sampler).clamp(-1.0, 1.0)
         with policy.reference() as ref:
             x_ref = integrate(ref, noise, embed(ref, cond, group, reference), cache, reference).clamp(-1.0, 1.0)
-        if weights.teacher_articulation:
+        if weights.teacher_articulation or weights.idle:
             teacher.append(x_ref.detach())
         gap = (x - x_ref).pow(2)
         anchor.append((gap * _anchor_channels(weights.anchor_head, gap.shape[-1])).sum(-1).mean())
@@ -196,6 +209,14 @@ def draft_loss(policy: Policy, prompt: Prompt, conditions: list[Conditions], gro
         taught = articulation(motion, torch.cat(teacher, 1)[:, :T] * _HALF + _MID, sigma=weights.articulation_sigma)
         loss = loss + weights.teacher_articulation * taught.mean()
         stats["draft/teacher_articulation"] = float(taught.detach().mean())
+    if weights.idle:
+        silent = torch.from_numpy(np.asarray(prompt.features.vad) < SILENCE_VAD)
+        idle = motion.new_zeros(())
+        if int((silent[1:] & silent[:-1]).sum()) >= IDLE_MIN_STEPS:
+            reference_idle = idle_motion(torch.cat(teacher, 1)[:, :T] * _HALF + _MID, silent)
+            idle = F.relu(torch.log((idle_motion(motion, silent) + 1e-4) / (reference_idle + 1e-4))).mean()
+        loss = loss + weights.idle * idle
+        stats["draft/idle"] = float(idle.detach())
     anchor_loss = torch.stack(anchor).mean()
     stats["draft/anchor"] = float(anchor_loss.detach())
     return loss + weights.anchor * anchor_loss, stats

@@ -156,3 +156,29 @@ def test_smoothed_articulation_does_not_count_pops_as_width():
     raw, smoothed = float(articulation(popping, motion)), float(articulation(popping, motion, sigma=1.0))
     assert raw < 0.05 and smoothed > 0.15, (raw, smoothed)  # 0.15: the half-width mouth's, as above
     assert float(articulation(motion, motion, sigma=1.0)) == 0.0
+
+def test_idle_motion_counts_the_head_only_where_both_frames_are_silent():
+    """The idle term's measure: the head's rms frame-to-frame change over silent pairs of frames; a head that sways
+    in speech and holds still in silence scores 0, one that keeps moving scores its step."""
+    from engine.motion import spec
+    from rl.draft import idle_motion
+
+    T = 20
+    silent = torch.zeros(T, dtype=torch.bool)
+    silent[10:] = True
+    motion = torch.zeros(1, T, spec.D)
+    motion[0, :10, spec.index("headYaw")] = torch.linspace(0, 0.3, 10)  # moves while speaking only
+    assert float(idle_motion(motion, silent)) == 0.0
+    moving = motion.clone()
+    moving[0, 10:, spec.index("headYaw")] = 0.01 * torch.arange(10.0)  # keeps turning in silence
+    assert float(idle_motion(moving, silent)) == pytest.approx(0.01 / 3 ** 0.5, rel=1e-4)  # 3 rotation channels
+
+
+def test_the_idle_term_is_logged_and_trains(make_config):
+    """With `idle` set, every step logs the term (0 for crops without enough silence) and training runs."""
+    config = load_config(make_config(train={"objective": "draft", "steps": 2, "lr": 3e-3, "prompts": 2,
+                                            "draft": {"idle": 1.0}},
+                                     reward={"target": {"weight": 1.0}}))
+    trainer = Trainer(config)
+    stats = [trainer.train_step() for _ in range(2)]
+    assert all(s["draft/idle"] >= 0 and np.isfinite(s["loss"]) for s in stats)
