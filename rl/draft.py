@@ -205,15 +205,16 @@ def draft_loss(policy: Policy, prompt: Prompt, conditions: list[Conditions], gro
         similarity = sync(prompt, normalized, speech)
         loss = loss - weights.sync * similarity.mean()
         stats["draft/sync"] = float(similarity.detach().mean())
+    teacher_motion = torch.cat(teacher, 1)[:, :T] * _HALF + _MID if teacher else None
     if weights.teacher_articulation:
-        taught = articulation(motion, torch.cat(teacher, 1)[:, :T] * _HALF + _MID, sigma=weights.articulation_sigma)
+        taught = articulation(motion, teacher_motion, sigma=weights.articulation_sigma)
         loss = loss + weights.teacher_articulation * taught.mean()
         stats["draft/teacher_articulation"] = float(taught.detach().mean())
     if weights.idle:
         silent = torch.from_numpy(np.asarray(prompt.features.vad) < SILENCE_VAD)
         idle = motion.new_zeros(())
         if int((silent[1:] & silent[:-1]).sum()) >= IDLE_MIN_STEPS:
-            reference_idle = idle_motion(torch.cat(teacher, 1)[:, :T] * _HALF + _MID, silent)
+            reference_idle = idle_motion(teacher_motion, silent)
             idle = F.relu(torch.log((idle_motion(motion, silent) + 1e-4) / (reference_idle + 1e-4))).mean()
         loss = loss + weights.idle * idle
         stats["draft/idle"] = float(idle.detach())

@@ -174,11 +174,28 @@ def test_idle_motion_counts_the_head_only_where_both_frames_are_silent():
     assert float(idle_motion(moving, silent)) == pytest.approx(0.01 / 3 ** 0.5, rel=1e-4)  # 3 rotation channels
 
 
-def test_the_idle_term_is_logged_and_trains(make_config):
-    """With `idle` set, every step logs the term (0 for crops without enough silence) and training runs."""
-    config = load_config(make_config(train={"objective": "draft", "steps": 2, "lr": 3e-3, "prompts": 2,
-                                            "draft": {"idle": 1.0}},
-                                     reward={"target": {"weight": 1.0}}))
+def test_the_idle_term_adds_its_weighted_value_where_the_crop_is_silent(make_config):
+    """With `idle` set and a silent crop, the loss is the idle-free loss plus the weight times the logged term, and
+    the term is > 0 once the policy's head moves more in silence than the frozen reference's."""
+    import dataclasses
+
+    from rl.draft import draft_loss
+
+    config = load_config(make_config(train={"objective": "draft", "prompts": 1, "pool": 1}))
     trainer = Trainer(config)
-    stats = [trainer.train_step() for _ in range(2)]
-    assert all(s["draft/idle"] >= 0 and np.isfinite(s["loss"]) for s in stats)
+    prompt = trainer.pool[0]
+    features = dataclasses.replace(prompt.features, vad=np.zeros_like(prompt.features.vad))  # all silence
+    silent = dataclasses.replace(prompt, features=features)
+    with torch.no_grad():  # the policy's adapters off zero: its head now differs from the reference's
+        for p in trainer.policy.net.parameters():
+            if p.requires_grad:
+                p.add_(0.5 * torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+    ropts = config.rollout
+
+    def loss(idle):
+        return draft_loss(trainer.policy, silent, trainer.conditions(0), ropts.group, ropts.sampler,
+                          DraftWeights(idle=idle), torch.Generator().manual_seed(3))
+
+    (without, _), (with_idle, stats) = loss(0.0), loss(2.0)
+    assert stats["draft/idle"] > 0
+    torch.testing.assert_close(with_idle, without + 2.0 * stats["draft/idle"])
