@@ -76,7 +76,8 @@ class DraftWeights:
     articulation_sigma: float = 0.0
     # relu(log ratio) of the head's frame-to-frame motion in silent frames (VAD below SILENCE_VAD) over the frozen
     # reference's from the same noise: the statistics terms span the whole crop, so alone they let the head keep
-    # moving once speech stops (the live weights' runs moved ~45 % more a frame in silence than their base)
+    # moving once speech stops (the live weights' runs moved ~45 % more a frame in silence than their base); the
+    # crops hold little silence, so pair it with [train] pause_seconds
     idle: float = 0.0
 
 
@@ -200,7 +201,10 @@ def draft_loss(policy: Policy, prompt: Prompt, conditions: list[Conditions], gro
     normalized = torch.cat(clean, 1)[:, :T]
     motion = normalized * _HALF + _MID
     speech = torch.from_numpy(np.asarray(prompt.features.vad) > SPEECH_VAD)
-    loss, stats = statistics_loss(motion, torch.from_numpy(np.asarray(prompt.target, np.float32)), weights, speech)
+    # the statistics cover the frames the target covers (not a pause appended after it: rl.rollout.with_pause)
+    n = len(prompt.target)
+    loss, stats = statistics_loss(motion[:, :n], torch.from_numpy(np.asarray(prompt.target, np.float32)), weights,
+                                  speech[:n])
     if sync is not None and weights.sync:
         similarity = sync(prompt, normalized, speech)
         loss = loss - weights.sync * similarity.mean()

@@ -44,7 +44,7 @@ from engine.motion.model import Conditions
 from rl.configs import read_toml
 from rl.policy import EMA, Policy
 from rl.rewards import CompositeReward, RewardBreakdown, Sample
-from rl.rollout import Prompt, Rollout, Rollouter, RolloutOptions, load_prompts, replay
+from rl.rollout import Prompt, Rollout, Rollouter, RolloutOptions, load_prompts, replay, with_pause
 
 OBJECTIVES = ("grpo", "dpo", "draft")
 STD_SCOPES = ("group", "batch")
@@ -60,6 +60,9 @@ class TrainOptions:
     pool: int = 64  # distinct training prompts drawn from the corpus once (the steps draw from it)
     min_seconds: float = 2.0  # each prompt a crop of a corpus clip this long, at least
     max_seconds: float = 4.0
+    # draft: seconds of silence after each training crop (rl.rollout.with_pause). The crops are mostly speech, so
+    # without it nothing asks the head to settle when the voice stops (the idle term's frames)
+    pause_seconds: float = 0.0
     minibatches: int = 2  # optimizer updates per GRPO step (the ratio is 1 only in the first)
     lr: float = 3e-4
     clip_range: float = 1e-3  # PPO's eps, for log-probs averaged over dims
@@ -101,6 +104,9 @@ class TrainOptions:
         if self.distil_guidance and (self.objective != "draft" or self.distil_guidance < 1):
             raise UserError(f"distil_guidance (the anchor's reference guidance) needs objective = \"draft\" and a "
                             f"scale >= 1 (0 = off); got {self.distil_guidance} with {self.objective!r}")
+        if self.pause_seconds < 0 or (self.pause_seconds and self.objective != "draft"):
+            raise UserError(f"pause_seconds (silence after each training crop) needs objective = \"draft\" and a "
+                            f"length >= 0 (0 = none); got {self.pause_seconds} with {self.objective!r}")
         from rl.draft import DraftWeights
 
         try:
@@ -273,6 +279,8 @@ class Trainer:
         self._sync = None  # the draft objective's lip-sync expert, loaded when its weight asks for it
         if opts.objective in ("grpo", "draft"):
             self.pool = load_prompts(config.data, "train", opts.pool, opts.min_seconds, opts.max_seconds, opts.seed)
+            if opts.pause_seconds:
+                self.pool = [with_pause(p, opts.pause_seconds) for p in self.pool]
         self.val = (load_prompts(config.data, "val", opts.eval_prompts, opts.min_seconds, opts.max_seconds,
                                  opts.seed + 1) if self.reward is not None and self.rank == 0 else [])
         self._val_conditions = [self.rollouter.conditions(p) for p in self.val]

@@ -84,7 +84,9 @@ class Prompt:
     features: AudioFeatures  # extract_features(audio)
     emotion: str
     transcript: str | None = None
-    target: np.ndarray | None = None  # (T, spec.D) the motion the corpus made this audio with, where known
+    # (T, spec.D) the motion the corpus made this audio with, where known; shorter than T after with_pause: the
+    # appended silence has no target
+    target: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.features)
@@ -212,6 +214,14 @@ def crop_prompt(name: str, audio: np.ndarray, emotion: str, transcript: str | No
         raise UserError(f"{name}: the clip's motion has {len(motion)} frames, too few for its audio's "
                         f"{start + len(features)}; rebuild the corpus with `avatar data synth`")
     return Prompt(name, crop, features, emotion, transcript, target)
+
+
+def with_pause(prompt: Prompt, seconds: float) -> Prompt:
+    """`prompt` followed by `seconds` of digital silence (a microphone gone quiet), its features extracted over the
+    whole and its target kept as it was (covering the speech only)."""
+    audio = np.concatenate([prompt.audio, np.zeros(round(seconds * FPS) * SAMPLES_PER_FRAME, np.float32)])
+    return Prompt(f"{prompt.name}+{seconds:g}s", audio, extract_features(audio), prompt.emotion, prompt.transcript,
+                  prompt.target)
 
 
 def load_prompts(directory: str | Path, split: str = "train", count: int = 16, min_seconds: float = 2.0,

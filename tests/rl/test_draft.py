@@ -199,3 +199,32 @@ def test_the_idle_term_adds_its_weighted_value_where_the_crop_is_silent(make_con
     (without, _), (with_idle, stats) = loss(0.0), loss(2.0)
     assert stats["draft/idle"] > 0
     torch.testing.assert_close(with_idle, without + 2.0 * stats["draft/idle"])
+
+
+def test_a_paused_pool_gives_the_idle_term_its_silence_and_keeps_the_statistics_on_the_speech(make_config):
+    """`pause_seconds` lengthens every training crop with silence: the idle term then has frames to measure even on
+    crops that are all speech, while the target's statistics still see only the frames the target covers."""
+    from rl.draft import draft_loss
+
+    plain = Trainer(load_config(make_config("plain", train={"objective": "draft", "prompts": 1, "pool": 1})))
+    config = load_config(make_config("paused", train={"objective": "draft", "prompts": 1, "pool": 1,
+                                                      "pause_seconds": 1.0}))
+    trainer = Trainer(config)
+    prompt = trainer.pool[0]
+    assert len(prompt) == len(plain.pool[0]) + 25 and len(prompt.target) == len(plain.pool[0])
+    with torch.no_grad():  # the adapters off zero: the policy's head now moves more in silence than the reference's
+        for p in trainer.policy.net.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(0)))
+    ropts = config.rollout
+
+    def idle(prompt, conditions):
+        return draft_loss(trainer.policy, prompt, conditions, ropts.group, ropts.sampler, DraftWeights(idle=1.0),
+                          torch.Generator().manual_seed(3))
+
+    loss, stats = idle(prompt, trainer.conditions(0))
+    assert stats["draft/idle"] > 0 and torch.isfinite(loss)
+    # the same speech without the pause: too few silent frames for the term
+    assert idle(plain.pool[0], plain.rollouter.conditions(plain.pool[0]))[1]["draft/idle"] == 0
+    loss.backward()
+    trainer.train_step()  # a whole step runs on the paused pool

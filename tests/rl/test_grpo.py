@@ -122,6 +122,8 @@ def test_config_errors_name_the_fix(make_config, tmp_path):
         load_config(make_config(rollout={"train_steps": [0, 1]}))
     with pytest.raises(UserError, match="GRPO needs a reward"):
         Trainer(load_config(make_config(reward={})))
+    with pytest.raises(UserError, match="pause_seconds.*draft"):
+        load_config(make_config(train={"pause_seconds": 1.0}))
 
 
 class MouthOpen:

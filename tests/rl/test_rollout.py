@@ -105,3 +105,14 @@ def test_corpus_prompts_carry_their_clips_target_motion(corpus_dir):
         clip = clips.setdefault(shard, load_shard(corpus_dir / shard))[index]
         assert p.target.shape == (len(p), clip["motion"].shape[1])
         np.testing.assert_array_equal(p.target, clip["motion"][start : start + len(p)])
+
+
+def test_a_pause_appends_silence_the_vad_hears_and_no_target(corpus_dir):
+    from rl.rollout import load_prompts, with_pause
+
+    prompt = load_prompts(corpus_dir, "train", count=1, min_seconds=0.8, max_seconds=1.2, seed=3)[0]
+    paused = with_pause(prompt, 1.0)
+    assert len(paused) == len(prompt) + 25
+    np.testing.assert_array_equal(paused.audio[: len(prompt.audio)], prompt.audio)
+    assert paused.target is prompt.target  # the pause has no target: the statistics stay on the speech
+    assert (np.asarray(paused.features.vad)[-20:] < 0.2).all()  # rl.rewards.base.SILENCE_VAD
