@@ -12,7 +12,11 @@ its guidance) for several seeds (the head's motion comes from the noise), then:
   first carries FaceMesh's reading noise on one side only (a smooth rendered mouth reads 20-45 % rough), the
   second cancels it;
 - from the motion: the std of head yaw (rad) and head jitter (rl.rewards.temporal.jitter, rad), which the renderer
-  turns into pixels one to one; and the guards (rl.rewards.guards) on every clip.
+  turns into pixels one to one; and the guards (rl.rewards.guards) on every clip;
+- at rest: each recording driven again with 6 s of digital silence after it (a microphone gone quiet, as in the
+  live server tests), and from 2.5 s into that silence (the head has eased out of the speech by then) the mouth
+  region's grey-level change a frame, as those tests measure it in the stream (here rendered, no codec), and the
+  head's rms rotation a frame (rad).
 Medians over recordings x seeds, with ranges.
 """
 
@@ -31,6 +35,7 @@ from benchmarks.common import cpu_name, run_benchmark, table
 SCRIPT = "benchmarks/rl_eval.py"
 ROOT = Path(__file__).resolve().parents[1]
 SHEET_FRAMES = 8  # frames per row of the A/B sheet, evenly over the first recording
+PAUSE_S, REST_FROM_S = 6.0, 2.5  # silence after each recording; the rest is measured from this far into it
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -70,11 +75,13 @@ def run(args: argparse.Namespace, command: str) -> dict:
     from tqdm import tqdm
 
     from engine import assets
+    from engine.audio.frontend import extract_features
     from engine.backends.eager import TorchStep
     from engine.face.analysis import analyze_portrait
     from engine.face.rig import Rig
     from engine.motion.learned import LearnedDriver, LearnedOptions, load_generator, weights_sampler
     from engine.render.renderer import Renderer
+    from engine.timebase import FPS, SAMPLE_RATE
     from rl.rewards import Sample
     from rl.rewards.base import channels
     from rl.rewards.guards import GuardTerm
@@ -95,11 +102,18 @@ def run(args: argparse.Namespace, command: str) -> dict:
     guards = GuardTerm()
     rows, sheet = [], {}
     work = [(item, seed) for item in items for seed in range(args.seeds)]
+    box = mouth_box(rig)
+    rest_frames = round((PAUSE_S - REST_FROM_S) * FPS)
     for (name, features, phones), seed in tqdm(work, desc="recordings x seeds"):
         reference = eval_video.reference_opening(phones, len(features))
+        paused = extract_features(np.concatenate([audio[name], np.zeros(round(PAUSE_S * SAMPLE_RATE), np.float32)]))
         for which, model in models.items():
-            motion = LearnedDriver(TorchStep(model), LearnedOptions(seed=seed, **samplers[which])).drive(features)
+            def drive(f):
+                return LearnedDriver(TorchStep(model), LearnedOptions(seed=seed, **samplers[which])).drive(f)
+
+            motion = drive(features)
             frames = eval_video.render(renderer, motion)
+            rest = drive(paused)[-rest_frames:]
             opening = eval_video.measure_opening(frames)
             score = eval_video.score_video(name, which, opening, phones, reference)
             speaking = eval_video.speech_frames(phones, len(opening))
@@ -110,7 +124,11 @@ def run(args: argparse.Namespace, command: str) -> dict:
                          "roughness_rendered": eval_video.roughness_rendered(renderer, motion, opening, reference),
                          "opening": float(np.nanmean(opening[speaking])) if speaking.any() else float("nan"),
                          "yaw_std": float(head[:, 0].std()),
-                         "head_jitter": jitter(head), "tripped": bool(guard.tripped[0])})
+                         "head_jitter": jitter(head), "tripped": bool(guard.tripped[0]),
+                         "speaking_change": float(np.median(region_change(frames, box)[speaking[1:]]))
+                         if speaking[1:].any() else float("nan"),
+                         "rest_change": float(np.median(region_change(eval_video.render(renderer, rest), box))),
+                         "rest_head": float(np.sqrt(np.mean(np.diff(channels(rest, HEAD_ROTATION), axis=0) ** 2)))})
             if seed == 0 and name == items[0][0]:
                 picks = np.linspace(0, len(frames) - 1, SHEET_FRAMES).round().astype(int)
                 sheet[which] = [(int(i), frames[i]) for i in picks]
@@ -126,10 +144,24 @@ def run(args: argparse.Namespace, command: str) -> dict:
             "minutes": (time.monotonic() - start) / 60}
 
 
+def mouth_box(rig) -> tuple[slice, slice]:
+    """Rows and columns of the portrait's mouth with a margin of 0.3 of its width (the live server tests' box)."""
+    lips = rig.points[np.r_[rig.groups["outer_lip_upper"], rig.groups["outer_lip_lower"]]]
+    (x0, y0), (x1, y1) = lips.min(0), lips.max(0)
+    pad = 0.3 * (x1 - x0)
+    return slice(int(y0 - pad), int(y1 + pad)), slice(int(x0 - pad), int(x1 + pad))
+
+
+def region_change(frames: np.ndarray, box: tuple[slice, slice]) -> np.ndarray:
+    """(T, H, W, 3) uint8 frames -> (T - 1,) mean absolute grey-level change of the box from the frame before."""
+    grey = np.stack([cv2.cvtColor(f[box], cv2.COLOR_RGB2GRAY) for f in frames]).astype(np.float32)
+    return np.abs(np.diff(grey, axis=0)).mean((1, 2))
+
+
 def summarise(rows: list[dict]) -> dict:
     out = {}
     for key in ("r", "lag_ms", "best_r", "bilabial", "roughness", "roughness_rendered", "opening", "yaw_std",
-                "head_jitter"):
+                "head_jitter", "speaking_change", "rest_change", "rest_head"):
         v = np.array([r[key] for r in rows], np.float64)
         v = v[np.isfinite(v)]  # p/b/m is NaN on a recording without them
         out[key] = ({"median": float(np.median(v)), "min": float(v.min()), "max": float(v.max())} if len(v)
@@ -146,7 +178,7 @@ def paired(rows: list[dict]) -> dict:
         by_case.setdefault((r["recording"], r["seed"]), {})[r["weights"]] = r
     out = {}
     for key, up in (("r", True), ("roughness", False), ("roughness_rendered", False), ("yaw_std", True),
-                    ("head_jitter", False)):
+                    ("head_jitter", False), ("rest_change", False), ("rest_head", False)):
         d = np.array([c["rl"][key] - c["pretrained"][key] for c in by_case.values()], np.float64)
         d = d[np.isfinite(d)]
         out[key] = {"median": float(np.median(d)), "better": int(np.sum(d > 0 if up else d < 0)), "pairs": len(d)}
@@ -173,6 +205,8 @@ def targets(summary: dict, pairs: dict) -> list[dict]:
         ("head jitter, rad: no more than the pretrained weights' (paired median difference)",
          pairs["head_jitter"]["median"], "<= 0", pairs["head_jitter"]["median"] <= 0),
         ("clips tripping a guard", rl["tripped"], "0", rl["tripped"] == 0),
+        ("mouth region at rest, grey levels a frame: no more than the pretrained weights' (paired median "
+         "difference)", pairs["rest_change"]["median"], "<= 0", pairs["rest_change"]["median"] <= 0),
     ]
     return [{"what": w, "measured": float(m), "limit": lim, "met": bool(ok)} for w, m, lim, ok in checks]
 
@@ -200,7 +234,8 @@ def markdown(result: dict) -> str:
     rows = [[w, cell(s["r"], ".2f"), f"{s['lag_ms']['median']:+.0f} ms, {s['best_r']['median']:.2f}",
              f"{s['bilabial']['median']:.2f}x", f"{s['roughness']['median']:.2f}x",
              f"{s['roughness_rendered']['median']:.2f}x", cell(s["opening"], ".3f"), cell(s["yaw_std"], ".4f"),
-             cell(s["head_jitter"], ".4f"), f"{100 * s['tripped']:.0f} %"]
+             cell(s["head_jitter"], ".4f"), f"{100 * s['tripped']:.0f} %",
+             f"{s['speaking_change']['median']:.2f} / {s['rest_change']['median']:.2f}", cell(s["rest_head"], ".4f")]
             for w, s in result["summary"].items()]
     checks = [[t["what"], f"{t['measured']:.4g}", t["limit"], "**met**" if t["met"] else "**missed**"]
               for t in result["targets"]]
@@ -216,13 +251,16 @@ def markdown(result: dict) -> str:
         "",
         "Medians (ranges) over recordings x seeds. r, p/b/m and roughness are measured by FaceMesh on the rendered "
         "frames against phones force-aligned on acoustic boundaries (the opening: FaceMesh's lip gap over the face's "
-        "size, mean over speech frames); yaw std and jitter from the motion. Each generator ran with its own "
+        "size, mean over speech frames); yaw std and jitter from the motion. At rest: from "
+        f"{REST_FROM_S:g} s into {PAUSE_S:g} s of silence after each recording, the mouth region's grey-level change "
+        "a frame (rendered, no codec) and the head's rms rotation a frame. Each generator ran with its own "
         f"sampler: {samplers}.",
         "",
         *table(["weights", "r at lag 0", "best lag, its r", "lips on p/b/m", "roughness",
                 "roughness against the rendered reference", "mouth opening in speech",
                 "head yaw std (rad)", "head jitter (rad)",
-                "guards tripped"], rows),
+                "guards tripped", "mouth region change a frame, speaking / at rest", "head at rest (rad a frame)"],
+              rows),
         "",
         "RL minus pretrained on the same recording and seed (the better way: r and yaw std up, the others down):",
         "",

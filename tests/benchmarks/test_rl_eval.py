@@ -40,7 +40,10 @@ def test_rl_eval_compares_two_generators_on_rendered_human_speech(tmp_path, tiny
     assert yaw["pretrained"] != yaw["rl"]
     # each mouth's roughness also against its own motion with the mouth driven by the phones, rendered alike
     assert all(0 < r["roughness_rendered"] < 10 and r["lag_ms"] % 40 == 0 for r in result["rows"])
-    assert result["targets"][0]["what"].startswith("lip-sync r not lower") and len(result["targets"]) == 7
+    assert result["targets"][0]["what"].startswith("lip-sync r not lower") and len(result["targets"]) == 8
+    # at rest, after the speech: the rendered mouth region changes less a frame than while speaking
+    assert all(0 <= r["rest_change"] < r["speaking_change"] and r["rest_head"] >= 0 for r in result["rows"])
+    assert result["paired"]["rest_change"]["pairs"] == 1
     assert result["paired"]["yaw_std"]["pairs"] == 1
     assert result["paired"]["yaw_std"]["median"] == yaw["rl"] - yaw["pretrained"]
     text = out.with_suffix(".md").read_text()
