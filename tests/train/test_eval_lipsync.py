@@ -68,6 +68,49 @@ def test_evaluate_human_scores_each_driver_and_writes_a_report(tmp_path):
     assert "| echo | 1 |" in table and "| front | baseline |" in table
 
 
+@needs_alsa
+@pytest.mark.slow
+def test_rendered_scores_read_both_the_mouth_and_the_reference_through_facemesh(tmp_path):
+    """`avatar eval lipsync --rendered` end to end. Against the reference rendered and read alike, a jaw that is the
+    phone reference itself (scaled) scores exactly 1 whatever FaceMesh's noise, and one that pops every other
+    frame scores well above it."""
+    import json
+
+    from engine import assets
+    from engine.face.analysis import analyze_portrait
+    from engine.face.rig import Rig
+    from engine.render.renderer import Renderer
+    from train import eval_video
+
+    audio = tmp_path / "human"
+    audio.mkdir()
+    (audio / "front.wav").write_bytes((ALSA / "Front_Center.wav").read_bytes())
+    (audio / "front.txt").write_text("front center\n")
+    jaw = spec.index("jawOpen")
+    phones = ev.align(load_audio(audio / "front.wav"), "front center")
+
+    def exact(features):
+        motion = spec.neutral(len(features))
+        motion[:, jaw] = 0.05 + 0.5 * eval_video.reference_opening(phones, len(features))
+        return motion
+
+    def popping(features):
+        motion = exact(features)
+        motion[1::2, jaw] += 0.1
+        return motion
+
+    renderer = Renderer(Rig(analyze_portrait(assets.DEFAULT_PORTRAIT, size=256))).eval()
+    smooth, rough = eval_video.evaluate_rendered(ev.aligned_recordings(audio), {"exact": exact, "popping": popping},
+                                                 renderer)
+    assert smooth.roughness_rendered == pytest.approx(1.0) and rough.roughness_rendered > 1.5, (smooth, rough)
+
+    assert ev.main(["--audio-dir", str(audio), "--driver", "baseline", "--rendered", "--size", "256",
+                    "--out", str(tmp_path / "eval")]) == 0
+    [section] = json.loads((tmp_path / "eval.json").read_text())["sections"].values()
+    assert np.isfinite(section["scores"][0]["roughness_rendered"]) and "rendered reference" in \
+        (tmp_path / "eval.md").read_text()
+
+
 def test_missing_or_empty_audio_dir_says_how_to_gather_one(tmp_path):
     with pytest.raises(UserError, match="avatar data human"):
         ev.recordings(tmp_path / "nowhere")
