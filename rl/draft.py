@@ -17,7 +17,8 @@ cache committed without them (each chunk learns to continue the context it was g
            + closure (the opening where the target's lips are shut in speech)
            + articulation (|log std ratio| of the opening, funnel and pucker)
            - sync (the lip-sync expert's audio . mouth embedding similarity at lag 0 over speech frames)
-           + idle (the head's frame-to-frame motion in silence, relu of its log ratio to the frozen reference's)
+           + idle (the face's and head's frame-to-frame motion in silence, relu of log ratios to the frozen
+                   reference's)
            + anchor * mean ||clean - clean_ref||^2   (the frozen reference's chunk from the same noise and cache)
     each term weighted (DraftWeights, [train] draft = {...} in the config)
 
@@ -51,6 +52,17 @@ _HEAD = [spec.index(n) for n in HEAD_ROTATION]
 _JAW, _CLOSE = spec.index("jawOpen"), spec.index("mouthClose")
 _ARTIC = [spec.index(n) for n in ARTICULATION]
 IDLE_MIN_STEPS = 5  # fewer silent frame pairs than this in a crop: no idle term for it
+# The idle term's channel groups, each its own ratio so the head's large channels cannot hide the lips': the head
+# (rotation, translation, scale), the lips and jaw, and the rest of the face less the blinks (the engine draws those).
+# The live runs' lips shaped words in silence (funnel, pucker, press: 3-5x their base's motion a frame) and their
+# head slid (translation 2x) while its rotation stayed nearly as still as the base's.
+_BLINKS = {spec.index("eyeBlink_L"), spec.index("eyeBlink_R")}
+IDLE_GROUPS = {
+    "head": [i for i, c in enumerate(spec.COEFFS) if c.group == "head"],
+    "lips": [i for i, c in enumerate(spec.COEFFS) if c.group in ("jaw", "mouth")],
+    "face": [i for i, c in enumerate(spec.COEFFS)
+             if c.group in ("eyes", "brows", "cheeks", "nose") and i not in _BLINKS],
+}
 _MID = torch.from_numpy((spec.LOW + spec.HIGH) / 2)
 _HALF = torch.from_numpy((spec.HIGH - spec.LOW) / 2)
 
@@ -74,10 +86,10 @@ class DraftWeights:
     # frames of Gaussian smoothing of the lips before both articulation terms take their std (0: none): the width
     # of the syllable-rate motion, so a term asking for a wider mouth cannot be met by frame-to-frame pops
     articulation_sigma: float = 0.0
-    # relu(log ratio) of the head's frame-to-frame motion in silent frames (VAD below SILENCE_VAD) over the frozen
-    # reference's from the same noise: the statistics terms span the whole crop, so alone they let the head keep
-    # moving once speech stops (the live weights' runs moved ~45 % more a frame in silence than their base); the
-    # crops hold little silence, so pair it with [train] pause_seconds
+    # relu(log ratio) of the frame-to-frame motion in silent frames (VAD below SILENCE_VAD) over the frozen
+    # reference's from the same noise, per IDLE_GROUPS group, averaged: the statistics terms span the whole crop, so
+    # alone they let the face keep moving once speech stops; the crops hold little silence, so pair it with
+    # [train] pause_seconds
     idle: float = 0.0
 
 
@@ -108,11 +120,18 @@ def articulation(motion: Tensor, reference: Tensor, std_floor: float = 2e-3, sig
     return torch.log((lips(motion).std(1) + std_floor) / (lips(reference).std(1) + std_floor)).abs().mean(-1)
 
 
-def idle_motion(motion: Tensor, silent: Tensor) -> Tensor:
-    """(B, T, D) raw motion, (T,) bool silent frames -> (B,) rms frame-to-frame change of the head's rotation over
-    the steps between two silent frames."""
+def idle_motion(motion: Tensor, silent: Tensor, channels: list[int]) -> Tensor:
+    """(B, T, D) raw motion, (T,) bool silent frames -> (B,) rms frame-to-frame change of `channels` over the steps
+    between two silent frames."""
     steps = silent[1:] & silent[:-1]
-    return motion[:, :, _HEAD].diff(dim=1)[:, steps].pow(2).mean((1, 2)).sqrt()
+    return motion[:, :, channels].diff(dim=1)[:, steps].pow(2).mean((1, 2)).sqrt()
+
+
+def idle_excess(motion: Tensor, reference: Tensor, silent: Tensor) -> Tensor:
+    """(B,) mean over IDLE_GROUPS of relu(log ratio) of `motion`'s idle motion over `reference`'s (both (B, T, D))."""
+    return torch.stack([F.relu(torch.log((idle_motion(motion, silent, g) + 1e-4)
+                                         / (idle_motion(reference, silent, g) + 1e-4)))
+                        for g in IDLE_GROUPS.values()]).mean(0)
 
 
 def statistics_loss(motion: Tensor, target: Tensor, weights: DraftWeights, speech: Tensor | None = None,
@@ -218,8 +237,7 @@ def draft_loss(policy: Policy, prompt: Prompt, conditions: list[Conditions], gro
         silent = torch.from_numpy(np.asarray(prompt.features.vad) < SILENCE_VAD)
         idle = motion.new_zeros(())
         if int((silent[1:] & silent[:-1]).sum()) >= IDLE_MIN_STEPS:
-            reference_idle = idle_motion(teacher_motion, silent)
-            idle = F.relu(torch.log((idle_motion(motion, silent) + 1e-4) / (reference_idle + 1e-4))).mean()
+            idle = idle_excess(motion, teacher_motion, silent).mean()
         loss = loss + weights.idle * idle
         stats["draft/idle"] = float(idle.detach())
     anchor_loss = torch.stack(anchor).mean()

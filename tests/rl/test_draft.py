@@ -157,21 +157,35 @@ def test_smoothed_articulation_does_not_count_pops_as_width():
     assert raw < 0.05 and smoothed > 0.15, (raw, smoothed)  # 0.15: the half-width mouth's, as above
     assert float(articulation(motion, motion, sigma=1.0)) == 0.0
 
-def test_idle_motion_counts_the_head_only_where_both_frames_are_silent():
-    """The idle term's measure: the head's rms frame-to-frame change over silent pairs of frames; a head that sways
-    in speech and holds still in silence scores 0, one that keeps moving scores its step."""
+def test_idle_motion_counts_only_where_both_frames_are_silent_and_each_group_on_its_own():
+    """The idle term's measure: rms frame-to-frame change over silent pairs of frames; a head that sways in speech
+    and holds still in silence scores 0, one that keeps moving scores its step. Its excess over a reference is per
+    group: lips shaping words in silence count in full beside a still head, and the engine's blinks not at all."""
     from engine.motion import spec
-    from rl.draft import idle_motion
+    from rl.draft import IDLE_GROUPS, idle_excess, idle_motion
+
+    rotation = [spec.index(n) for n in ("headYaw", "headPitch", "headRoll")]
 
     T = 20
     silent = torch.zeros(T, dtype=torch.bool)
     silent[10:] = True
     motion = torch.zeros(1, T, spec.D)
     motion[0, :10, spec.index("headYaw")] = torch.linspace(0, 0.3, 10)  # moves while speaking only
-    assert float(idle_motion(motion, silent)) == 0.0
+    assert float(idle_motion(motion, silent, rotation)) == 0.0
     moving = motion.clone()
     moving[0, 10:, spec.index("headYaw")] = 0.01 * torch.arange(10.0)  # keeps turning in silence
-    assert float(idle_motion(moving, silent)) == pytest.approx(0.01 / 3 ** 0.5, rel=1e-4)  # 3 rotation channels
+    assert float(idle_motion(moving, silent, rotation)) == pytest.approx(0.01 / 3 ** 0.5, rel=1e-4)
+
+    reference = moving + 0.001 * torch.randn(moving.shape, generator=torch.Generator().manual_seed(0))
+    assert float(idle_excess(reference, reference, silent)) == 0.0
+    shaping = reference.clone()
+    shaping[0, 10::2, spec.index("mouthFunnel")] += 0.05  # the lips pop in silence; the head as the reference's
+    lips = float(torch.log((idle_motion(shaping, silent, IDLE_GROUPS["lips"]) + 1e-4)
+                           / (idle_motion(reference, silent, IDLE_GROUPS["lips"]) + 1e-4)))
+    assert float(idle_excess(shaping, reference, silent)) == pytest.approx(lips / 3, rel=1e-5) and lips > 1
+    blinking = reference.clone()
+    blinking[0, 10::2, spec.index("eyeBlink_L")] = 1.0
+    assert float(idle_excess(blinking, reference, silent)) == 0.0
 
 
 def test_the_idle_term_adds_its_weighted_value_where_the_crop_is_silent(make_config):
