@@ -86,10 +86,10 @@ class DraftWeights:
     # frames of Gaussian smoothing of the lips before both articulation terms take their std (0: none): the width
     # of the syllable-rate motion, so a term asking for a wider mouth cannot be met by frame-to-frame pops
     articulation_sigma: float = 0.0
-    # relu(log ratio) of the frame-to-frame motion in silent frames (VAD below SILENCE_VAD) over the frozen
-    # reference's from the same noise, per IDLE_GROUPS group, averaged: the statistics terms span the whole crop, so
-    # alone they let the face keep moving once speech stops; the crops hold little silence, so pair it with
-    # [train] pause_seconds
+    # relu(log ratio) of the frame-to-frame motion in silent frames (VAD below SILENCE_VAD) over that of the frozen
+    # reference run on its own from the same noises, per IDLE_GROUPS group, averaged: the statistics terms span the
+    # whole crop, so alone they let the face keep moving once speech stops; the crops hold little silence, so pair
+    # it with [train] pause_seconds
     idle: float = 0.0
 
 
@@ -201,14 +201,23 @@ def draft_loss(policy: Policy, prompt: Prompt, conditions: list[Conditions], gro
     reference = reference or sampler
     model, cfg = policy.net, policy.net.config
     cache = KVCache.empty(cfg, group)
-    clean, anchor, teacher = [], [], []
+    # the idle term's reference runs on its own context, as the engine runs it: on the policy's (the anchor's), it
+    # continues whatever motion the policy has been making and moves in silence as much as the policy does
+    own = KVCache.empty(cfg, group) if weights.idle else None
+    clean, anchor, teacher, alone = [], [], [], []
     for cond in conditions:  # each chunk sampled as engine.backends.eager.chunk_step samples it, with autograd
         noise = torch.randn(group, cfg.chunk, cfg.motion_dim, generator=gen)
         emb = embed(model, cond, group, sampler)
         x = integrate(model, noise, emb, cache, sampler).clamp(-1.0, 1.0)
         with policy.reference() as ref:
-            x_ref = integrate(ref, noise, embed(ref, cond, group, reference), cache, reference).clamp(-1.0, 1.0)
-        if weights.teacher_articulation or weights.idle:
+            ref_emb = embed(ref, cond, group, reference)
+            x_ref = integrate(ref, noise, ref_emb, cache, reference).clamp(-1.0, 1.0)
+            if own is not None:
+                x_own = integrate(ref, noise, ref_emb, own, reference).clamp(-1.0, 1.0)
+                own = ref.commit(x_own, Embedded(*(e[-group:] for e in ref_emb)) if reference.guided else ref_emb,
+                                 own)
+                alone.append(x_own)
+        if weights.teacher_articulation:
             teacher.append(x_ref.detach())
         gap = (x - x_ref).pow(2)
         anchor.append((gap * _anchor_channels(weights.anchor_head, gap.shape[-1])).sum(-1).mean())
@@ -237,7 +246,7 @@ def draft_loss(policy: Policy, prompt: Prompt, conditions: list[Conditions], gro
         silent = torch.from_numpy(np.asarray(prompt.features.vad) < SILENCE_VAD)
         idle = motion.new_zeros(())
         if int((silent[1:] & silent[:-1]).sum()) >= IDLE_MIN_STEPS:
-            idle = idle_excess(motion, teacher_motion, silent).mean()
+            idle = idle_excess(motion, torch.cat(alone, 1)[:, :T] * _HALF + _MID, silent).mean()
         loss = loss + weights.idle * idle
         stats["draft/idle"] = float(idle.detach())
     anchor_loss = torch.stack(anchor).mean()

@@ -242,3 +242,28 @@ def test_a_paused_pool_gives_the_idle_term_its_silence_and_keeps_the_statistics_
     assert idle(plain.pool[0], plain.rollouter.conditions(plain.pool[0]))[1]["draft/idle"] == 0
     loss.backward()
     trainer.train_step()  # a whole step runs on the paused pool
+
+
+def test_the_idle_reference_runs_on_its_own_context(make_config, monkeypatch):
+    """The idle term compares the policy with the frozen reference as the engine would run it, on its own context:
+    two different policies meet the very same reference motion (on the policy's context it would continue the
+    policy's motion, and move in silence as much as the policy does)."""
+    import rl.draft
+    from rl.draft import draft_loss
+
+    config = load_config(make_config(train={"objective": "draft", "prompts": 1, "pool": 1, "pause_seconds": 1.0}))
+    trainer = Trainer(config)
+    seen = []
+    real = rl.draft.idle_excess
+    monkeypatch.setattr(rl.draft, "idle_excess", lambda m, ref, s: seen.append((m.detach(), ref)) or real(m, ref, s))
+    ropts = config.rollout
+    for seed in (0, 1):
+        with torch.no_grad():
+            for p in trainer.policy.net.parameters():
+                if p.requires_grad:
+                    p.add_(torch.randn(p.shape, generator=torch.Generator().manual_seed(seed)))
+        draft_loss(trainer.policy, trainer.pool[0], trainer.conditions(0), ropts.group, ropts.sampler,
+                   DraftWeights(idle=1.0), torch.Generator().manual_seed(3))
+    (first, reference), (second, same) = seen
+    assert not torch.allclose(first, second)
+    torch.testing.assert_close(reference, same, rtol=0, atol=0)
