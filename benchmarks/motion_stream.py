@@ -33,7 +33,6 @@ from engine.motion import spec
 from engine.server import protocol
 
 SCRIPT = "benchmarks/motion_stream.py"
-LIPS = [0, 13, 14, 17, 61, 291, 78, 308]  # FaceMesh lip landmarks: outer/inner midpoints and corners
 LAGS = range(-3, 4)
 
 
@@ -44,15 +43,6 @@ def parse_args(argv):
     p.add_argument("--preset", default="balanced")
     p.add_argument("--out", type=Path, default=Path("benchmarks/results/motion_stream"))
     return p.parse_args(argv)
-
-
-def _mouth_box(size: int) -> tuple[slice, slice]:
-    from engine.face.analysis import analyze_portrait
-
-    lips = analyze_portrait(assets.DEFAULT_PORTRAIT, size=size).landmarks[LIPS, :2]
-    (x0, y0), (x1, y1) = lips.min(0), lips.max(0)
-    pad = 0.3 * (x1 - x0)
-    return slice(int(y0 - pad), int(y1 + pad)), slice(int(x0 - pad), int(x1 + pad))
 
 
 async def _one(url: str, path: Path, box: tuple[slice, slice], preset: str) -> dict:
@@ -79,7 +69,8 @@ async def _one(url: str, path: Path, box: tuple[slice, slice], preset: str) -> d
     r = {str(lag): float(np.corrcoef(grey[max(lag, 0): len(grey) + min(lag, 0)],
                                 opening[max(-lag, 0): len(opening) - max(lag, 0)])[0, 1]) for lag in LAGS}
     return {
-        "video_frames": report.frames, "video_fps": report.fps, "motion_lines": len(lines), "motion_fps": report.motion_fps,
+        "video_frames": report.frames, "video_fps": report.fps,
+        "motion_lines": len(lines), "motion_fps": report.motion_fps,
         "longest_gap_ms": float(np.diff(times).max() * 1000),
         "bytes_per_line": float(np.mean(wire)), "bytes_per_s": float(np.mean(wire) * report.motion_fps),
         "frames_without_line": len(after - set(pts)), "lines_without_frame": len(set(pts) - after),
@@ -94,6 +85,9 @@ def run(args, command: str) -> dict:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    from engine.face.analysis import analyze_portrait  # FaceMesh loads only when a run starts
+    from engine.face.measure import mouth_box
+
     server = subprocess.Popen([sys.executable, "-m", "engine.cli", "serve", "--port", str(port), "--size",
                                str(args.size), "--preset", args.preset, "--max-sessions", "1"],
                               env=env, stdout=subprocess.PIPE, text=True)
@@ -101,7 +95,7 @@ def run(args, command: str) -> dict:
         for line in server.stdout:  # the banner comes once the port listens
             if "open http" in line:
                 break
-        box = _mouth_box(args.size)
+        box = mouth_box(analyze_portrait(assets.DEFAULT_PORTRAIT, size=args.size).landmarks)
         with tempfile.TemporaryDirectory() as tmp:
             runs = [asyncio.run(_one(f"ws://127.0.0.1:{port}/ws", Path(tmp) / f"{i}.jsonl", box, args.preset))
                     for i in range(args.runs)]

@@ -78,6 +78,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
     from engine.audio.frontend import extract_features
     from engine.backends.eager import TorchStep
     from engine.face.analysis import analyze_portrait
+    from engine.face.measure import mouth_box
     from engine.face.rig import Rig
     from engine.motion.learned import LearnedDriver, LearnedOptions, load_generator, weights_sampler
     from engine.render.renderer import Renderer
@@ -102,7 +103,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
     guards = GuardTerm()
     rows, sheet = [], {}
     work = [(item, seed) for item in items for seed in range(args.seeds)]
-    box = mouth_box(rig)
+    box = mouth_box(rig.points)  # the rest pose's lips: the live tests' box
     rest_frames = round((PAUSE_S - REST_FROM_S) * FPS)
     for (name, features, phones), seed in tqdm(work, desc="recordings x seeds"):
         reference = eval_video.reference_opening(phones, len(features))
@@ -142,14 +143,6 @@ def run(args: argparse.Namespace, command: str) -> dict:
             "audio_dir": str(args.audio_dir), "recordings": len(items), "seeds": args.seeds, "size": args.size,
             "summary": summary, "paired": pairs, "targets": targets(summary, pairs), "rows": rows, "sheet": sheet_name,
             "minutes": (time.monotonic() - start) / 60}
-
-
-def mouth_box(rig) -> tuple[slice, slice]:
-    """Rows and columns of the portrait's mouth with a margin of 0.3 of its width (the live server tests' box)."""
-    lips = rig.points[np.r_[rig.groups["outer_lip_upper"], rig.groups["outer_lip_lower"]]]
-    (x0, y0), (x1, y1) = lips.min(0), lips.max(0)
-    pad = 0.3 * (x1 - x0)
-    return slice(int(y0 - pad), int(y1 + pad)), slice(int(x0 - pad), int(x1 + pad))
 
 
 def region_change(frames: np.ndarray, box: tuple[slice, slice]) -> np.ndarray:

@@ -494,8 +494,9 @@ class Trainer:
 
         sampler = {"guidance_audio": self.config.rollout.guidance_audio,  # what the weights were made to run with
                    "guidance_emotion": self.config.rollout.guidance_emotion}
-        provenance = provenance | {"sampler": sampler, "rl": {"command": command, "config": asdict(self.config), "steps": self.step,
-                                          "base": str(base), "base_sha256": sha256_file(base), "curves": curves}}
+        rl = {"command": command, "config": asdict(self.config), "steps": self.step,
+              "base": str(base), "base_sha256": sha256_file(base), "curves": curves}
+        provenance = provenance | {"sampler": sampler, "rl": rl}
         return save_checkpoint(self.out / "rl.safetensors", model, model.config, **provenance)
 
 

@@ -12,7 +12,19 @@ from engine.face import topology as topo
 from engine.face.analysis import detect_landmarks
 
 _LIP_PAIRS = list(zip(topo.INNER_LIP_UPPER[3:8], topo.INNER_LIP_LOWER[3:8]))  # middle of the mouth
-_EYE_PAIRS = list(zip(topo.EYE_LEFT_UPPER[2:7] + topo.EYE_RIGHT_UPPER[2:7], topo.EYE_LEFT_LOWER[2:7] + topo.EYE_RIGHT_LOWER[2:7]))
+_EYE_PAIRS = list(zip(topo.EYE_LEFT_UPPER[2:7] + topo.EYE_RIGHT_UPPER[2:7],
+                      topo.EYE_LEFT_LOWER[2:7] + topo.EYE_RIGHT_LOWER[2:7]))
+_OUTER_LIPS = list(topo.OUTER_LIP_UPPER + topo.OUTER_LIP_LOWER)
+MOUTH_BOX_MARGIN = 0.3  # of the mouth's width: the chin's and philtrum's motion count, the cheeks' hardly
+
+
+def mouth_box(landmarks: np.ndarray) -> tuple[slice, slice]:
+    """Rows and columns of a frame around the outer lips of FaceMesh `landmarks` (a rig's points will do):
+    the region whose pixel change the live tests and benchmarks read as the mouth moving."""
+    lips = landmarks[_OUTER_LIPS, :2]
+    (x0, y0), (x1, y1) = lips.min(0), lips.max(0)
+    pad = MOUTH_BOX_MARGIN * (x1 - x0)
+    return slice(int(y0 - pad), int(y1 + pad)), slice(int(x0 - pad), int(x1 + pad))
 
 
 def face_openings(frame: np.ndarray) -> tuple[float, float]:

@@ -51,7 +51,8 @@ class Sample:
                              f"frames at {SAMPLE_RATE} Hz) but the features cover {T} frames; pass "
                              "extract_features(audio) of this very audio")
         if self.target is not None and np.shape(self.target) != (T, spec.D):
-            raise ValueError(f"target must be ({T}, {spec.D}) raw coefficients like motion; got {np.shape(self.target)}")
+            raise ValueError(f"target must be ({T}, {spec.D}) raw coefficients like motion; "
+                             f"got {np.shape(self.target)}")
         if self.frames is not None and (self.frames.ndim != 4 or self.frames.shape[0] != T
                                         or self.frames.shape[3] != 3 or self.frames.dtype != np.uint8):
             raise ValueError(f"frames must be ({T}, H, W, 3) uint8 RGB, one per motion frame; got "

@@ -4,10 +4,10 @@
     result = reward(samples)          # RewardBreakdown: total (B,), per-term values, diagnostics, tripped
     log.write(json.dumps(result.summary()))
 
-The config has one table per term, [judge], [sync], [alignment], [perceptual], [temporal], [guards], [target]; each holds
-`weight` (0 or a missing table: the term is off) and the term's options (the fields of its Options dataclass).
-total = sum(weight * value). Without a judge (no [judge] table, backend = "none", or weight 0) the reward says so
-in one line and runs on the other terms.
+The config has one table per term, [judge], [sync], [alignment], [perceptual], [temporal], [guards], [target];
+each holds `weight` (0 or a missing table: the term is off) and the term's options (its Options dataclass's
+fields). total = sum(weight * value). Without a judge (no [judge] table, backend = "none", or weight 0) the
+reward says so in one line and runs on the other terms.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""A perturbed tiny generator checkpoint and an RL config over it and the shared tiny corpus (built once per session)."""
+"""A perturbed tiny generator checkpoint and an RL config over it and the shared tiny corpus (built once a session)."""
 
 
 import pytest

@@ -12,8 +12,6 @@ import numpy as np
 from engine.server.app import AvatarServer, ServerConfig, backend_of, configure
 from engine.stream import Session
 
-LIPS = [0, 13, 14, 17, 61, 291, 78, 308]  # FaceMesh lip landmarks: outer/inner midpoints and corners
-
 
 class ServerThread:
     """Starts `AvatarServer(config, broadcast)` on its own loop; `call(coro)` runs on that loop."""
@@ -62,14 +60,12 @@ class ServerThread:
 
 
 def mouth_box(size: int) -> tuple[slice, slice]:
-    """Rows and columns of the bundled portrait's mouth in a `size` px frame (a margin around the lips)."""
+    """Rows and columns of the bundled portrait's mouth in a `size` px frame."""
     from engine.assets import DEFAULT_PORTRAIT
     from engine.face.analysis import analyze_portrait
+    from engine.face.measure import mouth_box as box
 
-    lips = analyze_portrait(DEFAULT_PORTRAIT, size=size).landmarks[LIPS, :2]
-    (x0, y0), (x1, y1) = lips.min(0), lips.max(0)
-    pad = 0.3 * (x1 - x0)
-    return slice(int(y0 - pad), int(y1 + pad)), slice(int(x0 - pad), int(x1 + pad))
+    return box(analyze_portrait(DEFAULT_PORTRAIT, size=size).landmarks)
 
 
 class MouthMotion:
