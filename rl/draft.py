@@ -91,6 +91,9 @@ class DraftWeights:
     # whole crop, so alone they let the face keep moving once speech stops; the crops hold little silence, so pair
     # it with [train] pause_seconds
     idle: float = 0.0
+    # the head group's weight in the idle term relative to the lips' and the face's (0: lips and face only): at idle
+    # x8 the head's share stilled its sway in long speech too (yaw std down on 7-18 s clips)
+    idle_head: float = 1.0
 
 
 def _anchor_channels(head: float, dims: int) -> Tensor:
@@ -127,11 +130,14 @@ def idle_motion(motion: Tensor, silent: Tensor, channels: list[int]) -> Tensor:
     return motion[:, :, channels].diff(dim=1)[:, steps].pow(2).mean((1, 2)).sqrt()
 
 
-def idle_excess(motion: Tensor, reference: Tensor, silent: Tensor) -> Tensor:
-    """(B,) mean over IDLE_GROUPS of relu(log ratio) of `motion`'s idle motion over `reference`'s (both (B, T, D))."""
-    return torch.stack([F.relu(torch.log((idle_motion(motion, silent, g) + 1e-4)
-                                         / (idle_motion(reference, silent, g) + 1e-4)))
-                        for g in IDLE_GROUPS.values()]).mean(0)
+def idle_excess(motion: Tensor, reference: Tensor, silent: Tensor, head: float = 1.0) -> Tensor:
+    """(B,) mean over IDLE_GROUPS of relu(log ratio) of `motion`'s idle motion over `reference`'s (both (B, T, D)),
+    the head group's counted `head` times."""
+    weights = torch.tensor([head if name == "head" else 1.0 for name in IDLE_GROUPS])
+    excess = torch.stack([F.relu(torch.log((idle_motion(motion, silent, g) + 1e-4)
+                                           / (idle_motion(reference, silent, g) + 1e-4)))
+                          for g in IDLE_GROUPS.values()])
+    return (weights[:, None] * excess).sum(0) / weights.sum()
 
 
 def statistics_loss(motion: Tensor, target: Tensor, weights: DraftWeights, speech: Tensor | None = None,
@@ -246,7 +252,7 @@ def draft_loss(policy: Policy, prompt: Prompt, conditions: list[Conditions], gro
         silent = torch.from_numpy(np.asarray(prompt.features.vad) < SILENCE_VAD)
         idle = motion.new_zeros(())
         if int((silent[1:] & silent[:-1]).sum()) >= IDLE_MIN_STEPS:
-            idle = idle_excess(motion, torch.cat(alone, 1)[:, :T] * _HALF + _MID, silent).mean()
+            idle = idle_excess(motion, torch.cat(alone, 1)[:, :T] * _HALF + _MID, silent, weights.idle_head).mean()
         loss = loss + weights.idle * idle
         stats["draft/idle"] = float(idle.detach())
     anchor_loss = torch.stack(anchor).mean()

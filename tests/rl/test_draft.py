@@ -160,7 +160,8 @@ def test_smoothed_articulation_does_not_count_pops_as_width():
 def test_idle_motion_counts_only_where_both_frames_are_silent_and_each_group_on_its_own():
     """The idle term's measure: rms frame-to-frame change over silent pairs of frames; a head that sways in speech
     and holds still in silence scores 0, one that keeps moving scores its step. Its excess over a reference is per
-    group: lips shaping words in silence count in full beside a still head, and the engine's blinks not at all."""
+    group: lips shaping words in silence count in full beside a still head, and the engine's blinks not at all;
+    `head` weighs the head's group against the other two."""
     from engine.motion import spec
     from rl.draft import IDLE_GROUPS, idle_excess, idle_motion
 
@@ -186,6 +187,14 @@ def test_idle_motion_counts_only_where_both_frames_are_silent_and_each_group_on_
     blinking = reference.clone()
     blinking[0, 10::2, spec.index("eyeBlink_L")] = 1.0
     assert float(idle_excess(blinking, reference, silent)) == 0.0
+
+    turning = reference.clone()
+    turning[0, 10::2, spec.index("headYaw")] += 0.05  # the head jerks in silence; the lips as the reference's
+    head = float(torch.log((idle_motion(turning, silent, IDLE_GROUPS["head"]) + 1e-4)
+                           / (idle_motion(reference, silent, IDLE_GROUPS["head"]) + 1e-4)))
+    assert float(idle_excess(turning, reference, silent, head=0.25)) == pytest.approx(0.25 * head / 2.25, rel=1e-5)
+    assert float(idle_excess(turning, reference, silent, head=0.0)) == 0.0  # idle_head = 0: lips and face only
+    assert float(idle_excess(shaping, reference, silent, head=0.0)) == pytest.approx(lips / 2, rel=1e-5)
 
 
 def test_the_idle_term_adds_its_weighted_value_where_the_crop_is_silent(make_config):
@@ -255,7 +264,8 @@ def test_the_idle_reference_runs_on_its_own_context(make_config, monkeypatch):
     trainer = Trainer(config)
     seen = []
     real = rl.draft.idle_excess
-    monkeypatch.setattr(rl.draft, "idle_excess", lambda m, ref, s: seen.append((m.detach(), ref)) or real(m, ref, s))
+    monkeypatch.setattr(rl.draft, "idle_excess",
+                        lambda m, ref, *rest: seen.append((m.detach(), ref)) or real(m, ref, *rest))
     ropts = config.rollout
     for seed in (0, 1):
         with torch.no_grad():
