@@ -76,3 +76,36 @@ def test_the_base_is_found_by_its_hash_not_its_old_path(tmp_path, tiny_motion, m
     base.write_bytes(b"overwritten")
     with pytest.raises(UserError, match="pass the weights it started from with --base"):
         base_of(tuned)
+
+
+@pytest.mark.slow
+def test_long_speech_compares_the_heads_sway_over_whole_held_out_voice_clips(tmp_path, corpus_dir, tiny_motion,
+                                                                             monkeypatch):
+    """--corpus: both generators drive whole clips of the corpus's held-out voices; the paired yaw difference is
+    the RL weights' minus the base's on each clip and seed, and it adds the ninth check."""
+    from benchmarks import rl_eval
+    from engine.backends.eager import TorchStep
+    from engine.errors import UserError
+    from engine.motion.learned import LearnedDriver, LearnedOptions, load_generator
+
+    monkeypatch.setattr(rl_eval, "LONG_S", 1.0)  # the tiny corpus's clips are a few seconds
+    calm = load_generator(tiny_motion)
+
+    def drive(which, features, seed):
+        motion = LearnedDriver(TorchStep(calm), LearnedOptions(seed=seed)).drive(features)
+        return motion * (2.0 if which == "rl" else 1.0)  # the "rl" head turns twice as far
+
+    long = rl_eval.long_speech(corpus_dir, drive, 2, lambda m: m[:, 0])
+    assert long["clips"] >= 1 and long["paired"]["pairs"] == 2 * long["clips"]
+    assert long["paired"]["better"] == long["paired"]["pairs"] > 0
+    assert long["yaw_std"]["rl"]["median"] == pytest.approx(2 * long["yaw_std"]["pretrained"]["median"], rel=1e-5)
+    assert all(r["seconds"] >= 1.0 for r in long["rows"])
+    summary = {"rl": {"bilabial": {"median": 0.1}, "roughness_rendered": {"median": 1.0}, "yaw_std": {"median": 0.02},
+                      "tripped": 0.0}}
+    pairs = {k: {"median": 0.0} for k in ("r", "roughness_rendered", "head_jitter", "rest_change")}
+    assert len(rl_eval.targets(summary, pairs)) == 8
+    ninth = rl_eval.targets(summary, pairs, long)[-1]
+    assert ninth["what"].startswith("head yaw std on long speech") and ninth["met"]
+    assert not rl_eval.targets(summary, pairs, {**long, "paired": {**long["paired"], "median": -0.001}})[-1]["met"]
+    with pytest.raises(UserError, match="avatar data synth"):
+        rl_eval.long_speech(tmp_path, drive, 1, lambda m: m[:, 0])
