@@ -91,8 +91,8 @@ class DraftWeights:
     # whole crop, so alone they let the face keep moving once speech stops; the crops hold little silence, so pair
     # it with [train] pause_seconds
     idle: float = 0.0
-    # the head group's weight in the idle term relative to the lips' and the face's (0: lips and face only): at idle
-    # x8 the head's share stilled its sway in long speech too (yaw std down on 7-18 s clips)
+    # the head group's weight in the idle term relative to the lips' and the face's (0: lips and face only). At idle
+    # x8 the head swayed less in long speech too; taking the head out (runs f23, f24) did not bring its sway back
     idle_head: float = 1.0
 
 
