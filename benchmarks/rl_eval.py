@@ -111,16 +111,18 @@ def run(args: argparse.Namespace, command: str) -> dict:
     work = [(item, seed) for item in items for seed in range(args.seeds)]
     box = mouth_box(rig.points)  # the rest pose's lips: the live tests' box
     rest_frames = round((PAUSE_S - REST_FROM_S) * FPS)
+
+    def drive(which: str, features, seed: int) -> np.ndarray:
+        """One generator's motion with its own sampler, as the engine runs it."""
+        return LearnedDriver(TorchStep(models[which]), LearnedOptions(seed=seed, **samplers[which])).drive(features)
+
     for (name, features, phones), seed in tqdm(work, desc="recordings x seeds"):
         reference = eval_video.reference_opening(phones, len(features))
         paused = extract_features(np.concatenate([audio[name], np.zeros(round(PAUSE_S * SAMPLE_RATE), np.float32)]))
-        for which, model in models.items():
-            def drive(f):
-                return LearnedDriver(TorchStep(model), LearnedOptions(seed=seed, **samplers[which])).drive(f)
-
-            motion = drive(features)
+        for which in models:
+            motion = drive(which, features, seed)
             frames = eval_video.render(renderer, motion)
-            rest = drive(paused)[-rest_frames:]
+            rest = drive(which, paused, seed)[-rest_frames:]
             opening = eval_video.measure_opening(frames)
             score = eval_video.score_video(name, which, opening, phones, reference)
             speaking = eval_video.speech_frames(phones, len(opening))
@@ -144,12 +146,8 @@ def run(args: argparse.Namespace, command: str) -> dict:
     write_sheet(sheet, rig, args.out.parent / sheet_name, items[0][0])
     summary = {w: summarise([r for r in rows if r["weights"] == w]) for w in models}
     pairs = paired(rows)
-    long = None
-    if args.corpus:
-        def drive(which, features, seed):
-            return LearnedDriver(TorchStep(models[which]), LearnedOptions(seed=seed, **samplers[which])).drive(features)
-
-        long = long_speech(args.corpus, drive, args.seeds, lambda m: channels(m, HEAD_ROTATION)[:, 0])
+    long = (long_speech(args.corpus, drive, args.seeds, lambda m: channels(m, HEAD_ROTATION)[:, 0])
+            if args.corpus else None)
     return {"command": command, "cpu": cpu_name(), "checkpoint": str(args.checkpoint), "base": str(base),
             "samplers": {w: dataclasses.asdict(LearnedOptions(**s).sampler()) for w, s in samplers.items()},
             "audio_dir": str(args.audio_dir), "recordings": len(items), "seeds": args.seeds, "size": args.size,
@@ -172,8 +170,10 @@ def long_speech(corpus: Path, drive, seeds: int, yaw) -> dict:
     manifest = corpus / "manifest.json"
     if not manifest.is_file():
         raise UserError(f"--corpus {corpus} has no manifest.json; make one with `avatar data synth --out {corpus}`")
-    shards = [s["file"] for s in json.loads(manifest.read_text())["shards"] if s["split"] == "val"]
-    clips = [c for f in shards for c in load_shard(corpus / f) if len(c["audio"]) >= LONG_S * SAMPLE_RATE]
+    clips = []
+    for shard in json.loads(manifest.read_text())["shards"]:
+        if shard["split"] == "val" and len(clips) < LONG_CLIPS:  # shards are large: read only as many as needed
+            clips += [c for c in load_shard(corpus / shard["file"]) if len(c["audio"]) >= LONG_S * SAMPLE_RATE]
     if not clips:
         raise UserError(f"--corpus {corpus} has no held-out (val) clips of {LONG_S:g} s or more")
     clips = clips[:LONG_CLIPS]
