@@ -61,6 +61,23 @@ def test_the_statistics_are_zero_on_the_target_and_grow_with_each_fault():
     assert faults["draft/jitter"] > 0.5 and faults["draft/sway"] > 0.1
 
 
+def test_roughness_under_weighs_only_the_smoother_side():
+    from engine.motion import spec
+
+    t = torch.arange(120, dtype=torch.float32)
+    target = torch.from_numpy(np.tile(spec.neutral(), (120, 1)))
+    jaw = spec.index("jawOpen")
+    target[:, jaw] = 0.15 * (1 + torch.sin(2 * np.pi * t / 9)) + 0.02 * (-1.0) ** t  # syllables with some pops
+    popping, smooth = target.clone(), target.clone()
+    popping[:, jaw] += 0.05 * (-1.0) ** t
+    smooth[:, jaw] = 0.15 * (1 + torch.sin(2 * np.pi * t / 9))
+    for under, smooth_counts in ((1.0, True), (0.0, False)):
+        weights = DraftWeights(roughness_under=under)
+        pops = statistics_loss(popping[None], target, weights)[1]["draft/roughness"]
+        smoothed = statistics_loss(smooth[None], target, weights)[1]["draft/roughness"]
+        assert pops > 0.3 and (smoothed > 0.3) == smooth_counts, (under, pops, smoothed)
+
+
 def test_a_few_draft_steps_lower_the_loss(make_config):
     config = load_config(make_config(train={"objective": "draft", "steps": 6, "lr": 3e-3, "prompts": 2},
                                      reward={"target": {"weight": 1.0}}))
