@@ -33,7 +33,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from benchmarks.common import cpu_name, run_benchmark, table
+from benchmarks.common import cpu_name, run_benchmark, stats, table
 
 SCRIPT = "benchmarks/rl_eval.py"
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,12 +185,9 @@ def long_speech(corpus: Path, drive, seeds: int, yaw) -> dict:
             rows.append({"clip": i, "voice": clip["voice"], "seconds": len(clip["audio"]) / SAMPLE_RATE,
                          "seed": seed, "yaw_std": yaw_std})
     d = np.array([r["yaw_std"]["rl"] - r["yaw_std"]["pretrained"] for r in rows])
-    stats = {}
-    for w in ("pretrained", "rl"):
-        v = [r["yaw_std"][w] for r in rows]
-        stats[w] = {"median": float(np.median(v)), "min": float(np.min(v)), "max": float(np.max(v))}
     return {"corpus": str(corpus), "clips": len(clips), "seeds": seeds,
-            "seconds": sorted({r["seconds"] for r in rows}), "yaw_std": stats,
+            "seconds": sorted({r["seconds"] for r in rows}),
+            "yaw_std": {w: stats([r["yaw_std"][w] for r in rows]) for w in ("pretrained", "rl")},
             "paired": {"median": float(np.median(d)), "better": int(np.sum(d > 0)), "pairs": len(d)}, "rows": rows}
 
 
