@@ -71,7 +71,8 @@ class ClipData(NamedTuple):
 def _cached_rows(cache: Path, key: str, compute: Callable[[], list[dict[str, np.ndarray]]]
                  ) -> list[dict[str, np.ndarray]]:
     """Per-clip arrays (named, rows along axis 0) from the .npz `cache` when it holds `key`, else computed and
-    written there, joined, atomically: concurrent readers (pretraining, sync expert) never see half a file."""
+    written there, joined, atomically: concurrent readers (pretraining, sync expert) never see half a file, and
+    concurrent writers (two runs caching one corpus) each write their own temporary file."""
     if cache.is_file():
         with np.load(cache) as z:
             if str(z["key"]) == key:
@@ -79,7 +80,7 @@ def _cached_rows(cache: Path, key: str, compute: Callable[[], list[dict[str, np.
                 return [{n: a[bounds[i]:bounds[i + 1]] for n, a in arrays.items()} for i in range(len(bounds) - 1)]
     rows = compute()
     cache.parent.mkdir(exist_ok=True)
-    tmp = cache.with_name(cache.name + ".tmp")
+    tmp = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
     with tmp.open("wb") as f:
         first = next(iter(rows[0])) if rows else None
         np.savez(f, key=np.array(key), offsets=np.cumsum([0] + [len(r[first]) for r in rows]),

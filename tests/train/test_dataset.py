@@ -145,3 +145,30 @@ def test_features_are_cached_per_shard_and_recomputed_when_stale(corpus_dir, tmp
     quieter = load_clips(copy, "train")
     assert caches[0].stat().st_mtime_ns != stamp
     assert quieter[0].features.energy.mean() < first[0].features.energy.mean() - 3.0  # ~6 dB quieter
+
+
+def _write_cache_when_both_are_ready(cache, barrier):
+    from train.dataset import _cached_rows
+
+    def compute():
+        barrier.wait()  # both processes write at once
+        return [{"x": np.full((4_000_000,), i, np.float32)} for i in range(2)]
+
+    _cached_rows(cache, "key", compute)
+
+
+def test_two_runs_caching_one_shard_at_once_both_finish(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(2)
+    cache = tmp_path / "features" / "shard.npz"
+    writers = [ctx.Process(target=_write_cache_when_both_are_ready, args=(cache, barrier)) for _ in range(2)]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join(60)
+    assert [w.exitcode for w in writers] == [0, 0]  # a shared temporary file: the second rename finds it gone
+    with np.load(cache) as z:
+        assert str(z["key"]) == "key" and z["x"].shape == (8_000_000,)
+    assert list(cache.parent.glob("*.tmp")) == []
