@@ -58,9 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def base_of(checkpoint: Path) -> Path:
-    """The weights an RL checkpoint was post-trained from: its provenance's base path, or the pretrained default,
-    whichever still has the base's sha256 (an earlier default recorded engine/assets/motion.safetensors, which
-    holds RL weights now)."""
+    """The weights an RL checkpoint was post-trained from: its provenance's base path, or a shipped pretrained
+    generator, whichever still has the base's sha256 (a recorded base such as engine/assets/motion.safetensors may
+    hold RL weights now)."""
     from engine import assets
     from engine.errors import UserError
     from engine.io import sha256_file
@@ -69,7 +69,7 @@ def base_of(checkpoint: Path) -> Path:
     rl = read_metadata(checkpoint)[1].get("rl", {})
     if not rl.get("base_sha256"):
         return Path(rl["base"]) if rl.get("base") else assets.PRETRAINED_MOTION
-    for candidate in (ROOT / rl["base"], assets.PRETRAINED_MOTION):  # a relative base is the repo's
+    for candidate in (ROOT / rl["base"], assets.PRETRAINED_MOTION, assets.FAST_PRETRAINED_MOTION):  # relative: repo's
         if candidate.is_file() and sha256_file(candidate) == rl["base_sha256"]:
             return candidate
     raise UserError(f"{checkpoint} was post-trained from {rl['base']} (sha256 {rl['base_sha256'][:12]}), which "

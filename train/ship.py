@@ -72,10 +72,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m train.ship", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", type=Path, required=True, help="checkpoint written by a training command")
-    parser.add_argument("--as", dest="name", required=True, choices=("motion", "motion_fast", "motion_pretrained",
-                                                                        "sync_expert"),
+    parser.add_argument("--as", dest="name", required=True,
+                        choices=("motion", "motion_fast", "motion_pretrained", "motion_fast_pretrained", "sync_expert"),
                         help="shipped name: motion (the default generator), motion_fast (the live presets'), "
-                             "motion_pretrained (the default before RL post-training) or sync_expert")
+                             "motion_pretrained or motion_fast_pretrained (each before RL post-training) or "
+                             "sync_expert")
     parser.add_argument("--command", action="append", default=[], dest="commands",
                         help="a command that reproduces it, in order (repeat the flag)")
     parser.add_argument("--eval", type=Path, help="JSON written by `avatar eval lipsync --out` or "

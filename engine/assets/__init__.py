@@ -11,6 +11,7 @@ FAST_MOTION = ASSETS_DIR / "motion_fast.safetensors"  # the same generator fine-
 # DEFAULT_MOTION before its RL post-training (rl/, weights.json's "motion" entry says how): still loadable with
 # --checkpoint engine/assets/motion_pretrained.safetensors
 PRETRAINED_MOTION = ASSETS_DIR / "motion_pretrained.safetensors"
+FAST_PRETRAINED_MOTION = ASSETS_DIR / "motion_fast_pretrained.safetensors"  # FAST_MOTION before its RL, likewise
 MANIFEST = ASSETS_DIR / "manifest.json"  # how each file was made, with its sha256
 
 

@@ -65,6 +65,7 @@ def test_the_base_is_found_by_its_hash_not_its_old_path(tmp_path, tiny_motion, m
 
     monkeypatch.chdir(tmp_path)
     assert base_of(assets.DEFAULT_MOTION) == assets.PRETRAINED_MOTION
+    assert base_of(assets.FAST_MOTION) == assets.FAST_PRETRAINED_MOTION
     from engine.io.checkpoint import read_metadata, save_checkpoint
     from engine.motion.learned import load_generator
 

@@ -125,20 +125,23 @@ def test_shipped_silence_idles_with_a_closed_mouth_and_blinks(shipped):
     assert 1 <= np.count_nonzero(np.diff(blinks.astype(int)) == 1) <= 8  # ~17 a minute, give or take
 
 
-def test_the_pretrained_weights_stay_loadable_and_rl_moved_the_default(shipped, speech_features):
-    """The RL post-trained default and the weights it started from: same network, different motion, and the
-    default's provenance names that base by its hash."""
+@pytest.mark.parametrize("name", ["motion", "motion_fast"])
+def test_the_pretrained_weights_stay_loadable_and_rl_moved_the_shipped_ones(name, speech_features):
+    """Each RL post-trained generator (the default, the live presets') and the weights it started from: same
+    network, different motion, and the shipped file's provenance names that base by its hash."""
     import json
 
     from engine import assets
     from engine.io import sha256_file
 
-    pretrained = load_generator(assets.PRETRAINED_MOTION)
-    assert pretrained.config == shipped.config
-    rl = json.loads((assets.ASSETS_DIR / "weights.json").read_text())["motion"]["provenance"]["rl"]
-    assert rl["base_sha256"] == sha256_file(assets.PRETRAINED_MOTION) and rl["steps"] > 0
+    tuned = load_generator(assets.ASSETS_DIR / f"{name}.safetensors")
+    base_path = assets.ASSETS_DIR / f"{name}_pretrained.safetensors"
+    pretrained = load_generator(base_path)
+    assert pretrained.config == tuned.config
+    rl = json.loads((assets.ASSETS_DIR / "weights.json").read_text())[name]["provenance"]["rl"]
+    assert rl["base_sha256"] == sha256_file(base_path) and rl["steps"] > 0
     before, after = (LearnedDriver(TorchStep(m), LearnedOptions(seed=0)).drive(speech_features[:50])
-                     for m in (pretrained, shipped))
+                     for m in (pretrained, tuned))
     assert np.abs(after - before).max() > 1e-3
 
 
