@@ -5,14 +5,29 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ALSA = Path("/usr/share/sounds/alsa")
 
 
+@pytest.fixture(scope="module")
+def slt_corpus(tmp_path_factory):
+    """20 s of synthetic speech with flite's slt voice held out: a val clip pocketsphinx aligns (espeak's often
+    defeat it), for the long-speech roughness."""
+    from train.synth import corpus as synth
+    from train.synth import tts
+
+    if "flite:slt" not in tts.available_voices():
+        pytest.skip("apt-get install flite")
+    out = tmp_path_factory.mktemp("slt_corpus")
+    synth.synth_corpus(out, hours=20 / 3600, seed=0, holdout=("flite:slt",), progress=False)
+    return out
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not (ALSA / "Front_Center.wav").is_file(), reason="apt-get install alsa-utils")
-def test_rl_eval_compares_two_generators_on_rendered_human_speech(tmp_path, tiny_motion):
+def test_rl_eval_compares_two_generators_on_rendered_human_speech(tmp_path, tiny_motion, slt_corpus, monkeypatch):
     import torch
 
     from benchmarks import rl_eval
@@ -31,8 +46,9 @@ def test_rl_eval_compares_two_generators_on_rendered_human_speech(tmp_path, tiny
     shutil.copy(ALSA / "Front_Center.wav", audio / "front.wav")
     (audio / "front.txt").write_text("Front, center!")
     out = tmp_path / "rl_eval"
-    result = rl_eval.main(["--checkpoint", str(tuned), "--base", str(tiny_motion), "--audio-dir",
-                           str(audio), "--seeds", "1", "--size", "128", "--out", str(out)])
+    monkeypatch.setattr(rl_eval, "LONG_S", 1.0)  # the tiny corpus's clips are a few seconds
+    result = rl_eval.main(["--checkpoint", str(tuned), "--base", str(tiny_motion), "--audio-dir", str(audio),
+                           "--seeds", "1", "--size", "128", "--corpus", str(slt_corpus), "--out", str(out)])
     assert set(result["summary"]) == {"pretrained", "rl"} and result["recordings"] == 1
     assert len(result["rows"]) == 2 and {r["weights"] for r in result["rows"]} == {"pretrained", "rl"}
     # the two tiny generators differ, so their motion does
@@ -40,7 +56,12 @@ def test_rl_eval_compares_two_generators_on_rendered_human_speech(tmp_path, tiny
     assert yaw["pretrained"] != yaw["rl"]
     # each mouth's roughness also against its own motion with the mouth driven by the phones, rendered alike
     assert all(0 < r["roughness_rendered"] < 10 and r["lag_ms"] % 40 == 0 for r in result["rows"])
-    assert result["targets"][0]["what"].startswith("lip-sync r not lower") and len(result["targets"]) == 8
+    assert result["targets"][0]["what"].startswith("lip-sync r not lower") and len(result["targets"]) == 9
+    # long speech: the rendered roughness too, on the clips pocketsphinx aligned, rendered and read alike
+    long = result["long_speech"]
+    assert long["clips"] == 1 and long["roughness_rendered_paired"]["pairs"] == 1
+    assert all(0 < r["roughness_rendered"][w] < 10 for r in long["rows"] if "roughness_rendered" in r
+               for w in ("pretrained", "rl"))
     # at rest, after the speech: the rendered mouth region changes less a frame than while speaking
     assert all(0 <= r["rest_change"] < r["speaking_change"] and r["rest_head"] >= 0 for r in result["rows"])
     assert result["paired"]["rest_change"]["pairs"] == 1
@@ -80,7 +101,7 @@ def test_the_base_is_found_by_its_hash_not_its_old_path(tmp_path, tiny_motion, m
 
 
 @pytest.mark.slow
-def test_long_speech_compares_the_heads_sway_over_whole_held_out_voice_clips(tmp_path, corpus_dir, tiny_motion,
+def test_long_speech_compares_the_heads_sway_over_whole_held_out_voice_clips(tmp_path, slt_corpus, tiny_motion,
                                                                              monkeypatch):
     """--corpus: both generators drive whole clips of the corpus's held-out voices; the paired yaw difference is
     the RL weights' minus the base's on each clip and seed, and it adds the ninth check."""
@@ -96,8 +117,22 @@ def test_long_speech_compares_the_heads_sway_over_whole_held_out_voice_clips(tmp
         motion = LearnedDriver(TorchStep(calm), LearnedOptions(seed=seed)).drive(features)
         return motion * (2.0 if which == "rl" else 1.0)  # the "rl" head turns twice as far
 
-    long = rl_eval.long_speech(corpus_dir, drive, 2, lambda m: m[:, 0])
+    aligned = []
+
+    def rough(motion, phones):
+        aligned.append(phones)
+        return float(np.abs(np.diff(motion[:, 0])).sum())
+
+    long = rl_eval.long_speech(slt_corpus, drive, 2, lambda m: m[:, 0], rough)
     assert long["clips"] >= 1 and long["paired"]["pairs"] == 2 * long["clips"]
+    # roughness where the text aligned: each clip's phones, both weights, and the "rl" head is twice as rough
+    assert aligned and all(len(p) > 3 for p in aligned)
+    assert long["roughness_rendered_paired"] == {"median": pytest.approx(long["roughness_rendered_paired"]["median"]),
+                                                 "better": 0, "pairs": len(aligned) // 2}
+    assert long["roughness_rendered_paired"]["median"] > 0
+    assert "roughness against the rendered reference" in "\n".join(rl_eval.long_table(long))
+    assert "roughness" not in "\n".join(rl_eval.long_table(rl_eval.long_speech(slt_corpus, drive, 1,
+                                                                                lambda m: m[:, 0])))
     assert long["paired"]["better"] == long["paired"]["pairs"] > 0
     assert long["yaw_std"]["rl"]["median"] == pytest.approx(2 * long["yaw_std"]["pretrained"]["median"], rel=1e-5)
     assert all(r["seconds"] >= 1.0 for r in long["rows"])
