@@ -494,8 +494,10 @@ class Trainer:
 
         sampler = {"guidance_audio": self.config.rollout.guidance_audio,  # what the weights were made to run with
                    "guidance_emotion": self.config.rollout.guidance_emotion}
+        manifest = Path(self.config.data) / "manifest.json"  # which build of the corpus (piper's noise is unseeded)
         rl = {"command": command, "config": asdict(self.config), "steps": self.step,
-              "base": str(base), "base_sha256": sha256_file(base), "curves": curves}
+              "base": str(base), "base_sha256": sha256_file(base), "curves": curves,
+              "data_sha256": sha256_file(manifest) if manifest.is_file() else None}
         provenance = provenance | {"sampler": sampler, "rl": rl}
         return save_checkpoint(self.out / "rl.safetensors", model, model.config, **provenance)
 

@@ -31,15 +31,21 @@ WEIGHTS_MANIFEST = assets.ASSETS_DIR / "weights.json"
 MAX_MB = 30  # shipped weights stay small: the repo is cloned by every CI run
 
 
-def _corpus(provenance: dict) -> dict:
-    """What the corpus manifest named in the checkpoint says about itself (if it is still there)."""
-    path = Path(provenance.get("data", ""))
-    if not path.is_file():
-        return {"manifest": str(path), "note": "corpus manifest not found when shipping"}
-    manifest = json.loads(path.read_text())
-    return {"command": manifest.get("command"), "seed": manifest.get("seed"),
-            "hours": manifest.get("hours_written"), "voices": manifest.get("voices"),
-            "holdout": manifest.get("holdout"), "manifest_sha256": provenance.get("data_sha256")}
+def _corpus(provenance: dict, shipped: dict) -> dict:
+    """What the corpus manifest named in the checkpoint says about itself, if the file there is still the one
+    trained on (its sha256); else what an entry already in `shipped` recorded of that same manifest, or a note."""
+    path, recorded = Path(provenance.get("data", "")), provenance.get("data_sha256")
+    if path.is_file() and (not recorded or sha256_file(path) == recorded):
+        manifest = json.loads(path.read_text())
+        return {"command": manifest.get("command"), "seed": manifest.get("seed"),
+                "hours": manifest.get("hours_written"), "voices": manifest.get("voices"),
+                "holdout": manifest.get("holdout"), "manifest_sha256": recorded}
+    earlier = [e["corpus"] for e in shipped.values() if "command" in e.get("corpus", {})
+               and recorded and e["corpus"].get("manifest_sha256") == recorded]
+    if earlier:
+        return earlier[0]
+    there = f"holds another build (sha256 {sha256_file(path)[:12]})" if path.is_file() else "is gone"
+    return {"manifest": str(path), "manifest_sha256": recorded, "note": f"the corpus manifest {there} when shipping"}
 
 
 def ship(weights: Path, name: str, commands: Sequence[str], evaluation: Path | None = None) -> dict:
@@ -49,9 +55,10 @@ def ship(weights: Path, name: str, commands: Sequence[str], evaluation: Path | N
         raise UserError(f"{weights} is {size_mb:.1f} MB; shipped weights must stay under {MAX_MB} MB")
     target = assets.ASSETS_DIR / f"{name}.safetensors"
     shutil.copyfile(weights, target)
+    manifest = json.loads(WEIGHTS_MANIFEST.read_text()) if WEIGHTS_MANIFEST.is_file() else {}
     entry = {
         "file": target.name, "sha256": sha256_file(target), "megabytes": round(size_mb, 2), "config": config,
-        "provenance": provenance, "corpus": _corpus(provenance), "commands": list(commands),
+        "provenance": provenance, "corpus": _corpus(provenance, manifest), "commands": list(commands),
         "shipped": datetime.now(timezone.utc).strftime("%Y-%m-%d"), "torch": torch.__version__,
         "python": platform.python_version(),
     }
@@ -62,7 +69,6 @@ def ship(weights: Path, name: str, commands: Sequence[str], evaluation: Path | N
                                    **{title: s["summary"] for title, s in report["sections"].items()}}
         else:  # benchmarks/rl_eval.py: RL weights against their base
             entry["evaluation"] = {k: report[k] for k in ("command", "audio_dir", "summary", "targets")}
-    manifest = json.loads(WEIGHTS_MANIFEST.read_text()) if WEIGHTS_MANIFEST.is_file() else {}
     manifest[name] = entry
     WEIGHTS_MANIFEST.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     return entry

@@ -58,6 +58,7 @@ def test_first_update_sees_ratio_one_and_lora_starts_at_the_reference(make_confi
 
 def test_a_run_writes_an_engine_checkpoint_logs_and_resumes(make_config, tmp_path):
     from engine.backends import load
+    from engine.io import sha256_file
     from engine.io.checkpoint import read_metadata
     from engine.motion.learned import load_generator
 
@@ -75,6 +76,7 @@ def test_a_run_writes_an_engine_checkpoint_logs_and_resumes(make_config, tmp_pat
     assert (tmp_path / "a" / "curves.png").stat().st_size > 0
     _, provenance = read_metadata(once)
     assert provenance["rl"]["steps"] == 3 and provenance["rl"]["command"] == "test"
+    assert provenance["rl"]["data_sha256"] == sha256_file(f"{config.data}/manifest.json")  # the RL corpus
     assert provenance["emotions"] and "reward" in provenance["rl"]["curves"]
     step = load("torch", once)  # what every engine command does with --checkpoint
     assert step.config == a.config

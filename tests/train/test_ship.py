@@ -4,6 +4,7 @@ import pytest
 
 from engine import assets
 from engine.errors import UserError
+from engine.io import sha256_file
 from engine.io.checkpoint import save_checkpoint
 from engine.motion.model import MotionConfig, MotionTransformer
 from train import ship
@@ -22,7 +23,7 @@ def test_ship_copies_weights_and_records_how_they_were_made(tmp_path, assets_dir
     corpus.write_text(json.dumps({"command": "avatar data synth --out d --hours 1 --seed 1", "seed": 1,
                                   "hours_written": 1.0, "voices": ["flite:awb"], "holdout": ["flite:slt"]}))
     weights = save_checkpoint(tmp_path / "m.safetensors", MotionTransformer(MotionConfig.tiny()),
-                              MotionConfig.tiny(), data=str(corpus), data_sha256="ab", seed=1, steps=7)
+                              MotionConfig.tiny(), data=str(corpus), data_sha256=sha256_file(corpus), seed=1, steps=7)
     report = tmp_path / "eval.json"
     report.write_text(json.dumps({"command": "avatar eval lipsync --audio-dir h",
                                   "sections": {"human": {"summary": {"learned": {"median_r": 0.9}}, "scores": []}}}))
@@ -34,6 +35,13 @@ def test_ship_copies_weights_and_records_how_they_were_made(tmp_path, assets_dir
     assert saved["evaluation"]["human"]["learned"]["median_r"] == 0.9 and len(saved["sha256"]) == 64
     ship.ship(weights, "sync_expert", [])  # a second name keeps the first entry
     assert set(json.loads((assets_dir / "weights.json").read_text())) == {"motion", "sync_expert"}
+    # The corpus rebuilt at that path since (another build: piper's noise is unseeded) is not read as the one
+    # trained on: the record shipped earlier of the same manifest is kept; with none, a note says so.
+    corpus.write_text(json.dumps({"command": "avatar data synth --out d --hours 1 --seed 1", "hours_written": 1.1}))
+    assert ship.ship(weights, "motion_fast", [])["corpus"] == saved["corpus"]
+    (assets_dir / "weights.json").unlink()
+    note = ship.ship(weights, "motion_fast", [])["corpus"]
+    assert "another build" in note["note"] and note["manifest_sha256"] == saved["corpus"]["manifest_sha256"]
 
 
 def test_oversized_weights_are_refused(tmp_path, assets_dir, monkeypatch):
