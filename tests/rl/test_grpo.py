@@ -164,6 +164,27 @@ def test_the_shipped_configs_parse(name):
     assert CompositeReward.from_dict(config.reward).weights  # the terms it names exist (a judge-less line is fine)
 
 
+@pytest.mark.parametrize("name, config", [("motion", "ship.toml"), ("motion_fast", "ship_fast.toml")])
+def test_the_shipped_rl_weights_were_made_by_their_config(name, config):
+    """Each RL post-trained generator's recorded config is its rl/configs file's, but for the machine's paths
+    (a setting added since a run was made counts at its default)."""
+    import json
+    from dataclasses import asdict
+
+    from engine import assets
+    from rl.configs import DEFAULT_REWARD
+
+    recorded = json.loads((assets.ASSETS_DIR / "weights.json").read_text())[name]["provenance"]["rl"]["config"]
+    ours = json.loads(json.dumps(asdict(load_config(DEFAULT_REWARD.parent / config))))  # tuples as JSON lists
+
+    def differences(a: dict, b: dict, at: str = "") -> list[str]:
+        return [d for k, v in a.items() if k not in ("data", "out", "checkpoint")
+                for d in (differences(v, b.get(k, {}), f"{at}/{k}") if isinstance(v, dict)
+                          else [] if b.get(k) == v else [f"{at}/{k}: {v} recorded, {b.get(k)} in {config}"])]
+
+    assert differences(recorded, ours) == []
+
+
 def test_full_fine_tune_keeps_a_frozen_reference(make_config):
     trainer = Trainer(load_config(make_config(train={"lora_rank": 0, "ema": 0.0, "lr": 1e-2})))
     before = {k: v.clone() for k, v in trainer.policy.net.state_dict().items()}
