@@ -374,8 +374,10 @@ def test_sessions_in_a_phase_group_share_calls_and_each_streams_its_motion_alone
         np.testing.assert_allclose(np.stack([f.motion for f in frames]), np.stack([f.motion for f in mine]),
                                    atol=1e-5, err_msg=f"session {seed}")
         images = np.stack([f.image for f in frames]).astype(int) - np.stack([f.image for f in mine])
-        # the motion rounds a little differently batched (~1e-7), and so do the batched renderer's products
-        assert np.abs(images).max() <= 2 and (images != 0).mean() < 1e-3, f"session {seed}: not its own frames"
+        # the motion rounds a little differently batched (~1e-7), and so do the batched renderer's products: a few
+        # pixels on edges differ by rounding (on an AVX-512 EPYC 26 of 1.5 M, by up to 3 levels); another
+        # session's frames would differ almost everywhere
+        assert (images != 0).mean() < 1e-3 and np.abs(images).max() <= 8, f"session {seed}: not its own frames"
         grid = (opened[seed].slot(0) - group.phase) * FPS / opened[seed].chunk
         assert abs(grid - round(grid)) < 1e-6, "the session's slots are not on its group's grid"
     assert step.streams / step.calls > 1.5 and render.frames_out / render.calls > 3, "the calls did not meet"
