@@ -148,6 +148,7 @@ def run(args: argparse.Namespace, command: str) -> dict:
     write_sheet(sheet, rig, args.out.parent / sheet_name, items[0][0])
     summary = {w: summarise([r for r in rows if r["weights"] == w]) for w in models}
     pairs = paired(rows)
+
     def rough(motion: np.ndarray, phones) -> float:
         """The rendered mouth's roughness against the rendered reference, as in the table above."""
         opening = eval_video.measure_opening(eval_video.render(renderer, motion))

@@ -40,10 +40,10 @@ def _corpus(provenance: dict, shipped: dict) -> dict:
         return {"command": manifest.get("command"), "seed": manifest.get("seed"),
                 "hours": manifest.get("hours_written"), "voices": manifest.get("voices"),
                 "holdout": manifest.get("holdout"), "manifest_sha256": recorded}
-    earlier = [e["corpus"] for e in shipped.values() if "command" in e.get("corpus", {})
-               and recorded and e["corpus"].get("manifest_sha256") == recorded]
+    earlier = next((e["corpus"] for e in shipped.values() if recorded and "command" in e.get("corpus", {})
+                    and e["corpus"].get("manifest_sha256") == recorded), None)
     if earlier:
-        return earlier[0]
+        return earlier
     there = f"holds another build (sha256 {sha256_file(path)[:12]})" if path.is_file() else "is gone"
     return {"manifest": str(path), "manifest_sha256": recorded, "note": f"the corpus manifest {there} when shipping"}
 

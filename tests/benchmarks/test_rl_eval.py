@@ -127,9 +127,8 @@ def test_long_speech_compares_the_heads_sway_over_whole_held_out_voice_clips(tmp
     assert long["clips"] >= 1 and long["paired"]["pairs"] == 2 * long["clips"]
     # roughness where the text aligned: each clip's phones, both weights, and the "rl" head is twice as rough
     assert aligned and all(len(p) > 3 for p in aligned)
-    assert long["roughness_rendered_paired"] == {"median": pytest.approx(long["roughness_rendered_paired"]["median"]),
-                                                 "better": 0, "pairs": len(aligned) // 2}
-    assert long["roughness_rendered_paired"]["median"] > 0
+    rough_pairs = long["roughness_rendered_paired"]
+    assert rough_pairs["pairs"] == len(aligned) // 2 and rough_pairs["better"] == 0 and rough_pairs["median"] > 0
     assert "roughness against the rendered reference" in "\n".join(rl_eval.long_table(long))
     assert "roughness" not in "\n".join(rl_eval.long_table(rl_eval.long_speech(slt_corpus, drive, 1,
                                                                                 lambda m: m[:, 0])))
